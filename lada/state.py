@@ -1,0 +1,523 @@
+"""The Redis state store: the one module that knows every Redis key.
+
+Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
+
+| key                          | type   | holds                                               |
+|------------------------------|--------|-----------------------------------------------------|
+| `run`                        | hash   | policy, total_rounds, pool_fingerprint, pool_size,   |
+|                              |        | current_round, created_ms                            |
+| `agents`                     | zset   | agent_id -> registration sequence                    |
+| `agent:{agent_id}`           | hash   | name, model_description, tokenizer_name, domain_tags |
+|                              |        | (JSON), capacity, first_round, status, token_hash,   |
+|                              |        | last_heartbeat_ms                                    |
+| `agent_names`                | hash   | name -> agent_id (names are unique per run)          |
+| `round:{r}`                  | hash   | phase, deadline_ms, opened_ms, closed_ms             |
+| `round:{r}:agents`           | hash   | agent_id -> AgentRoundState name                     |
+| `events`                     | stream | round events: round, phase, ts_ms                    |
+| `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, pos}            |
+| `stats:{r}:{agent_id}`       | hash   | sample_id -> serialized lada.v1.SampleStats          |
+| `policy:{name}`              | hash   | policy-private state (bandit arms, bands), JSON      |
+| `contrib:{r}`                | hash   | "{agent_id}|{sample_id}" -> path text                |
+| `absorbed`                   | set    | sample IDs the LLM has absorbed                      |
+| `blob:{name}`                | string | large artefacts (cluster model, assignments)         |
+| `lock:{name}`                | string | leases (the round driver's leader lock)              |
+
+Round transitions are compare-and-set Lua scripts, so several allocator replicas can
+share one Redis; multi-key writes (a report stream, an allocation) are MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import redis
+
+KEY_ROOT = "lada"
+
+
+class Phase(StrEnum):
+    """Round phases, in order (names match lada.v1.RoundPhase without the prefix)."""
+
+    OPEN = "OPEN"
+    ALLOCATED = "ALLOCATED"
+    TRAINING = "TRAINING"
+    REPORTED = "REPORTED"
+    CLOSED = "CLOSED"
+
+
+class AgentRoundState(StrEnum):
+    ALLOCATED = "ALLOCATED"
+    TRAINING = "TRAINING"
+    REPORTED = "REPORTED"
+    LATE = "LATE"
+
+
+class AgentStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    DEREGISTERED = "DEREGISTERED"
+    REVOKED = "REVOKED"
+
+
+# Which phases a round may move to from each phase (CLOSED is final).
+ALLOWED_TRANSITIONS: dict[Phase, tuple[Phase, ...]] = {
+    Phase.OPEN: (Phase.ALLOCATED,),
+    Phase.ALLOCATED: (Phase.TRAINING, Phase.REPORTED),
+    Phase.TRAINING: (Phase.REPORTED,),
+    Phase.REPORTED: (Phase.CLOSED,),
+    Phase.CLOSED: (),
+}
+
+# KEYS: round hash, events stream, run hash. ARGV: round, allowed-from (comma list),
+# new phase, now_ms. Sets the phase only if the current one is allowed; logs the event.
+_TRANSITION_LUA = """
+local current = redis.call('HGET', KEYS[1], 'phase')
+if not current then return {0, ''} end
+local allowed = false
+for phase in string.gmatch(ARGV[2], '[^,]+') do
+  if phase == current then allowed = true end
+end
+if not allowed then return {0, current} end
+redis.call('HSET', KEYS[1], 'phase', ARGV[3])
+if ARGV[3] == 'CLOSED' then redis.call('HSET', KEYS[1], 'closed_ms', ARGV[4]) end
+redis.call('XADD', KEYS[2], '*', 'round', ARGV[1], 'phase', ARGV[3], 'ts_ms', ARGV[4])
+return {1, current}
+"""
+
+# KEYS: run hash, round hash, events stream. ARGV: round, now_ms, deadline_ms.
+# Opens round r only if the previous round is closed (or r == 1) and r is not open yet.
+_OPEN_ROUND_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'current_round') or '0')
+local wanted = tonumber(ARGV[1])
+if wanted ~= current + 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'phase', 'OPEN', 'opened_ms', ARGV[2], 'deadline_ms', ARGV[3])
+redis.call('HSET', KEYS[1], 'current_round', ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'round', ARGV[1], 'phase', 'OPEN', 'ts_ms', ARGV[2])
+return 1
+"""
+
+# KEYS: lock key. ARGV: owner, ttl_ms. Take or renew a lease.
+_LEASE_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored only as SHA-256 hashes."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class StateError(Exception):
+    """Base for state-store refusals; services map subclasses to gRPC status codes."""
+
+
+class NotFound(StateError):
+    pass
+
+
+class Conflict(StateError):
+    """The request contradicts stored state (FAILED_PRECONDITION)."""
+
+
+class PermissionDenied(StateError):
+    pass
+
+
+class Unauthenticated(StateError):
+    pass
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    name: str
+    model_description: str = ""
+    tokenizer_name: str = ""
+    domain_tags: list[str] = field(default_factory=list)
+    capacity: int = 0
+    first_round: int = 1
+    status: AgentStatus = AgentStatus.ACTIVE
+    last_heartbeat_ms: int = 0
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    phase: Phase
+    deadline_ms: int
+    opened_ms: int
+    closed_ms: int
+    agents: dict[str, AgentRoundState]
+
+
+@dataclass
+class Allocation:
+    sample_id: str
+    cluster: int
+    version: str
+
+
+@dataclass
+class ReportOutcome:
+    accepted: int
+    duplicates: int
+
+
+def _s(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StateStore:
+    """Typed access to one run's state in Redis; nothing outside this class builds keys."""
+
+    def __init__(self, client: redis.Redis, run_id: str = "default") -> None:
+        self.redis = client
+        self.run_id = run_id
+        self.prefix = f"{KEY_ROOT}:{run_id}:"
+        self._transition = client.register_script(_TRANSITION_LUA)
+        self._open_round = client.register_script(_OPEN_ROUND_LUA)
+        self._lease = client.register_script(_LEASE_LUA)
+
+    # ---- keys ----------------------------------------------------------------------
+    def key(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    def all_keys(self) -> list[str]:
+        """Every key of this run (for tests, wipes and state snapshots)."""
+        return sorted(_s(k) for k in self.redis.scan_iter(match=self.prefix + "*", count=1000))
+
+    def snapshot(self) -> dict[str, object]:
+        """A comparable dump of the run's state (stream IDs excluded: they carry times)."""
+        dump: dict[str, object] = {}
+        for key in self.all_keys():
+            kind = _s(self.redis.type(key))
+            if kind == "hash":
+                dump[key] = {_s(k): v for k, v in self.redis.hgetall(key).items()}
+            elif kind == "set":
+                dump[key] = sorted(self.redis.smembers(key))
+            elif kind == "zset":
+                dump[key] = self.redis.zrange(key, 0, -1, withscores=True)
+            elif kind == "string":
+                dump[key] = self.redis.get(key) if not key.startswith(self.key("lock")) else "lease"
+            elif kind == "stream":
+                dump[key] = [fields for _, fields in self.redis.xrange(key)]
+            elif kind == "list":
+                dump[key] = self.redis.lrange(key, 0, -1)
+        return dump
+
+    def wipe(self) -> None:
+        keys = self.all_keys()
+        if keys:
+            self.redis.delete(*keys)
+
+    # ---- run -----------------------------------------------------------------------
+    def init_run(
+        self, *, policy: str, total_rounds: int, pool_fingerprint: str, pool_size: int
+    ) -> dict[str, str]:
+        """Create the run record once; a restart with the same pool keeps the stored one."""
+        run_key = self.key("run")
+        self.redis.hsetnx(run_key, "created_ms", now_ms())
+        self.redis.hsetnx(run_key, "current_round", 0)
+        existing = self.run_info()
+        stored = existing.get("pool_fingerprint")
+        if stored and stored != pool_fingerprint:
+            raise Conflict(
+                f"pool_fingerprint: run {self.run_id!r} was created with pool "
+                f"{stored[:12]}, not {pool_fingerprint[:12]}"
+            )
+        self.redis.hset(
+            run_key,
+            mapping={
+                "policy": policy,
+                "total_rounds": total_rounds,
+                "pool_fingerprint": pool_fingerprint,
+                "pool_size": pool_size,
+            },
+        )
+        return self.run_info()
+
+    def run_info(self) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("run")).items()}
+
+    def current_round(self) -> int:
+        return int(_s(self.redis.hget(self.key("run"), "current_round")) or 0)
+
+    # ---- registry ------------------------------------------------------------------
+    def register_agent(self, record: AgentRecord) -> tuple[AgentRecord, str]:
+        """Register a new agent under a unique name; returns the record and a fresh token."""
+        token = secrets.token_urlsafe(32)
+        record.agent_id = record.agent_id or "agent-" + secrets.token_hex(6)
+        record.last_heartbeat_ms = now_ms()
+        names_key = self.key("agent_names")
+        if not self.redis.hsetnx(names_key, record.name, record.agent_id):
+            raise Conflict(f"name: an agent named {record.name!r} is already registered")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            self.key("agent", record.agent_id),
+            mapping={
+                "name": record.name,
+                "model_description": record.model_description,
+                "tokenizer_name": record.tokenizer_name,
+                "domain_tags": json.dumps(record.domain_tags),
+                "capacity": record.capacity,
+                "first_round": record.first_round,
+                "status": record.status.value,
+                "token_hash": hash_token(token),
+                "last_heartbeat_ms": record.last_heartbeat_ms,
+            },
+        )
+        pipe.zadd(self.key("agents"), {record.agent_id: self.redis.zcard(self.key("agents"))})
+        pipe.execute()
+        return record, token
+
+    def agent_id_by_name(self, name: str) -> str | None:
+        found = self.redis.hget(self.key("agent_names"), name)
+        return _s(found) or None
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("agent", agent_id)).items()}
+        if not raw:
+            raise NotFound(f"agent_id: no agent {agent_id!r}")
+        return AgentRecord(
+            agent_id=agent_id,
+            name=raw["name"],
+            model_description=raw["model_description"],
+            tokenizer_name=raw["tokenizer_name"],
+            domain_tags=json.loads(raw["domain_tags"]),
+            capacity=int(raw["capacity"]),
+            first_round=int(raw["first_round"]),
+            status=AgentStatus(raw["status"]),
+            last_heartbeat_ms=int(raw["last_heartbeat_ms"]),
+        )
+
+    def list_agents(self) -> list[AgentRecord]:
+        ids = [_s(a) for a in self.redis.zrange(self.key("agents"), 0, -1)]
+        return [self.get_agent(agent_id) for agent_id in ids]
+
+    def active_agents(self, for_round: int) -> list[AgentRecord]:
+        """Agents that take part in `for_round` (active, joined at or before it)."""
+        return [
+            a
+            for a in self.list_agents()
+            if a.status is AgentStatus.ACTIVE and a.first_round <= for_round
+        ]
+
+    def authenticate(self, agent_id: str, token: str) -> AgentRecord:
+        """Check an agent's token; revoked or deregistered agents are refused."""
+        stored = _s(self.redis.hget(self.key("agent", agent_id), "token_hash"))
+        if not stored or not token or not secrets.compare_digest(stored, hash_token(token)):
+            raise Unauthenticated("authorization: missing or wrong agent token")
+        record = self.get_agent(agent_id)
+        if record.status is not AgentStatus.ACTIVE:
+            raise Unauthenticated(f"agent_id: agent {agent_id!r} is {record.status.value}")
+        return record
+
+    def set_agent_status(self, agent_id: str, status: AgentStatus) -> None:
+        self.get_agent(agent_id)
+        self.redis.hset(self.key("agent", agent_id), "status", status.value)
+
+    def heartbeat(self, agent_id: str) -> int:
+        stamp = now_ms()
+        self.redis.hset(self.key("agent", agent_id), "last_heartbeat_ms", stamp)
+        return stamp
+
+    # ---- rounds --------------------------------------------------------------------
+    def open_round(self, round_number: int, deadline_ms: int) -> bool:
+        """Open round r if r-1 is the current round; False when another replica did."""
+        if round_number > 1 and self.round_phase(round_number - 1) is not Phase.CLOSED:
+            return False
+        opened = self._open_round(
+            keys=[self.key("run"), self.key("round", round_number), self.key("events")],
+            args=[round_number, now_ms(), deadline_ms],
+        )
+        return bool(opened)
+
+    def transition(self, round_number: int, to: Phase) -> bool:
+        """Atomically move a round to `to` if its current phase allows it."""
+        allowed_from = [p.value for p, targets in ALLOWED_TRANSITIONS.items() if to in targets]
+        moved, _previous = self._transition(
+            keys=[self.key("round", round_number), self.key("events"), self.key("run")],
+            args=[round_number, ",".join(allowed_from), to.value, now_ms()],
+        )
+        return bool(moved)
+
+    def round_phase(self, round_number: int) -> Phase | None:
+        phase = _s(self.redis.hget(self.key("round", round_number), "phase"))
+        return Phase(phase) if phase else None
+
+    def get_round(self, round_number: int) -> RoundRecord:
+        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("round", round_number)).items()}
+        if not raw:
+            raise NotFound(f"round: no round {round_number}")
+        agents = {
+            _s(k): AgentRoundState(_s(v))
+            for k, v in self.redis.hgetall(self.key("round", round_number, "agents")).items()
+        }
+        return RoundRecord(
+            round_number,
+            Phase(raw["phase"]),
+            int(raw.get("deadline_ms") or 0),
+            int(raw.get("opened_ms") or 0),
+            int(raw.get("closed_ms") or 0),
+            agents,
+        )
+
+    def set_agent_round_state(
+        self, round_number: int, agent_id: str, state: AgentRoundState
+    ) -> None:
+        self.redis.hset(self.key("round", round_number, "agents"), agent_id, state.value)
+
+    def agent_round_state(self, round_number: int, agent_id: str) -> AgentRoundState | None:
+        value = _s(self.redis.hget(self.key("round", round_number, "agents"), agent_id))
+        return AgentRoundState(value) if value else None
+
+    def events(
+        self, after_id: str = "0-0", block_ms: int | None = None, count: int = 100
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Round events after a stream ID; blocks up to `block_ms` when given."""
+        reply = self.redis.xread({self.key("events"): after_id}, count=count, block=block_ms)
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                out.append((_s(entry_id), {_s(k): _s(v) for k, v in fields.items()}))
+        return out
+
+    # ---- allocations ---------------------------------------------------------------
+    def record_allocations(
+        self, round_number: int, allocations: Mapping[str, list[Allocation]]
+    ) -> None:
+        """Write every agent's allocation for a round in one transaction (all or nothing)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for agent_id, samples in allocations.items():
+            key = self.key("alloc", round_number, agent_id)
+            pipe.delete(key)
+            if samples:
+                pipe.hset(
+                    key,
+                    mapping={
+                        a.sample_id: json.dumps(
+                            {"cluster": a.cluster, "version": a.version, "pos": pos}
+                        )
+                        for pos, a in enumerate(samples)
+                    },
+                )
+            pipe.hset(
+                self.key("round", round_number, "agents"), agent_id, AgentRoundState.ALLOCATED.value
+            )
+        pipe.execute()
+
+    def get_allocation(self, round_number: int, agent_id: str) -> list[Allocation]:
+        raw = self.redis.hgetall(self.key("alloc", round_number, agent_id))
+        rows = sorted(((json.loads(v), _s(k)) for k, v in raw.items()), key=lambda r: r[0]["pos"])
+        return [Allocation(sample_id, meta["cluster"], meta["version"]) for meta, sample_id in rows]
+
+    def allocation_size(self, round_number: int, agent_id: str) -> int:
+        return int(self.redis.hlen(self.key("alloc", round_number, agent_id)))
+
+    # ---- statistics ----------------------------------------------------------------
+    def apply_report(
+        self, round_number: int, agent_id: str, stats: Mapping[str, bytes]
+    ) -> ReportOutcome:
+        """Apply a whole report stream atomically; idempotent per (agent, round, sample).
+
+        Samples not allocated to the agent in this round raise PermissionDenied and
+        nothing is written.
+        """
+        alloc_key = self.key("alloc", round_number, agent_id)
+        stats_key = self.key("stats", round_number, agent_id)
+        sample_ids = list(stats)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(alloc_key, stats_key)
+                    allocated = pipe.hmget(alloc_key, sample_ids) if sample_ids else []
+                    missing = [s for s, a in zip(sample_ids, allocated, strict=True) if a is None]
+                    if missing:
+                        raise PermissionDenied(
+                            f"stats.sample_id: not allocated to {agent_id} in round "
+                            f"{round_number}: {', '.join(missing[:10])}"
+                            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+                        )
+                    seen = pipe.hmget(stats_key, sample_ids) if sample_ids else []
+                    fresh = {
+                        s: stats[s] for s, old in zip(sample_ids, seen, strict=True) if old is None
+                    }
+                    pipe.multi()
+                    if fresh:
+                        pipe.hset(stats_key, mapping=fresh)
+                    pipe.hset(
+                        self.key("round", round_number, "agents"),
+                        agent_id,
+                        AgentRoundState.REPORTED.value,
+                    )
+                    pipe.execute()
+                    return ReportOutcome(len(fresh), len(sample_ids) - len(fresh))
+                except redis.WatchError:
+                    continue
+
+    def get_stats(self, round_number: int, agent_id: str) -> dict[str, bytes]:
+        return {
+            _s(k): v
+            for k, v in self.redis.hgetall(self.key("stats", round_number, agent_id)).items()
+        }
+
+    # ---- contributions and absorption ----------------------------------------------
+    def add_contributions(self, round_number: int, agent_id: str, paths: Mapping[str, str]) -> int:
+        if not paths:
+            return 0
+        mapping = {f"{agent_id}|{sample_id}": text for sample_id, text in paths.items()}
+        self.redis.hset(self.key("contrib", round_number), mapping=mapping)
+        return len(mapping)
+
+    def contributions(self, round_number: int) -> Iterator[tuple[str, str, str]]:
+        """(agent_id, sample_id, text) for a round's contributions."""
+        for field_name, text in self.redis.hgetall(self.key("contrib", round_number)).items():
+            agent_id, _, sample_id = _s(field_name).partition("|")
+            yield agent_id, sample_id, _s(text)
+
+    def mark_absorbed(self, sample_ids: Iterable[str]) -> None:
+        ids = list(sample_ids)
+        if ids:
+            self.redis.sadd(self.key("absorbed"), *ids)
+
+    def absorbed(self) -> set[str]:
+        return {_s(s) for s in self.redis.smembers(self.key("absorbed"))}
+
+    # ---- policy state, blobs and leases --------------------------------------------
+    def policy_state(self, name: str) -> dict[str, object]:
+        return {
+            _s(k): json.loads(v) for k, v in self.redis.hgetall(self.key("policy", name)).items()
+        }
+
+    def set_policy_state(self, name: str, values: Mapping[str, object]) -> None:
+        if values:
+            self.redis.hset(
+                self.key("policy", name), mapping={k: json.dumps(v) for k, v in values.items()}
+            )
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        self.redis.set(self.key("blob", name), data)
+
+    def get_blob(self, name: str) -> bytes | None:
+        return self.redis.get(self.key("blob", name))
+
+    def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or renew a named lease (e.g. the round driver's leadership)."""
+        return bool(self._lease(keys=[self.key("lock", name)], args=[owner, ttl_ms]))

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the lada.v1 wire protocol (do not edit)."""
