@@ -12,6 +12,14 @@ import pytest
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 
+# Fixture modules owned by each component (zoo, LLM service, allocator, agent).
+pytest_plugins = [
+    "tests.fixtures_zoo",
+    "tests.fixtures_llm",
+    "tests.fixtures_allocator",
+    "tests.fixtures_agent",
+]
+
 
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:

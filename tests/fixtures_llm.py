@@ -1,0 +1,1 @@
+"""Pytest fixtures for the llm tests (registered in conftest.py via pytest_plugins)."""
