@@ -1,0 +1,29 @@
+"""Reasoning tasks: problems, the prompt template, verifier, dataset loaders and splits."""
+
+from lada.tasks.generator import DOMAINS, MAX_STEPS, MIN_STEPS, generate_problems, make_problem
+from lada.tasks.loaders import (
+    SOURCES,
+    DatasetFormatError,
+    DatasetSpecError,
+    load_dataset,
+    read_jsonl,
+    reference_from_answer,
+)
+from lada.tasks.problem import ANSWER_MARK, Problem, content_id, format_prompt, format_target
+from lada.tasks.splits import (
+    AgentSplitSpec,
+    FederatedSplit,
+    SplitSpec,
+    agent_mixture,
+    make_split,
+    pool_fingerprint,
+)
+from lada.tasks.verifier import extract_answer, is_correct, normalize_answer
+
+__all__ = [
+    "ANSWER_MARK", "DOMAINS", "MAX_STEPS", "MIN_STEPS", "SOURCES", "AgentSplitSpec",
+    "DatasetFormatError", "DatasetSpecError", "FederatedSplit", "Problem", "SplitSpec",
+    "agent_mixture", "content_id", "extract_answer", "format_prompt", "format_target",
+    "generate_problems", "is_correct", "load_dataset", "make_problem", "make_split",
+    "normalize_answer", "pool_fingerprint", "read_jsonl", "reference_from_answer",
+]
