@@ -50,7 +50,7 @@ class TableScorer:
         return self.private_nll
 
     def nlp(self, prompt: str, completion: str) -> float:
-        return float(self.values[self.keys.index((prompt, completion))])
+        return float(self.values.detach()[self.keys.index((prompt, completion))])
 
 
 # ---- teacher distribution --------------------------------------------------------------
