@@ -122,6 +122,38 @@ class AgentConfig:
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
 
 
+@dataclass
+class ClusterAgentConfig:
+    """One agent of a local cluster (`lada up`)."""
+
+    name: str = "agent"
+    model: str = ""  # a zoo model name (see `lada models build`) or a model directory
+    private_data: str = ""
+    capacity: int = 32
+    loss: str = ""  # empty: the cluster's loss
+    contribute: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    """A whole local federation: what `lada up` starts, runs and reports on."""
+
+    run_id: str = "demo"
+    profile: str = "demo"  # model zoo profile
+    llm_model: str = "llm"  # zoo name or model directory
+    llm_backend: str = "vllm"
+    gpu_memory_utilization: float = 0.05
+    public_pool: str = "synthetic:domains=all,n=600,seed=1"
+    test_data: str = "synthetic:domains=all,n=200,seed=99"
+    policy: str = "lada"
+    loss: str = "contrastive"
+    rounds: int = 3
+    round_deadline_s: float = 600.0
+    startup_timeout_s: float = 600.0
+    agents: list[ClusterAgentConfig] = field(default_factory=list)
+    lada: LadaHyperParams = field(default_factory=LadaHyperParams)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
@@ -172,6 +204,11 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
 def _coerce(value: Any, target: Any, name: str) -> Any:
     if isinstance(target, types.UnionType):
         target = next(t for t in typing.get_args(target) if t is not type(None))
+    if typing.get_origin(target) is list:
+        (item_type,) = typing.get_args(target)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list")
+        return [_coerce(item, item_type, f"{name}[{i}]") for i, item in enumerate(value)]
     if dataclasses.is_dataclass(target):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping")

@@ -1,0 +1,413 @@
+"""`lada up`: a whole federation as local processes, with live progress and a report.
+
+Starts Redis (embedded unless REDIS_URL), the LLM service, the allocator and N agents
+from one YAML file, follows the rounds through the allocator's operator RPCs, stops every
+process on Ctrl-C or at the end, and writes report.md, metrics.json and plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, lada_home, load_config
+from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
+from lada.v1 import agent_pb2, agent_pb2_grpc, allocator_pb2, allocator_pb2_grpc, common_pb2
+
+log = logging.getLogger("lada.cluster")
+
+ROUND_PHASE = common_pb2.RoundPhase
+AGENT_STATE = allocator_pb2.AgentRoundState
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """One service process of the cluster and where its log goes."""
+
+    name: str
+    address: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """The running processes plus what is needed to query them."""
+
+    config: ClusterConfig
+    run_id: str
+    redis: RedisHandle
+    workdir: Path
+    children: dict[str, Child] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], port: int) -> Child:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_URL": self.redis.url}
+        with open(log_path, "ab") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lada.cli", *args],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        child = Child(name, f"127.0.0.1:{port}", proc, log_path)
+        self.children[name] = child
+        return child
+
+    def stop_all(self) -> None:
+        """Agents first (they report), then the allocator, then the LLM service."""
+        order = sorted(
+            self.children.values(), key=lambda c: (c.name == "llm", c.name == "allocator")
+        )
+        for child in order:
+            child.stop()
+
+
+def wait_serving(child: Child, timeout: float) -> None:
+    """Block until the child's gRPC health check says SERVING, or fail with its log."""
+    from lada.healthcheck import check
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(
+                f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}"
+            )
+        if check(child.address, timeout=2.0):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{child.name} not SERVING after {timeout:.0f}s:\n{child.log_tail()}")
+
+
+def resolve_models(config: ClusterConfig) -> dict[str, Path]:
+    """Zoo names (built on demand, cached) or directories, for the LLM and each agent."""
+    from lada.zoo import build_zoo
+
+    names = [config.llm_model, *(a.model for a in config.agents)]
+    if all(Path(n).is_dir() for n in names):
+        return {n: Path(n) for n in names}
+    manifest = build_zoo(config.profile, progress=True)
+    catalogue = {"llm": manifest.llm, **manifest.slms}
+    resolved: dict[str, Path] = {}
+    for name in names:
+        if Path(name).is_dir():
+            resolved[name] = Path(name)
+        elif name in catalogue:
+            resolved[name] = Path(catalogue[name])
+        else:
+            raise ConfigError(
+                f"model {name!r}: not a directory and not in the "
+                f"{config.profile} zoo ({', '.join(sorted(catalogue))})"
+            )
+    return resolved
+
+
+def llm_args(config: ClusterConfig, model: Path, port: int) -> list[str]:
+    return [
+        "llm",
+        "serve",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--model",
+        str(model),
+        "--backend",
+        config.llm_backend,
+        "--public-pool",
+        config.public_pool,
+        "--gpu-memory-utilization",
+        str(config.gpu_memory_utilization),
+    ]
+
+
+def allocator_args(
+    config: ClusterConfig, run_id: str, port: int, llm_address: str, redis_url: str
+) -> list[str]:
+    return [
+        "allocator",
+        "serve",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--redis-url",
+        redis_url,
+        "--run-id",
+        run_id,
+        "--public-pool",
+        config.public_pool,
+        "--policy",
+        config.policy,
+        "--rounds",
+        str(config.rounds),
+        "--min-agents",
+        str(len(config.agents)),
+        "--round-deadline",
+        str(config.round_deadline_s),
+        "--llm",
+        llm_address,
+    ]
+
+
+def agent_args(
+    config: ClusterConfig,
+    agent: ClusterAgentConfig,
+    model: Path,
+    port: int,
+    allocator: str,
+    llm: str,
+    state_dir: Path,
+) -> list[str]:
+    return [
+        "agent",
+        "run",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--allocator",
+        allocator,
+        "--llm",
+        llm,
+        "--model",
+        str(model),
+        "--private-data",
+        agent.private_data,
+        "--name",
+        agent.name,
+        "--capacity",
+        str(agent.capacity),
+        "--loss",
+        agent.loss or config.loss,
+        "--contribute" if agent.contribute else "--no-contribute",
+        "--state-dir",
+        str(state_dir),
+    ]
+
+
+@contextmanager
+def redis_for_cluster(workdir: Path) -> Iterator[RedisHandle]:
+    """REDIS_URL when set, else an embedded server kept under LADA_HOME."""
+    if os.environ.get("REDIS_URL"):
+        handle = connect(os.environ["REDIS_URL"])
+        yield handle
+        handle.close()
+        return
+    handle = start_embedded(lada_home() / "redis" / "cluster.rdb")
+    try:
+        yield handle
+    finally:
+        shutdown_embedded(handle)
+
+
+def start_cluster(cluster: Cluster, models: dict[str, Path]) -> None:
+    config = cluster.config
+    llm_port, allocator_port = free_port(), free_port()
+    llm = cluster.start("llm", llm_args(config, models[config.llm_model], llm_port), llm_port)
+    wait_serving(llm, config.startup_timeout_s)
+    allocator = cluster.start(
+        "allocator",
+        allocator_args(config, cluster.run_id, allocator_port, llm.address, cluster.redis.url),
+        allocator_port,
+    )
+    wait_serving(allocator, 120)
+    for agent in config.agents:
+        port = free_port()
+        state_dir = cluster.workdir / "agents" / agent.name
+        child = cluster.start(
+            agent.name,
+            agent_args(
+                config, agent, models[agent.model], port, allocator.address, llm.address, state_dir
+            ),
+            port,
+        )
+        wait_serving(child, 300)
+
+
+@dataclass
+class Snapshot:
+    """What the live view shows: the round, its phase and each agent's progress."""
+
+    round: int
+    total_rounds: int
+    phase: str
+    agents: list[dict[str, object]]
+    finished: bool
+
+
+def poll(cluster: Cluster) -> Snapshot:
+    with grpc.insecure_channel(cluster.children["allocator"].address) as channel:
+        status = allocator_pb2_grpc.AllocatorStub(channel).GetRoundStatus(
+            allocator_pb2.GetRoundStatusRequest(), timeout=5
+        )
+    rows: list[dict[str, object]] = []
+    for agent in status.agents:
+        row: dict[str, object] = {
+            "name": agent.name,
+            "state": AGENT_STATE.Name(agent.state),
+            "allocated": agent.allocated,
+            "reported": agent.reported,
+        }
+        child = cluster.children.get(agent.name)
+        if child and child.alive():
+            row.update(agent_status(child.address))
+        rows.append(row)
+    phase = ROUND_PHASE.Name(status.phase).removeprefix("ROUND_PHASE_")
+    finished = status.round >= status.total_rounds > 0 and phase == "CLOSED"
+    return Snapshot(status.round, status.total_rounds, phase, rows, finished)
+
+
+def agent_status(address: str) -> dict[str, object]:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = agent_pb2_grpc.AgentStub(channel).GetAgentStatus(
+                agent_pb2.GetAgentStatusRequest(), timeout=2
+            )
+    except grpc.RpcError:
+        return {}
+    return {
+        "activity": reply.activity,
+        "accuracy": round(reply.last_accuracy, 3),
+        "bytes_sent": reply.bytes_sent,
+    }
+
+
+def render(snapshot: Snapshot, elapsed: float):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(
+        title=f"LaDa round {snapshot.round}/{snapshot.total_rounds} "
+        f"[{snapshot.phase}]  {elapsed:.0f}s"
+    )
+    for column in ("agent", "state", "allocated", "reported", "activity", "accuracy", "bytes"):
+        table.add_column(column)
+    for row in snapshot.agents:
+        table.add_row(
+            *(
+                str(row.get(k, ""))
+                for k in (
+                    "name",
+                    "state",
+                    "allocated",
+                    "reported",
+                    "activity",
+                    "accuracy",
+                    "bytes_sent",
+                )
+            )
+        )
+    return table
+
+
+def follow(cluster: Cluster, poll_seconds: float = 1.0) -> Snapshot:
+    """Show live progress until the last round closes or a core service dies."""
+    from rich.console import Console
+    from rich.live import Live
+
+    started = time.monotonic()
+    snapshot = Snapshot(0, cluster.config.rounds, "STARTING", [], False)
+    console = Console(stderr=True)
+    with Live(
+        render(snapshot, 0),
+        console=console,
+        refresh_per_second=2,
+        transient=not console.is_terminal,
+    ) as live:
+        while not snapshot.finished:
+            for core in ("allocator", "llm"):
+                if not cluster.children[core].alive():
+                    raise RuntimeError(f"{core} died:\n{cluster.children[core].log_tail()}")
+            try:
+                snapshot = poll(cluster)
+            except grpc.RpcError as exc:
+                log.warning("status poll failed: %s", exc.code().name)
+            live.update(render(snapshot, time.monotonic() - started))
+            time.sleep(poll_seconds)
+    return snapshot
+
+
+def collect_cluster_metrics(cluster: Cluster, started: float) -> dict[str, object]:
+    """Everything the report needs, read while the processes still run."""
+    from lada.report import collect_round_metrics
+    from lada.state import StateStore
+
+    config = cluster.config
+    store = StateStore(cluster.redis.client, cluster.run_id)
+    bytes_sent = {
+        a.name: agent_status(cluster.children[a.name].address).get("bytes_sent")
+        for a in config.agents
+        if a.name in cluster.children
+    }
+    return {
+        "run_id": cluster.run_id,
+        "policy": config.policy,
+        "loss": config.loss,
+        "rounds": config.rounds,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "agents_rounds": collect_round_metrics(store),
+        "bytes_sent": bytes_sent,
+    }
+
+
+def run_cluster(config_path: str, out_dir: str | None = None) -> int:
+    """Run a federation from a YAML file; return a process exit code."""
+    from lada.logs import configure_logging
+    from lada.report import write_report
+
+    configure_logging("INFO", as_json=False, service="cluster")
+    config = load_config(ClusterConfig, config_path, section="cluster")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(out_dir or f"reports/{stamp}")
+    workdir = report_dir / "run"
+    workdir.mkdir(parents=True, exist_ok=True)
+    models = resolve_models(config)
+    with redis_for_cluster(workdir) as redis_handle:
+        cluster = Cluster(config, f"{config.run_id}-{stamp}", redis_handle, workdir)
+        started = time.monotonic()
+        try:
+            start_cluster(cluster, models)
+            follow(cluster)
+            metrics = collect_cluster_metrics(cluster, started)
+        except KeyboardInterrupt:
+            print("lada: interrupted; stopping every process", file=sys.stderr)
+            return 130
+        finally:
+            cluster.stop_all()
+    write_report(report_dir, metrics)
+    print(f"report: {report_dir / 'report.md'}")
+    return 0
