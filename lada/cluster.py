@@ -7,6 +7,7 @@ process on Ctrl-C or at the end, and writes report.md, metrics.json and plots.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ import grpc
 
 from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, lada_home, load_config
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
+from lada.tasks import AgentSplitSpec, Problem, SplitSpec, make_split
 from lada.v1 import agent_pb2, agent_pb2_grpc, allocator_pb2, allocator_pb2_grpc, common_pb2
 
 log = logging.getLogger("lada.cluster")
@@ -136,51 +138,102 @@ def resolve_models(config: ClusterConfig) -> dict[str, Path]:
     return resolved
 
 
-def llm_args(config: ClusterConfig, model: Path, port: int) -> list[str]:
+def flags(**options: object) -> list[str]:
+    """`flags(metrics_port=-1)` -> ["--metrics-port", "-1"]; booleans become bare flags."""
+    out: list[str] = []
+    for key, value in options.items():
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(name if value else "--no-" + key.replace("_", "-"))
+        else:
+            out += [name, str(value)]
+    return out
+
+
+@dataclass
+class DataFiles:
+    """The carved split as JSONL dataset specs every process can load."""
+
+    public: str
+    private: dict[str, str]
+    test: dict[str, str]
+    fingerprint: str
+
+
+def write_jsonl(problems: list[Problem], path: Path) -> str:
+    """Write problems in the generic JSONL format (ids kept) and return its dataset spec."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as sink:
+        for p in problems:
+            row = {
+                "id": p.id,
+                "question": p.question,
+                "answer": p.answer,
+                "reference": p.reference,
+                "domain": p.domain,
+                "difficulty": p.difficulty,
+            }
+            sink.write(json.dumps(row) + "\n")
+    return f"jsonl:{path}"
+
+
+def carve_data(config: ClusterConfig, data_dir: Path) -> DataFiles:
+    """Split the source into disjoint public / private / test sets and write them out."""
+    split = make_split(
+        SplitSpec(
+            source=config.source,
+            public_size=config.public_size,
+            test_size=config.test_size,
+            skew=config.skew,
+            own_share=config.own_share,
+            seed=config.split_seed,
+            agents=[
+                AgentSplitSpec(a.name, tuple(a.domains), a.private_size) for a in config.agents
+            ],
+        )
+    )
+    private_dir, test_dir = data_dir / "private", data_dir / "test"
+    return DataFiles(
+        public=write_jsonl(split.public, data_dir / "public.jsonl"),
+        private={n: write_jsonl(p, private_dir / f"{n}.jsonl") for n, p in split.private.items()},
+        test={d: write_jsonl(p, test_dir / f"{d}.jsonl") for d, p in split.test.items()},
+        fingerprint=split.fingerprint,
+    )
+
+
+def llm_args(config: ClusterConfig, model: Path, port: int, public_pool: str) -> list[str]:
     return [
         "llm",
         "serve",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        "--model",
-        str(model),
-        "--backend",
-        config.llm_backend,
-        "--public-pool",
-        config.public_pool,
-        "--gpu-memory-utilization",
-        str(config.gpu_memory_utilization),
+        *flags(
+            port=port,
+            metrics_port=-1,
+            model=model,
+            backend=config.llm_backend,
+            public_pool=public_pool,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+        ),
     ]
 
 
 def allocator_args(
-    config: ClusterConfig, run_id: str, port: int, llm_address: str, redis_url: str
+    config: ClusterConfig, run_id: str, port: int, llm: str, redis_url: str, public_pool: str
 ) -> list[str]:
     return [
         "allocator",
         "serve",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        "--redis-url",
-        redis_url,
-        "--run-id",
-        run_id,
-        "--public-pool",
-        config.public_pool,
-        "--policy",
-        config.policy,
-        "--rounds",
-        str(config.rounds),
-        "--min-agents",
-        str(len(config.agents)),
-        "--round-deadline",
-        str(config.round_deadline_s),
-        "--llm",
-        llm_address,
+        *flags(
+            port=port,
+            metrics_port=-1,
+            redis_url=redis_url,
+            run_id=run_id,
+            public_pool=public_pool,
+            policy=config.policy,
+            rounds=config.rounds,
+            min_agents=len(config.agents),
+            round_deadline=config.round_deadline_s,
+            llm=llm,
+        ),
     ]
 
 
@@ -192,31 +245,24 @@ def agent_args(
     allocator: str,
     llm: str,
     state_dir: Path,
+    private_data: str,
 ) -> list[str]:
     return [
         "agent",
         "run",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        "--allocator",
-        allocator,
-        "--llm",
-        llm,
-        "--model",
-        str(model),
-        "--private-data",
-        agent.private_data,
-        "--name",
-        agent.name,
-        "--capacity",
-        str(agent.capacity),
-        "--loss",
-        agent.loss or config.loss,
-        "--contribute" if agent.contribute else "--no-contribute",
-        "--state-dir",
-        str(state_dir),
+        *flags(
+            port=port,
+            metrics_port=-1,
+            allocator=allocator,
+            llm=llm,
+            model=model,
+            private_data=private_data,
+            name=agent.name,
+            capacity=agent.capacity,
+            loss=agent.loss or config.loss,
+            contribute=agent.contribute,
+            state_dir=state_dir,
+        ),
     ]
 
 
@@ -235,28 +281,34 @@ def redis_for_cluster(workdir: Path) -> Iterator[RedisHandle]:
         shutdown_embedded(handle)
 
 
-def start_cluster(cluster: Cluster, models: dict[str, Path]) -> None:
+def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) -> None:
+    """LLM service first (slowest to start), then the allocator, then every agent."""
     config = cluster.config
     llm_port, allocator_port = free_port(), free_port()
-    llm = cluster.start("llm", llm_args(config, models[config.llm_model], llm_port), llm_port)
+    llm_model = models[config.llm_model]
+    llm = cluster.start("llm", llm_args(config, llm_model, llm_port, data.public), llm_port)
     wait_serving(llm, config.startup_timeout_s)
     allocator = cluster.start(
         "allocator",
-        allocator_args(config, cluster.run_id, allocator_port, llm.address, cluster.redis.url),
+        allocator_args(
+            config, cluster.run_id, allocator_port, llm.address, cluster.redis.url, data.public
+        ),
         allocator_port,
     )
     wait_serving(allocator, 120)
     for agent in config.agents:
         port = free_port()
-        state_dir = cluster.workdir / "agents" / agent.name
-        child = cluster.start(
-            agent.name,
-            agent_args(
-                config, agent, models[agent.model], port, allocator.address, llm.address, state_dir
-            ),
+        args = agent_args(
+            config,
+            agent,
+            models[agent.model],
             port,
+            allocator.address,
+            llm.address,
+            cluster.workdir / "agents" / agent.name,
+            data.private[agent.name],
         )
-        wait_serving(child, 300)
+        wait_serving(cluster.start(agent.name, args, port), 300)
 
 
 @dataclass
@@ -396,11 +448,12 @@ def run_cluster(config_path: str, out_dir: str | None = None) -> int:
     workdir = report_dir / "run"
     workdir.mkdir(parents=True, exist_ok=True)
     models = resolve_models(config)
+    data = carve_data(config, workdir / "data")
     with redis_for_cluster(workdir) as redis_handle:
         cluster = Cluster(config, f"{config.run_id}-{stamp}", redis_handle, workdir)
         started = time.monotonic()
         try:
-            start_cluster(cluster, models)
+            start_cluster(cluster, models, data)
             follow(cluster)
             metrics = collect_cluster_metrics(cluster, started)
         except KeyboardInterrupt:

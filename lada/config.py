@@ -128,7 +128,8 @@ class ClusterAgentConfig:
 
     name: str = "agent"
     model: str = ""  # a zoo model name (see `lada models build`) or a model directory
-    private_data: str = ""
+    domains: list[str] = field(default_factory=list)  # home domains of its private data
+    private_size: int = 300
     capacity: int = 32
     loss: str = ""  # empty: the cluster's loss
     contribute: bool = True
@@ -143,8 +144,12 @@ class ClusterConfig:
     llm_model: str = "llm"  # zoo name or model directory
     llm_backend: str = "vllm"
     gpu_memory_utilization: float = 0.05
-    public_pool: str = "synthetic:domains=all,n=600,seed=1"
-    test_data: str = "synthetic:domains=all,n=200,seed=99"
+    source: str = "synthetic:domains=all,n=3000,seed=1"  # carved into public/private/test
+    public_size: int = 600
+    test_size: int = 50  # per domain
+    skew: float = 10.0  # Dirichlet concentration of private domain mixtures
+    own_share: float = 0.9
+    split_seed: int = 0
     policy: str = "lada"
     loss: str = "contrastive"
     rounds: int = 3
