@@ -315,13 +315,23 @@ def models_group() -> None:
     help="Zoo directory (default $LADA_HOME/zoo).",
 )
 def models_build(profile: str, root: str | None) -> None:
-    """Pretrain the zoo's LLM and heterogeneous SLMs (cached by config hash)."""
+    """Pretrain the zoo's LLM and heterogeneous SLMs (cached by config hash).
+
+    Also links each model as <zoo>/<profile>/<name> so deployments can name stable paths.
+    """
+    from lada.config import lada_home
     from lada.zoo import build_zoo
 
-    manifest = build_zoo(profile, Path(root) if root else None, progress=True)
-    click.echo(f"llm: {manifest.llm}")
-    for name, path in manifest.slms.items():
-        click.echo(f"{name}: {path}")
+    zoo_root = Path(root) if root else lada_home() / "zoo"
+    manifest = build_zoo(profile, zoo_root, progress=True)
+    links = zoo_root / profile
+    links.mkdir(parents=True, exist_ok=True)
+    for name, path in {"llm": manifest.llm, **manifest.slms}.items():
+        link = links / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(path).resolve(), target_is_directory=True)
+        click.echo(f"{name}: {link} -> {path}")
 
 
 @cli.command("eval")
