@@ -5,18 +5,26 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 | key                          | type   | holds                                               |
 |------------------------------|--------|-----------------------------------------------------|
 | `run`                        | hash   | policy, total_rounds, pool_fingerprint, pool_size,   |
-|                              |        | current_round, created_ms                            |
+|                              |        | current_round, created_ms, llm_version, finished_ms  |
 | `agents`                     | zset   | agent_id -> registration sequence                    |
 | `agent:{agent_id}`           | hash   | name, model_description, tokenizer_name, domain_tags |
 |                              |        | (JSON), capacity, first_round, status, token_hash,   |
 |                              |        | last_heartbeat_ms                                    |
 | `agent_names`                | hash   | name -> agent_id (names are unique per run)          |
-| `round:{r}`                  | hash   | phase, deadline_ms, opened_ms, closed_ms             |
+| `tokens`                     | hash   | token hash -> agent_id (who is calling)              |
+| `round:{r}`                  | hash   | phase, deadline_ms, opened_ms, closed_ms,            |
+|                              |        | allocated_ms                                         |
 | `round:{r}:agents`           | hash   | agent_id -> AgentRoundState name                     |
-| `events`                     | stream | round events: round, phase, ts_ms                    |
+| `events`                     | stream | round events: round, phase, ts_ms (+ finished=1 once |
+|                              |        | the last round closed)                               |
 | `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, pos}            |
 | `stats:{r}:{agent_id}`       | hash   | sample_id -> serialized lada.v1.SampleStats          |
-| `policy:{name}`              | hash   | policy-private state (bandit arms, bands), JSON      |
+| `policy:{name}`              | hash   | policy-private state (bandit arms, bands), JSON;     |
+|                              |        | `policy:learners` holds agent_id -> {reward_sum,     |
+|                              |        | pulls, band}, folded_round, absorbed_round           |
+| `gaps:{agent_id}`            | hash   | sample_id -> "gap|solved" from the agent's latest    |
+|                              |        | report on it (gap "nan" when no LLM path is correct) |
+| `llm_acc`                    | hash   | sample_id -> "correct/total" of the LLM's paths      |
 | `contrib:{r}`                | hash   | "{agent_id}|{sample_id}" -> path text                |
 | `absorbed`                   | set    | sample IDs the LLM has absorbed                      |
 | `blob:{name}`                | string | large artefacts (cluster model, assignments)         |
@@ -113,6 +121,38 @@ return 0
 """
 
 
+# KEYS: round agents hash. ARGV: agent_id. ALLOCATED -> TRAINING for that agent only.
+_MARK_TRAINING_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == 'ALLOCATED' then
+  redis.call('HSET', KEYS[1], ARGV[1], 'TRAINING')
+  return 1
+end
+return 0
+"""
+
+# KEYS: round hash, round agents hash, events stream. ARGV: round, now_ms.
+# Participants that have not reported become LATE; the round moves to REPORTED.
+_CLOSE_REPORTING_LUA = """
+local phase = redis.call('HGET', KEYS[1], 'phase')
+if phase ~= 'ALLOCATED' and phase ~= 'TRAINING' then return 0 end
+local members = redis.call('HGETALL', KEYS[2])
+for i = 1, #members, 2 do
+  if members[i + 1] ~= 'REPORTED' then redis.call('HSET', KEYS[2], members[i], 'LATE') end
+end
+redis.call('HSET', KEYS[1], 'phase', 'REPORTED')
+redis.call('XADD', KEYS[3], '*', 'round', ARGV[1], 'phase', 'REPORTED', 'ts_ms', ARGV[2])
+return 1
+"""
+
+# KEYS: run hash, events stream. ARGV: last round, now_ms. Once per run.
+_FINISH_RUN_LUA = """
+if redis.call('HSETNX', KEYS[1], 'finished_ms', ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'round', ARGV[1], 'phase', 'CLOSED', 'ts_ms', ARGV[2],
+           'finished', '1')
+return 1
+"""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -194,6 +234,9 @@ class StateStore:
         self._transition = client.register_script(_TRANSITION_LUA)
         self._open_round = client.register_script(_OPEN_ROUND_LUA)
         self._lease = client.register_script(_LEASE_LUA)
+        self._mark_training = client.register_script(_MARK_TRAINING_LUA)
+        self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
+        self._finish_run = client.register_script(_FINISH_RUN_LUA)
 
     # ---- keys ----------------------------------------------------------------------
     def key(self, *parts: object) -> str:
@@ -284,6 +327,7 @@ class StateStore:
             },
         )
         pipe.zadd(self.key("agents"), {record.agent_id: self.redis.zcard(self.key("agents"))})
+        pipe.hset(self.key("tokens"), hash_token(token), record.agent_id)
         pipe.execute()
         return record, token
 
@@ -433,20 +477,31 @@ class StateStore:
 
     # ---- statistics ----------------------------------------------------------------
     def apply_report(
-        self, round_number: int, agent_id: str, stats: Mapping[str, bytes]
+        self,
+        round_number: int,
+        agent_id: str,
+        stats: Mapping[str, bytes],
+        *,
+        require_open: bool = False,
     ) -> ReportOutcome:
         """Apply a whole report stream atomically; idempotent per (agent, round, sample).
 
         Samples not allocated to the agent in this round raise PermissionDenied and
-        nothing is written.
+        nothing is written. With `require_open`, a report for a round that is no longer
+        taking reports, or from an agent marked LATE, raises Conflict (checked atomically
+        with the write, so it cannot slip past the deadline sweep).
         """
         alloc_key = self.key("alloc", round_number, agent_id)
         stats_key = self.key("stats", round_number, agent_id)
+        round_key = self.key("round", round_number)
+        members_key = self.key("round", round_number, "agents")
         sample_ids = list(stats)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(alloc_key, stats_key)
+                    pipe.watch(alloc_key, stats_key, round_key, members_key)
+                    if require_open:
+                        self._check_reporting_open(pipe, round_number, agent_id)
                     allocated = pipe.hmget(alloc_key, sample_ids) if sample_ids else []
                     missing = [s for s, a in zip(sample_ids, allocated, strict=True) if a is None]
                     if missing:
@@ -471,6 +526,14 @@ class StateStore:
                     return ReportOutcome(len(fresh), len(sample_ids) - len(fresh))
                 except redis.WatchError:
                     continue
+
+    def _check_reporting_open(self, pipe: redis.client.Pipeline, r: int, agent_id: str) -> None:
+        phase = _s(pipe.hget(self.key("round", r), "phase"))
+        if phase not in (Phase.ALLOCATED.value, Phase.TRAINING.value):
+            raise Conflict(f"round: round {r} is {phase or 'not open'}, not taking reports")
+        state = _s(pipe.hget(self.key("round", r, "agents"), agent_id))
+        if state == AgentRoundState.LATE.value:
+            raise Conflict(f"round: {agent_id} missed the deadline of round {r} (LATE)")
 
     def get_stats(self, round_number: int, agent_id: str) -> dict[str, bytes]:
         return {
@@ -521,3 +584,172 @@ class StateStore:
     def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """Take or renew a named lease (e.g. the round driver's leadership)."""
         return bool(self._lease(keys=[self.key("lock", name)], args=[owner, ttl_ms]))
+
+    # ---- callers, round driving and folding (the allocator's round driver) -------------
+    def agent_for_token(self, token: str) -> str | None:
+        """The agent a token belongs to (any status), or None for an unknown token."""
+        if not token:
+            return None
+        return _s(self.redis.hget(self.key("tokens"), hash_token(token))) or None
+
+    def record_round_allocations(
+        self, round_number: int, allocations: Mapping[str, list[Allocation]], deadline_ms: int
+    ) -> bool:
+        """Record a round's allocations and move it OPEN -> ALLOCATED in one transaction.
+
+        Returns False (and writes nothing) if the round is not OPEN any more, so two
+        replicas can never both dispatch a round.
+        """
+        round_key = self.key("round", round_number)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(round_key)
+                    if _s(pipe.hget(round_key, "phase")) != Phase.OPEN.value:
+                        return False
+                    stamp = now_ms()
+                    pipe.multi()
+                    self._queue_allocations(pipe, round_number, allocations)
+                    pipe.hset(
+                        round_key,
+                        mapping={
+                            "phase": Phase.ALLOCATED.value,
+                            "deadline_ms": deadline_ms,
+                            "allocated_ms": stamp,
+                        },
+                    )
+                    pipe.xadd(
+                        self.key("events"),
+                        {"round": round_number, "phase": Phase.ALLOCATED.value, "ts_ms": stamp},
+                    )
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def _queue_allocations(
+        self, pipe: redis.client.Pipeline, r: int, allocations: Mapping[str, list[Allocation]]
+    ) -> None:
+        for agent_id, samples in allocations.items():
+            key = self.key("alloc", r, agent_id)
+            pipe.delete(key)
+            if samples:
+                pipe.hset(
+                    key,
+                    mapping={
+                        a.sample_id: json.dumps(
+                            {"cluster": a.cluster, "version": a.version, "pos": pos}
+                        )
+                        for pos, a in enumerate(samples)
+                    },
+                )
+            pipe.hset(self.key("round", r, "agents"), agent_id, AgentRoundState.ALLOCATED.value)
+
+    def mark_training(self, round_number: int, agent_id: str) -> None:
+        """An agent fetched its allocation: ALLOCATED -> TRAINING for it and for the round."""
+        self._mark_training(keys=[self.key("round", round_number, "agents")], args=[agent_id])
+        self.transition(round_number, Phase.TRAINING)
+
+    def close_reporting(self, round_number: int) -> bool:
+        """Mark every participant that has not reported LATE and move the round to REPORTED,
+        atomically (a report racing the sweep is either in before it or refused after)."""
+        moved = self._close_reporting(
+            keys=[
+                self.key("round", round_number),
+                self.key("round", round_number, "agents"),
+                self.key("events"),
+            ],
+            args=[round_number, now_ms()],
+        )
+        return bool(moved)
+
+    def learners(self) -> dict[str, dict[str, object]]:
+        """Per-agent learner state (bandit arms, band) kept in `policy:learners`."""
+        state = self.policy_state("learners")
+        return {k: v for k, v in state.items() if isinstance(v, dict)}  # type: ignore[misc]
+
+    def folded_round(self) -> int:
+        return int(self.policy_state("learners").get("folded_round", 0) or 0)  # type: ignore[arg-type]
+
+    def fold_round(
+        self,
+        round_number: int,
+        learners: Mapping[str, object],
+        gaps: Mapping[str, Mapping[str, str]],
+        llm_acc: Mapping[str, str],
+    ) -> bool:
+        """Write one round's folded results (learner state, gaps, LLM accuracy) once.
+
+        Returns False when this round was already folded (a restart or another replica).
+        """
+        policy_key = self.key("policy", "learners")
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(policy_key)
+                    folded = json.loads(_s(pipe.hget(policy_key, "folded_round")) or "0")
+                    if int(folded) >= round_number:
+                        return False
+                    pipe.multi()
+                    mapping = {k: json.dumps(v) for k, v in learners.items()}
+                    mapping["folded_round"] = json.dumps(round_number)
+                    pipe.hset(policy_key, mapping=mapping)
+                    for agent_id, values in gaps.items():
+                        if values:
+                            pipe.hset(self.key("gaps", agent_id), mapping=dict(values))
+                    if llm_acc:
+                        pipe.hset(self.key("llm_acc"), mapping=dict(llm_acc))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def known_gaps(self, agent_id: str) -> dict[str, str]:
+        """sample_id -> "gap|solved" for every sample the agent has reported on."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("gaps", agent_id)).items()}
+
+    def known_gaps_many(self, agent_ids: list[str]) -> dict[str, dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.hgetall(self.key("gaps", agent_id))
+        return {
+            agent_id: {_s(k): _s(v) for k, v in raw.items()}
+            for agent_id, raw in zip(agent_ids, pipe.execute(), strict=True)
+        }
+
+    def llm_accuracy(self) -> dict[str, str]:
+        """sample_id -> "correct/total" of the LLM's paths, as agents reported them."""
+        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("llm_acc")).items()}
+
+    def absorbed_round(self) -> int:
+        return int(self.policy_state("learners").get("absorbed_round", 0) or 0)  # type: ignore[arg-type]
+
+    def record_absorption(
+        self, round_number: int, sample_ids: Iterable[str], llm_learner: object, version: str
+    ) -> None:
+        """After the LLM absorbed a round's selection: absorbed IDs, its arms, its version."""
+        pipe = self.redis.pipeline(transaction=True)
+        ids = list(sample_ids)
+        if ids:
+            pipe.sadd(self.key("absorbed"), *ids)
+        pipe.hset(
+            self.key("policy", "learners"),
+            mapping={"llm": json.dumps(llm_learner), "absorbed_round": json.dumps(round_number)},
+        )
+        if version:
+            pipe.hset(self.key("run"), "llm_version", version)
+        pipe.execute()
+
+    def llm_version(self) -> str:
+        return _s(self.redis.hget(self.key("run"), "llm_version")) or "base"
+
+    def finish_run(self, last_round: int) -> bool:
+        """Mark the run finished once and log a `finished` event for watchers."""
+        return bool(
+            self._finish_run(
+                keys=[self.key("run"), self.key("events")], args=[last_round, now_ms()]
+            )
+        )
+
+    def run_finished(self) -> bool:
+        return bool(self.redis.hexists(self.key("run"), "finished_ms"))
