@@ -69,6 +69,8 @@ class ServerConfig:
     tls_client_ca: str = ""  # set to require client certificates (mTLS)
     log_level: str = "INFO"
     log_json: bool = True
+    rate_limit_per_s: float = 0.0  # RPCs per second per caller; 0 = unlimited
+    rate_limit_burst: float = 50.0
 
 
 @dataclass

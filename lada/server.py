@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lada.config import ServerConfig
 from lada.logs import configure_logging
+from lada.ratelimit import RateLimitInterceptor
 
 log = logging.getLogger("lada.server")
 
@@ -160,10 +161,13 @@ def start_server(
 
     configure_logging(config.log_level, config.log_json, service=name)
     bindings = list(bindings)
+    chain: list[grpc.ServerInterceptor] = [_MetricsInterceptor(name)]
+    if config.rate_limit_per_s > 0:
+        chain.append(RateLimitInterceptor(config.rate_limit_per_s, config.rate_limit_burst))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=name),
         options=grpc_options(config),
-        interceptors=[_MetricsInterceptor(name), *interceptors],
+        interceptors=[*chain, *interceptors],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
