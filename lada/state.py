@@ -753,3 +753,7 @@ class StateStore:
 
     def run_finished(self) -> bool:
         return bool(self.redis.hexists(self.key("run"), "finished_ms"))
+
+    def put_blob_once(self, name: str, data: bytes) -> bool:
+        """Store a blob unless one exists (replicas racing to fit the same artefact)."""
+        return bool(self.redis.set(self.key("blob", name), data, nx=True))

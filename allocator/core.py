@@ -1,0 +1,429 @@
+"""The allocator's logic without gRPC: registry, authentication, allocations, reports,
+contributions and operator queries. All state lives in Redis through `StateStore`; what this
+object holds (the pool, its clustering) is derived from the config and Redis, so any number
+of replicas, or a restarted process, see the same allocator.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from allocator.clustering import (
+    ClusteringSettings,
+    fit_cluster_model,
+    model_from_json,
+    model_to_json,
+)
+from allocator.folding import accuracy_of, decode_known_gaps
+from allocator.policies import LearnerState, PoolIndex, make_policy
+from lada.config import AllocatorConfig
+from lada.learnability import ClusterModel, band_gap_bounds, ucb_scores
+from lada.state import (
+    AgentRecord,
+    AgentRoundState,
+    AgentStatus,
+    Allocation,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    Phase,
+    ReportOutcome,
+    StateError,
+    StateStore,
+    Unauthenticated,
+    now_ms,
+)
+from lada.tasks import Problem, is_correct, pool_fingerprint
+from lada.v1 import allocator_pb2
+
+CLUSTER_BLOB = "clusters"
+LLM_LEARNER = "llm"
+
+
+class InvalidArgument(StateError):
+    """A request field is malformed (INVALID_ARGUMENT); the message names the field."""
+
+
+@dataclass
+class AllocatorSettings:
+    """Allocator tunables beyond AllocatorConfig (proposed for lada.config)."""
+
+    driver_tick_s: float = 0.2
+    lease_ttl_s: float = 5.0
+    watch_block_ms: int = 1000
+    max_paths_per_sample: int = 64
+    max_contribution_chars: int = 20_000
+    gap_histogram_bins: int = 10
+    llm_timeout_s: float = 600.0
+    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+
+
+@dataclass
+class AllocationView:
+    round: int
+    samples: list[Allocation]
+    deadline_ms: int
+    policy: str
+
+
+@dataclass
+class RoundEventView:
+    round: int
+    phase: Phase
+    ts_ms: int
+    finished: bool
+
+
+_LOGPROB_FIELDS = (
+    "llm_normalized_logprob",
+    "slm_normalized_logprob_before",
+    "slm_normalized_logprob_after",
+)
+
+
+class AllocatorCore:
+    """One run's allocator, usable in-process (simulation) or behind the gRPC servicer."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        config: AllocatorConfig,
+        problems: Sequence[Problem],
+        settings: AllocatorSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.settings = settings or AllocatorSettings()
+        self.problems = list(problems)
+        self.by_id = {p.id: p for p in self.problems}
+        self.fingerprint = pool_fingerprint(self.problems)
+        self.policy = make_policy(config.policy)
+        store.init_run(
+            policy=config.policy,
+            total_rounds=config.rounds,
+            pool_fingerprint=self.fingerprint,
+            pool_size=len(self.problems),
+        )
+        self.cluster_model, assignment = self._load_or_fit_clusters()
+        self.pool = PoolIndex(
+            [p.id for p in self.problems], assignment, self.cluster_model.num_clusters
+        )
+
+    # ---- clustering ----------------------------------------------------------------------
+    def _load_or_fit_clusters(self) -> tuple[ClusterModel, np.ndarray]:
+        """The first replica fits the clustering before round 1; everyone uses the stored one."""
+        blob = self.store.get_blob(CLUSTER_BLOB)
+        if blob is None:
+            difficulty = 1.0 - accuracy_of(self.store.llm_accuracy(), list(self.by_id))
+            model, assignment = fit_cluster_model(
+                [p.question for p in self.problems],
+                [p.domain for p in self.problems],
+                difficulty,
+                self.config.lada.num_clusters,
+                self.config.seed,
+                self.settings.clustering,
+            )
+            self.store.put_blob_once(CLUSTER_BLOB, _encode_clusters(model, assignment))
+            blob = self.store.get_blob(CLUSTER_BLOB)
+        assert blob is not None
+        return _decode_clusters(blob, len(self.problems))
+
+    # ---- authentication --------------------------------------------------------------------
+    def authorize(self, token: str, agent_id: str) -> AgentRecord:
+        """The calling agent from its token; acting for another agent is PERMISSION_DENIED."""
+        caller = self.store.agent_for_token(token)
+        if caller is None:
+            raise Unauthenticated("authorization: missing or unknown agent token")
+        record = self.store.authenticate(caller, token)
+        if agent_id and agent_id != caller:
+            raise PermissionDenied(f"agent_id: this token belongs to {caller}, not {agent_id}")
+        return record
+
+    def check_operator(self, token: str) -> None:
+        expected = self.config.operator_token
+        if expected and not secrets.compare_digest(token.encode(), expected.encode()):
+            raise Unauthenticated("authorization: missing or wrong operator token")
+
+    def is_operator(self, token: str) -> bool:
+        expected = self.config.operator_token
+        return bool(expected) and secrets.compare_digest(token.encode(), expected.encode())
+
+    # ---- registry --------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        model_description: str,
+        tokenizer_name: str,
+        domain_tags: Sequence[str],
+        capacity: int,
+        fingerprint: str,
+    ) -> tuple[AgentRecord, str]:
+        """New agents take part from the round after the current one."""
+        if not name.strip():
+            raise InvalidArgument("name: must not be empty")
+        if capacity <= 0:
+            raise InvalidArgument(f"capacity: must be positive, got {capacity}")
+        if fingerprint != self.fingerprint:
+            raise Conflict(
+                f"pool_fingerprint: the agent holds pool {fingerprint[:12] or '(none)'}, "
+                f"the allocator serves {self.fingerprint[:12]}"
+            )
+        record = AgentRecord(
+            agent_id="",
+            name=name,
+            model_description=model_description,
+            tokenizer_name=tokenizer_name,
+            domain_tags=list(domain_tags),
+            capacity=capacity,
+            first_round=self.store.current_round() + 1,
+        )
+        return self.store.register_agent(record)
+
+    def heartbeat(self, agent_id: str) -> tuple[int, Phase | None, int]:
+        stamp = self.store.heartbeat(agent_id)
+        current = self.store.current_round()
+        return current, self.store.round_phase(current) if current else None, stamp
+
+    def leave(self, agent_id: str, status: AgentStatus) -> None:
+        """Deregister or revoke: the agent's unfinished allocation this round is released."""
+        self.store.set_agent_status(agent_id, status)
+        current = self.store.current_round()
+        state = self.store.agent_round_state(current, agent_id) if current else None
+        if state in (AgentRoundState.ALLOCATED, AgentRoundState.TRAINING):
+            self.store.set_agent_round_state(current, agent_id, AgentRoundState.LATE)
+
+    # ---- allocations and reports ----------------------------------------------------------
+    def resolve_round(self, round_number: int) -> int:
+        if round_number < 0:
+            raise InvalidArgument(f"round: must not be negative, got {round_number}")
+        resolved = round_number or self.store.current_round()
+        if resolved == 0 or self.store.round_phase(resolved) is None:
+            raise NotFound(f"round: no round {round_number or 'open yet'}")
+        return resolved
+
+    def allocation(self, agent_id: str, round_number: int, mark: bool = True) -> AllocationView:
+        """An agent's allocation; fetching it moves the agent (and round) to TRAINING."""
+        r = self.resolve_round(round_number)
+        record = self.store.get_round(r)
+        if record.phase is Phase.OPEN:
+            raise Conflict(f"round: round {r} is OPEN; allocations are not recorded yet")
+        if agent_id not in record.agents:
+            raise NotFound(f"agent_id: {agent_id} takes no part in round {r}")
+        if mark:
+            self.store.mark_training(r, agent_id)
+        samples = self.store.get_allocation(r, agent_id)
+        return AllocationView(r, samples, record.deadline_ms, self.config.policy)
+
+    def report(
+        self, agent_id: str, round_number: int, stats: Sequence[allocator_pb2.SampleStats]
+    ) -> ReportOutcome:
+        """Validate a whole report stream, then apply it atomically (all or nothing)."""
+        r = self.resolve_round(round_number)
+        payload = self._validated_payload(stats)
+        return self.store.apply_report(r, agent_id, payload, require_open=True)
+
+    def _validated_payload(self, stats: Sequence[allocator_pb2.SampleStats]) -> dict[str, bytes]:
+        _check_numbers(stats, self.settings.max_paths_per_sample)
+        unknown = [s.sample_id for s in stats if s.sample_id not in self.by_id]
+        if unknown:
+            raise InvalidArgument(f"stats.sample_id: unknown sample IDs: {_listing(unknown)}")
+        payload: dict[str, bytes] = {}
+        clashing: list[str] = []
+        for sample in stats:
+            data = sample.SerializeToString(deterministic=True)
+            previous = payload.setdefault(sample.sample_id, data)
+            if previous != data:
+                clashing.append(sample.sample_id)
+        if clashing:
+            raise InvalidArgument(
+                f"stats.sample_id: reported twice with different values: {_listing(clashing)}"
+            )
+        return payload
+
+    def contribute(
+        self, agent_id: str, round_number: int, paths: Sequence[tuple[str, str]]
+    ) -> tuple[int, int]:
+        """Record an agent's correct paths on public samples; wrong answers are dropped."""
+        r = self.resolve_round(round_number)
+        phase = self.store.round_phase(r)
+        if phase not in (Phase.ALLOCATED, Phase.TRAINING):
+            raise Conflict(f"round: round {r} is {phase}, not taking contributions")
+        ids = [sample_id for sample_id, _ in paths]
+        unknown = [s for s in ids if s not in self.by_id]
+        if unknown:
+            raise InvalidArgument(f"paths.sample_id: unknown sample IDs: {_listing(unknown)}")
+        repeated = sorted({s for s in ids if ids.count(s) > 1})
+        if repeated:
+            raise InvalidArgument(f"paths.sample_id: more than one path for {_listing(repeated)}")
+        for sample_id, text in paths:
+            if not text.strip() or len(text) > self.settings.max_contribution_chars:
+                raise InvalidArgument(
+                    f"paths.text: empty or longer than {self.settings.max_contribution_chars} "
+                    f"characters for {sample_id}"
+                )
+        accepted = {s: t for s, t in paths if is_correct(t, self.by_id[s].answer)}
+        self.store.add_contributions(r, agent_id, accepted)
+        return len(accepted), len(paths) - len(accepted)
+
+    # ---- round events --------------------------------------------------------------------
+    def watch(self, from_round: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
+        """Round events from `from_round` (0: the current round) until the run finishes."""
+        first = from_round or max(self.store.current_round(), 1)
+        after = "0-0"
+        while not cancelled():
+            block = self.settings.watch_block_ms
+            for entry_id, fields in self.store.events(after, block_ms=block, count=500):
+                after = entry_id
+                event = RoundEventView(
+                    int(fields["round"]),
+                    Phase(fields["phase"]),
+                    int(fields["ts_ms"]),
+                    fields.get("finished") == "1",
+                )
+                if event.round >= first or event.finished:
+                    yield event
+                if event.finished:
+                    return
+
+    # ---- operator queries ------------------------------------------------------------------
+    def round_status(self, round_number: int) -> dict[str, Any]:
+        info = self.store.run_info()
+        r = round_number or self.store.current_round()
+        status: dict[str, Any] = {
+            "round": r,
+            "phase": "",
+            "deadline_ms": 0,
+            "policy": info.get("policy", self.config.policy),
+            "total_rounds": int(info.get("total_rounds") or self.config.rounds),
+            "pool_fingerprint": self.fingerprint,
+            "pool_size": len(self.problems),
+            "agents": [],
+        }
+        if r == 0:
+            return status
+        record = self.store.get_round(r)
+        names = {a.agent_id: a.name for a in self.store.list_agents()}
+        status["phase"] = record.phase.value
+        status["deadline_ms"] = record.deadline_ms
+        status["agents"] = [
+            {
+                "agent_id": agent_id,
+                "name": names.get(agent_id, ""),
+                "state": state.value,
+                "allocated": self.store.allocation_size(r, agent_id),
+                "reported": len(self.store.get_stats(r, agent_id)),
+            }
+            for agent_id, state in sorted(record.agents.items())
+        ]
+        return status
+
+    def learner(self, agent_id: str) -> LearnerState:
+        raw = self.store.learners().get(agent_id)
+        return LearnerState.from_json(raw, self.pool.num_clusters, self.config.lada)
+
+    def learnability(self, agent_id: str = "") -> list[dict[str, Any]]:
+        """Per agent: gap histogram, band and per-cluster arms (the LLM too, when asked for all)."""
+        if agent_id:
+            self.store.get_agent(agent_id)
+            ids = [agent_id]
+        else:
+            ids = [a.agent_id for a in self.store.list_agents()]
+            if LLM_LEARNER in self.store.learners():
+                ids.append(LLM_LEARNER)
+        return [self._learnability_of(a) for a in ids]
+
+    def _learnability_of(self, agent_id: str) -> dict[str, Any]:
+        learner = self.learner(agent_id)
+        _, gaps, _ = decode_known_gaps(self.store.known_gaps(agent_id), self.pool)
+        finite = gaps[np.isfinite(gaps)]
+        counts, edges = (
+            np.histogram(finite, bins=self.settings.gap_histogram_bins)
+            if finite.size
+            else (np.zeros(0, np.int64), np.zeros(0))
+        )
+        gap_lo, gap_hi = band_gap_bounds(finite, learner.band_low, learner.band_high)
+        scores = ucb_scores(learner.reward_sum, learner.pulls, self.config.lada.ucb_alpha)
+        return {
+            "agent_id": agent_id,
+            "histogram_edges": edges.tolist(),
+            "histogram_counts": counts.tolist(),
+            "band_low_quantile": learner.band_low,
+            "band_high_quantile": learner.band_high,
+            "band_low_gap": gap_lo if math.isfinite(gap_lo) else 0.0,
+            "band_high_gap": gap_hi if math.isfinite(gap_hi) else 0.0,
+            "samples_with_gap": int(finite.size),
+            "arms": [
+                {
+                    "cluster": c,
+                    "mean_reward": float(learner.reward_sum[c] / learner.pulls[c])
+                    if learner.pulls[c]
+                    else 0.0,
+                    "pulls": int(learner.pulls[c]),
+                    "ucb_score": float(scores[c]),
+                }
+                for c in range(self.pool.num_clusters)
+            ],
+        }
+
+    def agents(self) -> list[AgentRecord]:
+        return self.store.list_agents()
+
+    def deadline_for_new_round(self) -> int:
+        return now_ms() + int(self.config.round_deadline_s * 1000)
+
+
+def _check_numbers(stats: Sequence[allocator_pb2.SampleStats], max_paths: int) -> None:
+    """Every log-probability finite and <= 0, and no more paths than allowed."""
+    values = [
+        value
+        for sample in stats
+        for path in sample.paths
+        for value in (
+            path.llm_normalized_logprob,
+            path.slm_normalized_logprob_before,
+            path.slm_normalized_logprob_after,
+        )
+    ]
+    array = np.fromiter(values, float, len(values))
+    if not (np.isfinite(array) & (array <= 0.0)).all():
+        raise InvalidArgument(_first_bad_number(stats))
+    too_long = [s.sample_id for s in stats if len(s.paths) > max_paths]
+    if too_long:
+        raise InvalidArgument(f"stats.paths: more than {max_paths} paths for {_listing(too_long)}")
+
+
+def _first_bad_number(stats: Sequence[allocator_pb2.SampleStats]) -> str:
+    for i, sample in enumerate(stats):
+        for j, path in enumerate(sample.paths):
+            for name in _LOGPROB_FIELDS:
+                value = getattr(path, name)
+                if not math.isfinite(value) or value > 0.0:
+                    what = "must be finite" if not math.isfinite(value) else "must be <= 0"
+                    return (
+                        f"stats[{i}].paths[{j}].{name}: {value!r} {what} "
+                        f"(sample {sample.sample_id})"
+                    )
+    return "stats: invalid number"
+
+
+def _listing(ids: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def _encode_clusters(model: ClusterModel, assignment: np.ndarray) -> bytes:
+    return model_to_json(model) + b"\n" + assignment.astype(np.int32).tobytes()
+
+
+def _decode_clusters(blob: bytes, pool_size: int) -> tuple[ClusterModel, np.ndarray]:
+    head, _, tail = blob.partition(b"\n")
+    assignment = np.frombuffer(tail, np.int32).astype(np.int64)
+    if len(assignment) != pool_size:
+        raise Conflict(f"public_pool: stored clustering covers {len(assignment)} samples")
+    return model_from_json(head), assignment

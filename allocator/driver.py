@@ -1,0 +1,255 @@
+"""The round driver: OPEN -> ALLOCATED -> TRAINING -> REPORTED -> CLOSED, one idempotent
+step at a time, every step a compare-and-set in Redis. Only the replica holding the
+`round_driver` lease steps; a crash anywhere leaves Redis in a state the next step resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import numpy as np
+
+from allocator.core import LLM_LEARNER, AllocatorCore
+from allocator.folding import (
+    accuracy_of,
+    decode_known_gaps,
+    fold_report,
+    parse_stats,
+    report_arrays,
+    unlearnable_mask,
+)
+from allocator.llm_gateway import Contribution, LLMGateway
+from allocator.policies import AgentView, AllocationRequest, LearnerState
+from lada import metrics
+from lada.learnability import novelty_scores, select_novel
+from lada.state import AgentRoundState, Allocation, Phase, now_ms
+
+log = logging.getLogger("lada.allocator.driver")
+
+LEASE_NAME = "round_driver"
+
+
+class RoundDriver:
+    """Advances the run; `step()` does at most one transition and is safe to repeat."""
+
+    def __init__(
+        self, core: AllocatorCore, llm: LLMGateway | None = None, owner: str | None = None
+    ) -> None:
+        self.core = core
+        self.store = core.store
+        self.llm = llm
+        self.owner = owner or f"driver-{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- the loop --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="round-driver", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        tick = self.core.settings.driver_tick_s
+        while not self._stop.wait(tick):
+            try:
+                self.tick()
+            except Exception:  # keep driving; the step is retried on the next tick
+                log.exception("round driver step failed")
+
+    def tick(self) -> bool:
+        """Step if this replica leads; returns whether anything changed."""
+        ttl_ms = int(self.core.settings.lease_ttl_s * 1000)
+        if not self.store.acquire_lease(LEASE_NAME, self.owner, ttl_ms):
+            return False
+        return self.step()
+
+    # ---- one step --------------------------------------------------------------------------
+    def step(self) -> bool:
+        r = self.store.current_round()
+        phase = self.store.round_phase(r) if r else Phase.CLOSED
+        if phase is Phase.CLOSED:
+            return self._open_next(r)
+        if phase is Phase.OPEN:
+            return self._allocate(r)
+        if phase in (Phase.ALLOCATED, Phase.TRAINING):
+            return self._maybe_close_reporting(r)
+        return self._close(r)
+
+    def _open_next(self, r: int) -> bool:
+        total = self.core.config.rounds
+        if r >= total:
+            if self.store.finish_run(r):
+                log.info("run finished", extra={"rounds": r})
+                return True
+            return False
+        if len(self.store.active_agents(r + 1)) < self.core.config.min_agents:
+            return False
+        opened = self.store.open_round(r + 1, deadline_ms=0)
+        if opened:
+            log.info("round opened", extra={"round": r + 1})
+        return opened
+
+    def _allocate(self, r: int) -> bool:
+        participants = self.store.active_agents(r)
+        request = self.allocation_request(r, participants)
+        chosen = self.core.policy.allocate(request)
+        version = self._llm_version()
+        pool = self.core.pool
+        allocations = {
+            agent_id: [
+                Allocation(pool.sample_ids[i], int(pool.clusters[i]), version) for i in indices
+            ]
+            for agent_id, indices in chosen.items()
+        }
+        deadline = self.core.deadline_for_new_round()
+        recorded = self.store.record_round_allocations(r, allocations, deadline)
+        if recorded:
+            total = sum(len(v) for v in allocations.values())
+            metrics.SAMPLES_ALLOCATED.labels(self.core.config.policy).inc(total)
+            log.info("round allocated", extra={"round": r, "agents": len(allocations)})
+        return recorded
+
+    def allocation_request(self, r: int, participants: list) -> AllocationRequest:  # type: ignore[type-arg]
+        """Everything the policy may know, read from Redis."""
+        core = self.core
+        learners = self.store.learners()
+        ids = [a.agent_id for a in participants]
+        known = self.store.known_gaps_many(ids)
+        views = []
+        for agent in participants:
+            idx, gaps, solved = decode_known_gaps(known[agent.agent_id], core.pool)
+            learner = LearnerState.from_json(
+                learners.get(agent.agent_id), core.pool.num_clusters, core.config.lada
+            )
+            views.append(AgentView(agent.agent_id, agent.capacity, learner, idx, gaps, solved))
+        return AllocationRequest(
+            round=r,
+            pool=core.pool,
+            agents=views,
+            unlearnable=unlearnable_mask(self.store.llm_accuracy(), core.pool),
+            params=core.config.lada,
+            seed=core.config.seed,
+        )
+
+    def _llm_version(self) -> str:
+        stored = self.store.run_info().get("llm_version")
+        if stored:
+            return stored
+        return self.llm.serving_version() if self.llm is not None else "base"
+
+    def _maybe_close_reporting(self, r: int) -> bool:
+        record = self.store.get_round(r)
+        pending = [
+            a
+            for a, s in record.agents.items()
+            if s in (AgentRoundState.ALLOCATED, AgentRoundState.TRAINING)
+        ]
+        if pending and now_ms() < record.deadline_ms:
+            return False
+        closed = self.store.close_reporting(r)
+        if closed:
+            log.info("round reported", extra={"round": r, "late": pending})
+        return closed
+
+    def _close(self, r: int) -> bool:
+        """REPORTED -> CLOSED: fold rewards, run the LLM direction, close."""
+        self.fold(r)
+        if self.llm is not None and self.store.absorbed_round() < r:
+            self.absorb(r)
+        closed = self.store.transition(r, Phase.CLOSED)
+        if closed:
+            log.info("round closed", extra={"round": r})
+        if r >= self.core.config.rounds:
+            self.store.finish_run(r)
+        return closed
+
+    # ---- folding -----------------------------------------------------------------------------
+    def fold(self, r: int) -> bool:
+        """Fold every reporting agent's statistics into its arms, band and gaps, once."""
+        if self.store.folded_round() >= r:
+            return False
+        core = self.core
+        record = self.store.get_round(r)
+        stored = self.store.learners()
+        learners: dict[str, object] = {}
+        gaps: dict[str, dict[str, str]] = {}
+        llm_acc: dict[str, str] = {}
+        for agent_id, state in record.agents.items():
+            if state is not AgentRoundState.REPORTED:
+                continue
+            stats = parse_stats(self.store.get_stats(r, agent_id))
+            if not stats:
+                continue
+            _, known, _ = decode_known_gaps(self.store.known_gaps(agent_id), core.pool)
+            learner = LearnerState.from_json(
+                stored.get(agent_id), core.pool.num_clusters, core.config.lada
+            )
+            result = fold_report(learner, known, report_arrays(stats), core.pool, core.config.lada)
+            learners[agent_id] = result.learner.to_json()
+            gaps[agent_id] = result.gaps
+            llm_acc.update(result.llm_acc)
+        folded = self.store.fold_round(r, learners, gaps, llm_acc)
+        if folded:
+            log.info("round folded", extra={"round": r, "agents": len(learners)})
+        return folded
+
+    # ---- the LLM direction ---------------------------------------------------------------------
+    def absorb(self, r: int) -> int:
+        """Select the most novel contributions (method 2), have the LLM absorb them, and credit
+        the LLM's per-cluster gain on them to its own arms. Returns how many were absorbed."""
+        assert self.llm is not None
+        core = self.core
+        candidates = [Contribution(a, s, t) for a, s, t in self.store.contributions(r)]
+        learner = core.learner(LLM_LEARNER)
+        if not candidates:
+            self.store.record_absorption(r, [], learner.to_json(), "")
+            return 0
+        sample_ids = [c.sample_id for c in candidates]
+        accuracy = self._llm_accuracy(sorted(set(sample_ids)))
+        before = np.array([self.llm.score(c.sample_id, [c.text])[0] for c in candidates])
+        novelty = novelty_scores(
+            before,
+            np.array([accuracy.get(s, np.nan) for s in sample_ids]),
+            core.config.lada.novelty_max_llm_accuracy,
+        )
+        chosen = select_novel(
+            sample_ids, novelty, self.store.absorbed(), core.config.lada.llm_budget
+        )
+        if chosen.size == 0:
+            self.store.record_absorption(r, [], learner.to_json(), "")
+            return 0
+        selected = [candidates[i] for i in chosen]
+        version = self.llm.absorb(selected)
+        after = np.array([self.llm.score(c.sample_id, [c.text], version)[0] for c in selected])
+        clusters = np.array([core.pool.clusters[core.pool.index_of[c.sample_id]] for c in selected])
+        size = core.pool.num_clusters
+        learner = LearnerState(
+            learner.reward_sum
+            + np.bincount(clusters, weights=after - before[chosen], minlength=size),
+            learner.pulls + np.bincount(clusters, minlength=size),
+            learner.band_low,
+            learner.band_high,
+        )
+        self.store.record_absorption(r, [c.sample_id for c in selected], learner.to_json(), version)
+        log.info("llm absorbed", extra={"round": r, "samples": len(selected), "version": version})
+        return len(selected)
+
+    def _llm_accuracy(self, sample_ids: list[str]) -> dict[str, float]:
+        """Reported LLM accuracy, asking the LLM service for samples no agent reported on."""
+        assert self.llm is not None
+        known = self.store.llm_accuracy()
+        missing = [s for s in sample_ids if s not in known]
+        if missing:
+            params = self.core.config.lada
+            known = {
+                **known,
+                **self.llm.accuracy(missing, params.paths_per_sample, params.path_temperature),
+            }
+        values = accuracy_of(known, sample_ids)
+        return dict(zip(sample_ids, values.tolist(), strict=True))

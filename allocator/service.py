@@ -1,0 +1,273 @@
+"""The Allocator gRPC servicer: authenticates, translates messages, maps refusals to status
+codes. Everything else is in `AllocatorCore` and `RoundDriver`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from allocator.core import AllocatorCore, InvalidArgument
+from lada.learnability import ClusterModel
+from lada.state import (
+    AgentRecord,
+    AgentStatus,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    Phase,
+    StateError,
+    Unauthenticated,
+)
+from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_OF: dict[type[StateError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _abort(context: grpc.ServicerContext, error: StateError) -> None:
+    code = next(
+        (c for kind, c in STATUS_OF.items() if isinstance(error, kind)), grpc.StatusCode.INTERNAL
+    )
+    context.abort(code, str(error))
+
+
+def refusals_to_status(method: F) -> F:
+    """Turn state-store and core refusals into gRPC status codes with their message."""
+
+    @functools.wraps(method)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except StateError as error:
+            _abort(context, error)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def streamed_refusals_to_status(method: F) -> F:
+    @functools.wraps(method)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except StateError as error:
+            _abort(context, error)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def bearer_token(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def phase_enum(phase: Phase | None) -> int:
+    if phase is None:
+        return common_pb2.ROUND_PHASE_UNSPECIFIED
+    return common_pb2.RoundPhase.Value(f"ROUND_PHASE_{phase.value}")
+
+
+class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
+    """lada.v1.Allocator over an AllocatorCore."""
+
+    def __init__(self, core: AllocatorCore) -> None:
+        self.core = core
+
+    def _agent(self, context: grpc.ServicerContext, agent_id: str) -> AgentRecord:
+        return self.core.authorize(bearer_token(context), agent_id)
+
+    # ---- registry ----------------------------------------------------------------------------
+    @refusals_to_status
+    def RegisterAgent(self, request, context):  # type: ignore[no-untyped-def]
+        record, token = self.core.register(
+            request.name,
+            request.model_description,
+            request.tokenizer_name,
+            list(request.domain_tags),
+            request.capacity,
+            request.pool_fingerprint,
+        )
+        return allocator_pb2.RegisterAgentResponse(
+            agent_id=record.agent_id, token=token, first_round=record.first_round
+        )
+
+    @refusals_to_status
+    def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        agent = self._agent(context, request.agent_id)
+        current, phase, stamp = self.core.heartbeat(agent.agent_id)
+        return allocator_pb2.HeartbeatResponse(
+            current_round=current, phase=phase_enum(phase), server_time_unix_ms=stamp
+        )
+
+    @refusals_to_status
+    def Deregister(self, request, context):  # type: ignore[no-untyped-def]
+        agent = self._agent(context, request.agent_id)
+        self.core.leave(agent.agent_id, AgentStatus.DEREGISTERED)
+        return allocator_pb2.DeregisterResponse()
+
+    # ---- rounds ------------------------------------------------------------------------------
+    @refusals_to_status
+    def GetAllocation(self, request, context):  # type: ignore[no-untyped-def]
+        token = bearer_token(context)
+        if self.core.is_operator(token):
+            if not request.agent_id:
+                raise InvalidArgument("agent_id: required when the operator asks")
+            self.core.store.get_agent(request.agent_id)
+            view = self.core.allocation(request.agent_id, request.round, mark=False)
+        else:
+            agent = self.core.authorize(token, request.agent_id)
+            view = self.core.allocation(agent.agent_id, request.round)
+        return allocator_pb2.GetAllocationResponse(
+            round=view.round,
+            samples=[
+                allocator_pb2.AllocatedSample(
+                    sample_id=a.sample_id, llm_model_version=a.version, cluster=a.cluster
+                )
+                for a in view.samples
+            ],
+            deadline_unix_ms=view.deadline_ms,
+            policy=view.policy,
+        )
+
+    @streamed_refusals_to_status
+    def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
+        self._agent(context, request.agent_id)
+        if request.from_round < 0:
+            raise InvalidArgument(f"from_round: must not be negative, got {request.from_round}")
+        total = self.core.config.rounds
+        for event in self.core.watch(request.from_round, lambda: not context.is_active()):
+            yield allocator_pb2.RoundEvent(
+                round=event.round,
+                phase=phase_enum(event.phase),
+                timestamp_unix_ms=event.ts_ms,
+                total_rounds=total,
+                run_finished=event.finished,
+            )
+
+    @refusals_to_status
+    def ReportStats(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        token = bearer_token(context)
+        agent: AgentRecord | None = None
+        claimed: tuple[str, int] | None = None
+        stats: list[allocator_pb2.SampleStats] = []
+        for message in request_iterator:
+            if agent is None:
+                agent = self.core.authorize(token, message.agent_id)
+                claimed = (message.agent_id, message.round)
+            elif (message.agent_id, message.round) != claimed:
+                raise InvalidArgument("agent_id, round: must be the same in every message")
+            stats.extend(message.stats)
+        if agent is None or claimed is None:
+            raise InvalidArgument("stats: the stream carried no message")
+        outcome = self.core.report(agent.agent_id, claimed[1], stats)
+        return allocator_pb2.ReportStatsResponse(
+            accepted=outcome.accepted, duplicates=outcome.duplicates
+        )
+
+    @refusals_to_status
+    def ContributePaths(self, request, context):  # type: ignore[no-untyped-def]
+        agent = self._agent(context, request.agent_id)
+        accepted, rejected = self.core.contribute(
+            agent.agent_id, request.round, [(p.sample_id, p.text) for p in request.paths]
+        )
+        return allocator_pb2.ContributePathsResponse(accepted=accepted, rejected_incorrect=rejected)
+
+    @refusals_to_status
+    def GetClusterModel(self, request, context):  # type: ignore[no-untyped-def]
+        token = bearer_token(context)
+        if not self.core.is_operator(token):
+            self.core.authorize(token, "")
+        return cluster_model_message(self.core.cluster_model)
+
+    # ---- operator ----------------------------------------------------------------------------
+    @refusals_to_status
+    def GetRoundStatus(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context))
+        if request.round < 0:
+            raise InvalidArgument(f"round: must not be negative, got {request.round}")
+        status = self.core.round_status(request.round)
+        return allocator_pb2.GetRoundStatusResponse(
+            round=status["round"],
+            phase=phase_enum(Phase(status["phase"]) if status["phase"] else None),
+            deadline_unix_ms=status["deadline_ms"],
+            policy=status["policy"],
+            total_rounds=status["total_rounds"],
+            pool_fingerprint=status["pool_fingerprint"],
+            pool_size=status["pool_size"],
+            agents=[
+                allocator_pb2.AgentRoundStatus(
+                    agent_id=a["agent_id"],
+                    name=a["name"],
+                    state=allocator_pb2.AgentRoundState.Value(f"AGENT_ROUND_STATE_{a['state']}"),
+                    allocated=a["allocated"],
+                    reported=a["reported"],
+                )
+                for a in status["agents"]
+            ],
+        )
+
+    @refusals_to_status
+    def ListAgents(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context))
+        return allocator_pb2.ListAgentsResponse(agents=[agent_info(a) for a in self.core.agents()])
+
+    @refusals_to_status
+    def GetLearnabilityGaps(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context))
+        return allocator_pb2.GetLearnabilityGapsResponse(
+            agents=[
+                allocator_pb2.AgentGaps(
+                    **{k: v for k, v in entry.items() if k != "arms"},
+                    arms=[allocator_pb2.ClusterArm(**arm) for arm in entry["arms"]],
+                )
+                for entry in self.core.learnability(request.agent_id)
+            ]
+        )
+
+    @refusals_to_status
+    def RevokeAgent(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context))
+        if not request.agent_id:
+            raise InvalidArgument("agent_id: required")
+        self.core.leave(request.agent_id, AgentStatus.REVOKED)
+        return allocator_pb2.RevokeAgentResponse()
+
+
+def agent_info(record: AgentRecord) -> allocator_pb2.AgentInfo:
+    return allocator_pb2.AgentInfo(
+        agent_id=record.agent_id,
+        name=record.name,
+        model_description=record.model_description,
+        tokenizer_name=record.tokenizer_name,
+        domain_tags=record.domain_tags,
+        capacity=record.capacity,
+        first_round=record.first_round,
+        last_heartbeat_unix_ms=record.last_heartbeat_ms,
+        status=allocator_pb2.AgentStatus.Value(f"AGENT_STATUS_{record.status.value}"),
+    )
+
+
+def cluster_model_message(model: ClusterModel) -> allocator_pb2.GetClusterModelResponse:
+    return allocator_pb2.GetClusterModelResponse(
+        num_clusters=model.num_clusters,
+        vocabulary=model.vocabulary,
+        idf=model.idf.tolist(),
+        domains=model.domains,
+        centroids=model.centroids.ravel().tolist(),
+        feature_count=model.feature_count,
+        cluster_pool_share=model.pool_share.tolist(),
+        domain_feature_weight=model.domain_weight,
+        difficulty_feature_weight=model.difficulty_weight,
+    )
