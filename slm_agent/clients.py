@@ -1,0 +1,340 @@
+"""The agent's two outside parties as small interfaces, plus their gRPC implementations.
+
+`AllocatorPort` and `LLMPort` are all the agent loop knows; a simulation can pass
+in-process objects with the same methods. The gRPC versions translate to and from the
+lada.v1 messages and map status codes to the exceptions below. Every channel they use
+is audited (slm_agent.audit), so every byte they send is on record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import numpy as np
+
+from lada.learnability import ClusterModel
+from lada.v1 import (
+    allocator_pb2,
+    allocator_pb2_grpc,
+    common_pb2,
+    llm_service_pb2,
+    llm_service_pb2_grpc,
+)
+from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat
+
+log = logging.getLogger("lada.agent.clients")
+
+T = TypeVar("T")
+STATS_PER_MESSAGE = 32
+SAMPLES_PER_LLM_REQUEST = 64
+
+
+class Unreachable(ConnectionError):
+    """A service did not answer (UNAVAILABLE, DEADLINE_EXCEEDED) before the deadline."""
+
+
+class Refused(RuntimeError):
+    """A service refused the agent for good (bad token, revoked, wrong pool, bad request)."""
+
+
+class RoundUnavailable(RuntimeError):
+    """The round cannot be worked on any more (closed, or the agent is not part of it)."""
+
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+FATAL = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+@dataclass
+class Registration:
+    """What the agent tells the allocator about itself (no private data)."""
+
+    name: str
+    model_description: str
+    tokenizer_name: str
+    domain_tags: list[str]
+    capacity: int
+    pool_fingerprint: str
+
+
+@dataclass
+class Registered:
+    agent_id: str
+    token: str
+    first_round: int
+
+
+@dataclass
+class RoundEventView:
+    """A round phase change, as the loop needs it."""
+
+    round: int
+    phase: str  # OPEN | ALLOCATED | TRAINING | REPORTED | CLOSED
+    total_rounds: int
+    run_finished: bool
+
+
+class AllocatorPort(Protocol):
+    def register(self, registration: Registration) -> Registered: ...
+    def use_identity(self, agent_id: str, token: str) -> None: ...
+    def heartbeat(self) -> int: ...
+    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]: ...
+    def stop_watching(self) -> None: ...
+    def get_allocation(self, round_number: int) -> list[AllocatedSample]: ...
+    def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]: ...
+    def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]: ...
+    def cluster_model(self) -> ClusterModel | None: ...
+
+
+class LLMPort(Protocol):
+    def reasoning_paths(
+        self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
+    ) -> dict[str, list[LLMPath]]: ...
+
+
+def wait_ready(channel: grpc.Channel, what: str, target: str, deadline_s: float) -> None:
+    """Block until `channel` connects; exponential backoff with a log line per attempt."""
+    started = time.monotonic()
+    delay = 0.5
+    while True:
+        remaining = deadline_s - (time.monotonic() - started)
+        if remaining <= 0:
+            raise Unreachable(f"{what} at {target} unreachable after {deadline_s:.0f}s")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=min(delay, remaining))
+            return
+        except grpc.FutureTimeoutError:
+            wait = min(delay, max(deadline_s - (time.monotonic() - started), 0))
+            log.warning(
+                f"{what} at {target} unreachable; retrying in {wait:.1f}s",
+                extra={"target": target, "elapsed_s": round(time.monotonic() - started, 1)},
+            )
+            time.sleep(wait)
+            delay = min(delay * 2, 8.0)
+
+
+def with_retries(call: Callable[[], T], what: str, deadline_s: float) -> T:
+    """Run `call`, retrying transient gRPC failures with exponential backoff until the deadline."""
+    started = time.monotonic()
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code not in TRANSIENT:
+                raise
+            elapsed = time.monotonic() - started
+            if elapsed + delay > deadline_s:
+                raise Unreachable(
+                    f"{what}: {code.name} for {elapsed:.0f}s: {exc.details()}"
+                ) from exc
+            log.warning(
+                f"{what} failed ({code.name}); retrying in {delay:.1f}s",
+                extra={"details": exc.details()},
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def _phase_name(value: int) -> str:
+    return common_pb2.RoundPhase.Name(value).removeprefix("ROUND_PHASE_")
+
+
+class GrpcAllocator:
+    """AllocatorPort over the lada.v1.Allocator service."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float = 30.0) -> None:
+        self.stub = allocator_pb2_grpc.AllocatorStub(channel)
+        self.timeout_s = timeout_s
+        self.agent_id = ""
+        self._token = ""
+        self._watch: Any = None
+
+    def use_identity(self, agent_id: str, token: str) -> None:
+        self.agent_id, self._token = agent_id, token
+
+    def _auth(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._token}")]
+
+    def register(self, registration: Registration) -> Registered:
+        reply = self.stub.RegisterAgent(
+            allocator_pb2.RegisterAgentRequest(
+                name=registration.name,
+                model_description=registration.model_description,
+                tokenizer_name=registration.tokenizer_name,
+                domain_tags=registration.domain_tags,
+                capacity=registration.capacity,
+                pool_fingerprint=registration.pool_fingerprint,
+            ),
+            timeout=self.timeout_s,
+        )
+        return Registered(reply.agent_id, reply.token, int(reply.first_round))
+
+    def heartbeat(self) -> int:
+        reply = self.stub.Heartbeat(
+            allocator_pb2.HeartbeatRequest(agent_id=self.agent_id),
+            metadata=self._auth(),
+            timeout=self.timeout_s,
+        )
+        return int(reply.current_round)
+
+    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]:
+        self._watch = self.stub.WatchRounds(
+            allocator_pb2.WatchRoundsRequest(agent_id=self.agent_id, from_round=from_round),
+            metadata=self._auth(),
+        )
+        for event in self._watch:
+            yield RoundEventView(
+                int(event.round),
+                _phase_name(event.phase),
+                int(event.total_rounds),
+                event.run_finished,
+            )
+
+    def stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+    def get_allocation(self, round_number: int) -> list[AllocatedSample]:
+        reply = self.stub.GetAllocation(
+            allocator_pb2.GetAllocationRequest(agent_id=self.agent_id, round=round_number),
+            metadata=self._auth(),
+            timeout=self.timeout_s,
+        )
+        return [
+            AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version) for s in reply.samples
+        ]
+
+    def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]:
+        reply = self.stub.ReportStats(
+            iter(list(_report_messages(self.agent_id, round_number, stats))),
+            metadata=self._auth(),
+            timeout=self.timeout_s,
+        )
+        return int(reply.accepted), int(reply.duplicates)
+
+    def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]:
+        reply = self.stub.ContributePaths(
+            allocator_pb2.ContributePathsRequest(
+                agent_id=self.agent_id,
+                round=round_number,
+                paths=[
+                    allocator_pb2.ContributedPath(sample_id=s, text=t) for s, t in paths.items()
+                ],
+            ),
+            metadata=self._auth(),
+            timeout=self.timeout_s,
+        )
+        return int(reply.accepted), int(reply.rejected_incorrect)
+
+    def cluster_model(self) -> ClusterModel | None:
+        reply = self.stub.GetClusterModel(
+            allocator_pb2.GetClusterModelRequest(), metadata=self._auth(), timeout=self.timeout_s
+        )
+        return cluster_model_from_proto(reply)
+
+
+def cluster_model_from_proto(reply: allocator_pb2.GetClusterModelResponse) -> ClusterModel | None:
+    """The public clustering, or None while the allocator has not fitted it."""
+    if reply.num_clusters <= 0 or reply.feature_count <= 0:
+        return None
+    centroids = np.asarray(reply.centroids, float).reshape(reply.num_clusters, reply.feature_count)
+    return ClusterModel(
+        vocabulary=list(reply.vocabulary),
+        idf=np.asarray(reply.idf, float),
+        domains=list(reply.domains),
+        centroids=centroids,
+        pool_share=np.asarray(reply.cluster_pool_share, float),
+        domain_weight=reply.domain_feature_weight or 1.0,
+        difficulty_weight=reply.difficulty_feature_weight or 1.0,
+    )
+
+
+def _report_messages(
+    agent_id: str, round_number: int, stats: Sequence[SampleStat]
+) -> Iterator[allocator_pb2.ReportStatsRequest]:
+    """The report stream: numbers only, STATS_PER_MESSAGE samples per message."""
+    for start in range(0, max(len(stats), 1), STATS_PER_MESSAGE):
+        chunk = stats[start : start + STATS_PER_MESSAGE]
+        yield allocator_pb2.ReportStatsRequest(
+            agent_id=agent_id,
+            round=round_number,
+            stats=[
+                allocator_pb2.SampleStats(
+                    sample_id=s.sample_id,
+                    correct_before=s.correct_before,
+                    correct_after=s.correct_after,
+                    paths=[
+                        allocator_pb2.PathStats(
+                            llm_normalized_logprob=p.llm_normalized_logprob,
+                            correct=p.correct,
+                            slm_normalized_logprob_before=p.slm_normalized_logprob_before,
+                            slm_normalized_logprob_after=p.slm_normalized_logprob_after,
+                        )
+                        for p in s.paths
+                    ],
+                )
+                for s in chunk
+            ],
+        )
+
+
+class GrpcLLM:
+    """LLMPort over the lada.v1.LLMService (paths come back with nlp_L and correctness)."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float = 600.0) -> None:
+        self.stub = llm_service_pb2_grpc.LLMServiceStub(channel)
+        self.timeout_s = timeout_s
+
+    def reasoning_paths(
+        self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
+    ) -> dict[str, list[LLMPath]]:
+        """Paths for every allocated sample, one request per model version and chunk."""
+        by_version: dict[str, list[str]] = {}
+        for sample in samples:
+            by_version.setdefault(sample.llm_version, []).append(sample.sample_id)
+        out: dict[str, list[LLMPath]] = {}
+        for version, ids in by_version.items():
+            for start in range(0, len(ids), SAMPLES_PER_LLM_REQUEST):
+                out.update(
+                    self._request(
+                        ids[start : start + SAMPLES_PER_LLM_REQUEST],
+                        version,
+                        n,
+                        temperature,
+                        max_tokens,
+                    )
+                )
+        return out
+
+    def _request(
+        self, ids: list[str], version: str, n: int, temperature: float, max_tokens: int
+    ) -> dict[str, list[LLMPath]]:
+        reply = self.stub.GenerateReasoningPaths(
+            llm_service_pb2.GenerateReasoningPathsRequest(
+                sample_ids=ids,
+                sampling=llm_service_pb2.SamplingParams(
+                    n=n, temperature=temperature, max_tokens=max_tokens
+                ),
+                model_version=version,
+            ),
+            timeout=self.timeout_s,
+        )
+        return {
+            r.sample_id: [
+                LLMPath(p.text, float(p.normalized_logprob), bool(p.correct)) for p in r.paths
+            ]
+            for r in reply.results
+            if r.sample_id
+        }

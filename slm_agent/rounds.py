@@ -1,0 +1,226 @@
+"""One round of agent work as a plain function: measure, train, measure again, report numbers.
+
+No gRPC and no Redis here: the agent loop feeds it what the allocator and the LLM service
+returned, and a simulation can feed it the same from in-process objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lada.tasks import Problem, format_prompt, is_correct
+from slm_agent.losses import PathSet
+from slm_agent.trainer import LocalTrainer, TrainReport
+
+log = logging.getLogger("lada.agent.rounds")
+
+
+@dataclass
+class AllocatedSample:
+    """One public sample the allocator chose for this agent in a round."""
+
+    sample_id: str
+    cluster: int = 0
+    llm_version: str = ""
+
+
+@dataclass
+class LLMPath:
+    """One of the LLM's reasoning paths as the LLM service scored it."""
+
+    text: str
+    normalized_logprob: float
+    correct: bool
+
+
+@dataclass
+class PathStat:
+    """What the agent measured on one LLM path (numbers only)."""
+
+    llm_normalized_logprob: float
+    correct: bool
+    slm_normalized_logprob_before: float
+    slm_normalized_logprob_after: float
+
+
+@dataclass
+class SampleStat:
+    """Per-sample statistics streamed to the allocator: no text, only numbers and flags."""
+
+    sample_id: str
+    paths: list[PathStat]
+    correct_before: bool
+    correct_after: bool
+
+
+@dataclass
+class RoundOutcome:
+    """Everything a round produced: the report, optional contributions and summary numbers."""
+
+    round: int
+    stats: list[SampleStat]
+    contributions: dict[str, str] = field(default_factory=dict)
+    accuracy_before: float = 0.0
+    accuracy_after: float = 0.0
+    correct_path_nlp_before: float = float("nan")
+    correct_path_nlp_after: float = float("nan")
+    train: TrainReport = field(default_factory=TrainReport)
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers worth logging and checkpointing (no stats list, no texts)."""
+        return {
+            "round": self.round,
+            "samples": len(self.stats),
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "correct_path_nlp_before": self.correct_path_nlp_before,
+            "correct_path_nlp_after": self.correct_path_nlp_after,
+            "contributions": len(self.contributions),
+            "train_steps": self.train.steps,
+            "train_seconds": round(self.train.seconds, 3),
+            "loss": self.train.mean_parts,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundOutcome:
+        stats = [
+            SampleStat(
+                s["sample_id"],
+                [PathStat(**p) for p in s["paths"]],
+                s["correct_before"],
+                s["correct_after"],
+            )
+            for s in data["stats"]
+        ]
+        fields = {k: v for k, v in data.items() if k not in ("stats", "train")}
+        return cls(stats=stats, train=TrainReport(**data.get("train", {})), **fields)
+
+
+def sample_weights(
+    allocation: Sequence[AllocatedSample], cluster_weights: np.ndarray | None
+) -> dict[str, float]:
+    """w_k(i) = the domain weight of sample i's cluster (1 when no cluster model is known)."""
+    if cluster_weights is None or len(cluster_weights) == 0:
+        return {a.sample_id: 1.0 for a in allocation}
+    top = len(cluster_weights) - 1
+    return {a.sample_id: float(cluster_weights[min(max(a.cluster, 0), top)]) for a in allocation}
+
+
+def build_path_sets(
+    problems: Sequence[Problem],
+    llm_paths: Mapping[str, Sequence[LLMPath]],
+    own_paths: Sequence[Sequence[str]],
+    weights: Mapping[str, float],
+) -> list[PathSet]:
+    """The loss's view of each sample; the agent's own wrong paths join as negatives."""
+    sets = []
+    for problem, own in zip(problems, own_paths, strict=True):
+        paths = llm_paths.get(problem.id, [])
+        negatives = [text for text in own if text.strip() and not is_correct(text, problem.answer)]
+        sets.append(
+            PathSet(
+                prompt=format_prompt(problem.question),
+                llm_paths=[p.text for p in paths],
+                teacher_nlp=[p.normalized_logprob for p in paths],
+                correct=[p.correct for p in paths],
+                own_negatives=negatives,
+                weight=weights.get(problem.id, 1.0),
+            )
+        )
+    return sets
+
+
+def _score_all(trainer: LocalTrainer, path_sets: Sequence[PathSet]) -> list[list[float]]:
+    """nlp_S of every LLM path, grouped per sample (one batched call)."""
+    prompts = [s.prompt for s in path_sets for _ in s.llm_paths]
+    texts = [t for s in path_sets for t in s.llm_paths]
+    flat = trainer.score(prompts, texts) if texts else []
+    grouped, offset = [], 0
+    for s in path_sets:
+        grouped.append(flat[offset : offset + len(s.llm_paths)])
+        offset += len(s.llm_paths)
+    return grouped
+
+
+def _mean_correct_nlp(path_sets: Sequence[PathSet], scores: Sequence[Sequence[float]]) -> float:
+    values = [
+        v
+        for s, row in zip(path_sets, scores, strict=True)
+        for v, ok in zip(row, s.correct, strict=True)
+        if ok
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run_round(
+    trainer: LocalTrainer,
+    round_number: int,
+    allocation: Sequence[AllocatedSample],
+    pool: Mapping[str, Problem],
+    llm_paths: Mapping[str, Sequence[LLMPath]],
+    cluster_weights: np.ndarray | None = None,
+    contribute_domains: set[str] | None = None,
+) -> RoundOutcome:
+    """Score before, train, score after, greedy correctness before/after, contributions.
+
+    `contribute_domains`: when given, the agent's own correct greedy answers (after
+    training) on allocated public samples of those domains become contributions.
+    """
+    missing = [a.sample_id for a in allocation if a.sample_id not in pool]
+    if missing:
+        raise KeyError(f"sample_id: not in the agent's public pool: {', '.join(missing[:5])}")
+    problems = [pool[a.sample_id] for a in allocation]
+    questions = [p.question for p in problems]
+    seed = trainer.settings.seed * 1_000_003 + round_number
+    own = trainer.sample_paths(questions, trainer.settings.own_paths_per_sample, seed)
+    path_sets = build_path_sets(
+        problems, llm_paths, own, sample_weights(allocation, cluster_weights)
+    )
+    before = _score_all(trainer, path_sets)
+    correct_before = trainer.greedy_correct(problems)
+    report = trainer.train_round(path_sets, round_number)
+    after = _score_all(trainer, path_sets)
+    answers_after = trainer.greedy_answers(questions)
+    correct_after = [is_correct(a, p.answer) for a, p in zip(answers_after, problems, strict=True)]
+    stats = [
+        SampleStat(
+            problem.id,
+            [
+                PathStat(nlp_l, ok, b, a)
+                for nlp_l, ok, b, a in zip(s.teacher_nlp, s.correct, row_b, row_a, strict=True)
+            ],
+            cb,
+            ca,
+        )
+        for problem, s, row_b, row_a, cb, ca in zip(
+            problems, path_sets, before, after, correct_before, correct_after, strict=True
+        )
+    ]
+    contributions = (
+        {
+            p.id: answer
+            for p, answer, ok in zip(problems, answers_after, correct_after, strict=True)
+            if ok and p.domain in contribute_domains
+        }
+        if contribute_domains
+        else {}
+    )
+    count = max(len(problems), 1)
+    return RoundOutcome(
+        round=round_number,
+        stats=stats,
+        contributions=contributions,
+        accuracy_before=sum(correct_before) / count,
+        accuracy_after=sum(correct_after) / count,
+        correct_path_nlp_before=_mean_correct_nlp(path_sets, before),
+        correct_path_nlp_after=_mean_correct_nlp(path_sets, after),
+        train=report,
+    )

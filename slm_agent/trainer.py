@@ -1,0 +1,277 @@
+"""The agent's local model work, with no network: score paths, train one round, evaluate.
+
+`LocalTrainer` is what both the gRPC agent and an in-process simulation drive. Full
+fine-tuning for small models; a LoRA adapter (peft) above `lora_threshold_params`.
+Paths are text: the student scores them with its own tokenizer (lada.modeling rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from lada.modeling import (
+    completion_logprobs,
+    encode_pair,
+    generate,
+    load_causal_lm,
+    score_completions,
+)
+from lada.tasks import Problem, format_prompt, format_target, is_correct
+from slm_agent.losses import DistillationLoss, PathSet, PrivateExample
+
+log = logging.getLogger("lada.agent.trainer")
+
+WEIGHTS_DIR = "model"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class TrainerSettings:
+    """How the agent trains and evaluates (proposed for lada.config.AgentConfig)."""
+
+    learning_rate: float = 5e-4
+    epochs: int = 1
+    samples_per_step: int = 4  # allocated samples per optimiser step
+    private_per_step: int = 4  # private examples per optimiser step (the L_sft(D_k) batch)
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 128  # greedy answers and own paths
+    score_batch_size: int = 16
+    own_paths_per_sample: int = 2  # sampled paths whose incorrect ones become negatives
+    own_path_temperature: float = 0.8
+    lora_threshold_params: int = 50_000_000
+    lora_rank: int = 8
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    """What one round of training did (numbers for logs and the status RPC)."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    mean_parts: dict[str, float] = field(default_factory=dict)
+
+
+class ModelScorer:
+    """The differentiable StudentScorer over a causal LM (batched, right padding)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, batch_size: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def token_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Tensor]:
+        """Per-token log-probs of each completion, with gradients; empty ones give []."""
+        pairs = [
+            encode_pair(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)
+        ]
+        out: list[Tensor] = [torch.zeros(0) for _ in pairs]
+        live = [i for i, (_, c) in enumerate(pairs) if c]
+        for start in range(0, len(live), self.batch_size):
+            chunk = live[start : start + self.batch_size]
+            scored = completion_logprobs(
+                self.model, [pairs[i] for i in chunk], self.tokenizer.pad_token_id
+            )
+            for i, values in zip(chunk, scored, strict=True):
+                out[i] = values
+        return out
+
+    def normalized_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """nlp_S per path: joint log-prob over the path's own token count (0 when empty)."""
+        rows = self.token_logprobs(prompts, completions)
+        return torch.stack([r.mean() if r.numel() else self._zero() for r in rows])
+
+    def token_nll(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """Mean next-token NLL over every completion token of the batch."""
+        rows = [r for r in self.token_logprobs(prompts, completions) if r.numel()]
+        return -torch.cat(rows).mean() if rows else self._zero()
+
+    def _zero(self) -> Tensor:
+        return torch.zeros((), device=next(self.model.parameters()).device)
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def private_examples(problems: Sequence[Problem]) -> list[PrivateExample]:
+    """The agent's private training pairs (prompt, reference path)."""
+    return [PrivateExample(format_prompt(p.question), format_target(p.reference)) for p in problems]
+
+
+class LocalTrainer:
+    """One student model plus its loss: scoring, greedy evaluation, one round of training."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        loss: DistillationLoss,
+        private: Sequence[Problem],
+        settings: TrainerSettings | None = None,
+    ) -> None:
+        self.settings = settings or TrainerSettings()
+        self.tokenizer = tokenizer
+        self.loss = loss
+        self.private = private_examples(private)
+        self.base_parameters = count_parameters(model)
+        self.uses_lora = self.base_parameters > self.settings.lora_threshold_params
+        self.model = _with_lora(model, self.settings.lora_rank) if self.uses_lora else model
+        self.scorer = ModelScorer(self.model, tokenizer, self.settings.score_batch_size)
+
+    @classmethod
+    def from_path(
+        cls,
+        model_dir: str | Path,
+        loss: DistillationLoss,
+        private: Sequence[Problem],
+        settings: TrainerSettings | None = None,
+        checkpoint: Path | None = None,
+    ) -> LocalTrainer:
+        """Load the base model, then this agent's trained weights from `checkpoint` if any."""
+        source = (
+            checkpoint / WEIGHTS_DIR
+            if checkpoint and (checkpoint / WEIGHTS_DIR).is_dir()
+            else model_dir
+        )
+        model, tokenizer = load_causal_lm(source)
+        trainer = cls(model, tokenizer, loss, private, settings)
+        if checkpoint and (checkpoint / ADAPTER_DIR).is_dir():
+            trainer._load_adapter(checkpoint / ADAPTER_DIR)
+        return trainer
+
+    # ---- measuring -----------------------------------------------------------------
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """nlp_S per path, no gradients (the numbers that are reported)."""
+        self.model.eval()
+        scores = score_completions(
+            self.model,
+            self.tokenizer,
+            list(prompts),
+            list(completions),
+            self.settings.score_batch_size,
+        )
+        return [s.normalized for s in scores]
+
+    def greedy_answers(self, questions: Sequence[str]) -> list[str]:
+        """The student's greedy completion for each question."""
+        self.model.eval()
+        prompts = [format_prompt(q) for q in questions]
+        outputs = generate(
+            self.model, self.tokenizer, prompts, self.settings.max_new_tokens, greedy=True
+        )
+        return [o[0] for o in outputs]
+
+    def greedy_correct(self, problems: Sequence[Problem]) -> list[bool]:
+        """Whether the student's greedy answer is right, per problem."""
+        answers = self.greedy_answers([p.question for p in problems])
+        return [is_correct(a, p.answer) for a, p in zip(answers, problems, strict=True)]
+
+    def sample_paths(self, questions: Sequence[str], n: int, seed: int) -> list[list[str]]:
+        """`n` sampled paths per question (own negatives, candidate contributions)."""
+        if n <= 0 or not questions:
+            return [[] for _ in questions]
+        self.model.eval()
+        prompts = [format_prompt(q) for q in questions]
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.settings.max_new_tokens,
+            greedy=False,
+            temperature=self.settings.own_path_temperature,
+            n=n,
+            seed=seed,
+        )
+
+    # ---- training ------------------------------------------------------------------
+    def train_round(self, path_sets: Sequence[PathSet], round_number: int) -> TrainReport:
+        """`epochs` passes over the allocated samples, each step with a private batch."""
+        usable = [s for s in path_sets if s.has_correct_path]
+        if not usable:
+            return TrainReport()
+        started = time.perf_counter()
+        rng = random.Random(self.settings.seed * 1_000_003 + round_number)
+        torch.manual_seed(self.settings.seed * 1_000_003 + round_number)
+        optimizer = torch.optim.AdamW(self._trainable(), lr=self.settings.learning_rate)
+        private = _cycle(self.private, rng)
+        sums: dict[str, float] = {}
+        steps = 0
+        self.model.train()
+        for _ in range(self.settings.epochs):
+            order = list(usable)
+            rng.shuffle(order)
+            for start in range(0, len(order), self.settings.samples_per_step):
+                batch = order[start : start + self.settings.samples_per_step]
+                private_batch = [next(private) for _ in range(self._private_batch_size())]
+                parts = self._step(optimizer, batch, private_batch)
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                steps += 1
+        self.model.eval()
+        means = {k: v / steps for k, v in sums.items()}
+        return TrainReport(steps, time.perf_counter() - started, means)
+
+    def _step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        batch: Sequence[PathSet],
+        private_batch: Sequence[PrivateExample],
+    ) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        output = self.loss.compute_loss(self.scorer, batch, private_batch)
+        if not math.isfinite(output.parts["total"]):
+            log.warning("skipping a step with a non-finite loss", extra={"parts": output.parts})
+            return output.parts
+        output.total.backward()
+        torch.nn.utils.clip_grad_norm_(self._trainable(), self.settings.max_grad_norm)
+        optimizer.step()
+        return output.parts
+
+    def _private_batch_size(self) -> int:
+        return min(self.settings.private_per_step, len(self.private))
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # ---- saving --------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Full weights + tokenizer, or only the LoRA adapter when training through peft."""
+        if self.uses_lora:
+            self.model.save_pretrained(str(directory / ADAPTER_DIR))
+        else:
+            self.model.save_pretrained(str(directory / WEIGHTS_DIR))
+            self.tokenizer.save_pretrained(str(directory / WEIGHTS_DIR))
+
+    def _load_adapter(self, adapter_dir: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_dir)))
+
+
+def _with_lora(model: PreTrainedModel, rank: int) -> Any:
+    """Wrap a large model in a trainable LoRA adapter over all linear layers."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+    return get_peft_model(model, config)
+
+
+def _cycle(items: Sequence[PrivateExample], rng: random.Random) -> Any:
+    """Endless reshuffled passes over the private data."""
+    while items:
+        order = list(items)
+        rng.shuffle(order)
+        yield from order

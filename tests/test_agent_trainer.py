@@ -1,0 +1,177 @@
+"""LocalTrainer and the round function on the micro zoo's real models (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lada.tasks import Problem, format_prompt
+from lada.zoo import ZooManifest
+from slm_agent.losses import PathSet, make_loss
+from slm_agent.rounds import AllocatedSample, LLMPath, build_path_sets, run_round, sample_weights
+from slm_agent.trainer import LocalTrainer, TrainerSettings
+from tests.fixtures_agent import LocalLLM, torch_threads_one
+
+torch_threads_one()
+
+
+def trainer_for(
+    zoo: ZooManifest, name: str, loss: str, private: list[Problem], **settings: object
+) -> LocalTrainer:
+    defaults: dict[str, object] = {"max_new_tokens": 48, "own_paths_per_sample": 1}
+    return LocalTrainer.from_path(
+        zoo.slms[name], make_loss(loss), private, TrainerSettings(**(defaults | settings))
+    )
+
+
+def wrong_path(problem: Problem) -> str:
+    """The reference path with a wrong final answer."""
+    body, _, answer = problem.reference.rpartition("#### ")
+    return f" {body}#### {int(answer) + 7}"
+
+
+def contrast_set(problem: Problem) -> PathSet:
+    return PathSet(
+        format_prompt(problem.question),
+        [" " + problem.reference, wrong_path(problem)],
+        [-0.4, -0.6],
+        [True, False],
+    )
+
+
+def margin(trainer: LocalTrainer, path_set: PathSet) -> float:
+    right, wrong = trainer.score([path_set.prompt] * 2, path_set.llm_paths)
+    return right - wrong
+
+
+@pytest.mark.parametrize("name", ["slm-rates", "slm-purchases"])
+def test_differentiable_scores_equal_the_reported_scores(
+    micro_zoo: ZooManifest, private_rates: list[Problem], name: str
+) -> None:
+    trainer = trainer_for(micro_zoo, name, "contrastive", private_rates)
+    prompts = [format_prompt(p.question) for p in private_rates[:3]]
+    completions = [" " + p.reference for p in private_rates[:3]]
+    with torch.no_grad():
+        differentiable = trainer.scorer.normalized_logprobs(prompts, completions).tolist()
+    assert differentiable == pytest.approx(trainer.score(prompts, completions), abs=1e-5)
+    assert all(v < 0 for v in differentiable)
+
+
+def test_contrastive_training_raises_correct_paths_over_incorrect_ones(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", [], learning_rate=3e-3, epochs=4)
+    sets = [contrast_set(p) for p in private_rates[:4]]
+    before = [margin(trainer, s) for s in sets]
+    report = trainer.train_round(sets, round_number=1)
+    after = [margin(trainer, s) for s in sets]
+    assert report.steps == 4  # 4 epochs x 1 step of 4 samples
+    assert np.mean(after) > np.mean(before) + 0.05
+
+
+def test_sft_training_raises_the_likelihood_of_the_best_correct_path(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-percentages", "sft", [], learning_rate=3e-3, epochs=3)
+    sets = [contrast_set(p) for p in private_rates[:4]]
+    before = trainer.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
+    trainer.train_round(sets, round_number=1)
+    after = trainer.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
+    assert np.mean(after) > np.mean(before) + 0.05
+
+
+def test_nothing_to_learn_means_no_training_step(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates)
+    unlearnable = PathSet("Q: x\nA:", [" 1"], [-1.0], [False])
+    assert trainer.train_round([unlearnable], round_number=1).steps == 0
+
+
+def test_models_above_the_lora_threshold_train_only_an_adapter(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path
+) -> None:
+    trainer = trainer_for(
+        micro_zoo, "slm-rates", "contrastive", private_rates, lora_threshold_params=1000
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    frozen = {
+        n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad
+    }
+    trainer.train_round([contrast_set(p) for p in private_rates[:4]], round_number=1)
+    assert trainer.uses_lora
+    assert 0 < trainable < trainer.base_parameters / 2
+    assert all(
+        torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen
+    )
+    trainer.save(tmp_path)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("threshold", [50_000_000, 1000], ids=["full", "lora"])
+def test_saved_weights_reload_to_the_same_scores(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path, threshold: int
+) -> None:
+    trainer = trainer_for(
+        micro_zoo, "slm-purchases", "sft", private_rates, lora_threshold_params=threshold,
+        learning_rate=3e-3,
+    )  # fmt: skip
+    sets = [contrast_set(p) for p in private_rates[:4]]
+    base = trainer.score([sets[0].prompt] * 2, sets[0].llm_paths)
+    trainer.train_round(sets, round_number=1)
+    trained = trainer.score([sets[0].prompt] * 2, sets[0].llm_paths)
+    trainer.save(tmp_path)
+    reloaded = LocalTrainer.from_path(
+        micro_zoo.slms["slm-purchases"], make_loss("sft"), private_rates,
+        TrainerSettings(lora_threshold_params=threshold), checkpoint=tmp_path,
+    )  # fmt: skip
+    assert trained != pytest.approx(base, abs=1e-4)
+    assert reloaded.score([sets[0].prompt] * 2, sets[0].llm_paths) == pytest.approx(
+        trained, abs=1e-5
+    )
+
+
+def test_own_incorrect_paths_join_as_negatives_and_correct_ones_do_not(
+    agent_pool: dict[str, Problem],
+) -> None:
+    problem = next(iter(agent_pool.values()))
+    llm = {problem.id: [LLMPath(" x #### 1", -0.5, False)]}
+    own = [[wrong_path(problem), " " + problem.reference, "   "]]
+    (built,) = build_path_sets([problem], llm, own, {problem.id: 2.5})
+    assert built.own_negatives == [wrong_path(problem)]
+    assert built.llm_paths == [" x #### 1"] and built.weight == 2.5
+
+
+def test_sample_weight_is_the_weight_of_its_cluster() -> None:
+    allocation = [AllocatedSample("a", 0), AllocatedSample("b", 2), AllocatedSample("c", 1)]
+    weights = sample_weights(allocation, np.array([0.25, 1.0, 4.0]))
+    assert weights == {"a": 0.25, "b": 4.0, "c": 1.0}
+    assert sample_weights(allocation, None) == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def test_a_round_reports_every_path_of_every_allocated_sample(
+    micro_zoo: ZooManifest, private_rates: list[Problem], local_llm: LocalLLM,
+    agent_pool: dict[str, Problem],
+) -> None:  # fmt: skip
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates)
+    allocation = [AllocatedSample(i, 0, "base") for i in list(agent_pool)[:6]]
+    paths = local_llm.reasoning_paths(allocation, n=2, temperature=0.8, max_tokens=48)
+    outcome = run_round(trainer, 1, allocation, agent_pool, paths)
+    assert [s.sample_id for s in outcome.stats] == [a.sample_id for a in allocation]
+    for stat in outcome.stats:
+        llm_paths = paths[stat.sample_id]
+        assert len(stat.paths) == len(llm_paths) == 3
+        assert [p.llm_normalized_logprob for p in stat.paths] == [
+            p.normalized_logprob for p in llm_paths
+        ]
+        assert [p.correct for p in stat.paths] == [p.correct for p in llm_paths]
+        prompt = format_prompt(agent_pool[stat.sample_id].question)
+        now = trainer.score([prompt] * 3, [p.text for p in llm_paths])
+        assert [p.slm_normalized_logprob_after for p in stat.paths] == pytest.approx(now, abs=1e-5)
+        assert all(p.slm_normalized_logprob_before < 0 for p in stat.paths)
+    assert outcome.train.steps == 2  # 6 samples, 4 per step
+    assert outcome.correct_path_nlp_after > outcome.correct_path_nlp_before
