@@ -1,0 +1,358 @@
+"""Local model zoo: tiny causal LMs pretrained from scratch, deterministically, in HF format.
+
+One LLM (all domains, largest) and one SLM per synthetic domain (smaller, mostly its own
+domain, mixed architectures and tokenizers) so that a real learnability gap exists.
+Every model directory is cached under a hash of everything that determines it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from lada.config import lada_home
+from lada.modeling import completion_logprobs, encode_pair
+from lada.tasks import (
+    DOMAINS,
+    Problem,
+    format_prompt,
+    format_target,
+    generate_problems,
+    load_dataset,
+)
+
+ZOO_VERSION = "3"  # bump when the build code changes what a spec produces
+ZOO_EVAL_SPEC = "synthetic:domains=all,n=400,seed=7"  # held out of every training corpus
+SPECIALS = ("<pad>", "<s>", "</s>")
+PROFILES = ("micro", "demo")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A byte-level BPE (digits always split) trained on a synthetic corpus."""
+
+    name: str
+    vocab_size: int
+    corpus_n: int = 3000
+    seed: int = 101
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture, size, tokenizer and pretraining recipe of one zoo model."""
+
+    name: str
+    role: str  # "llm" | "slm"
+    arch: str  # "llama" | "qwen2" | "gpt2"
+    tokenizer: str
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    domains: tuple[str, ...] = DOMAINS
+    own_share: float = 1.0  # share of the corpus from `domains`
+    train_steps: int = 100
+    batch_size: int = 32
+    lr: float = 3e-3
+    corpus_n: int = 2000
+    step_weights: tuple[float, ...] = (1, 1, 1, 1, 1, 1)
+    seed: int = 0
+    max_positions: int = 1024
+
+
+def _slm(name: str, arch: str, tok: str, dims: tuple[int, int, int, int], domain: str,
+         steps: int, corpus: int, seed: int, **kw: Any) -> ModelSpec:
+    hidden, layers, heads, ffn = dims
+    return ModelSpec(name=name, role="slm", arch=arch, tokenizer=tok, hidden=hidden,
+                     layers=layers, heads=heads, ffn=ffn, domains=(domain,), own_share=0.9,
+                     train_steps=steps, corpus_n=corpus, seed=seed, **kw)
+
+
+def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
+    """The tokenizers and models of a profile (micro: seconds, demo: minutes)."""
+    if profile == "micro":
+        toks = [TokenizerSpec("bpe-a", 320, corpus_n=400), TokenizerSpec("bpe-b", 290, 400)]
+        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 64, 2, 2, 128, train_steps=24,
+                        batch_size=8, corpus_n=300)
+        slms = [
+            _slm("slm-purchases", "qwen2", "bpe-a", (64, 1, 2, 128), "purchases", 12, 200, 1,
+                 batch_size=8),
+            _slm("slm-rates", "gpt2", "bpe-b", (64, 1, 2, 128), "rates", 12, 200, 2,
+                 batch_size=8),
+            _slm("slm-percentages", "llama", "bpe-b", (64, 1, 2, 128), "percentages", 12, 200,
+                 3, batch_size=8),
+        ]
+        return toks, [llm, *slms]
+    if profile == "demo":
+        toks = [TokenizerSpec("bpe-a", 384), TokenizerSpec("bpe-b", 300)]
+        weights = (3, 3, 2, 2, 1, 1)
+        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 256, 4, 8, 512, train_steps=1400,
+                        batch_size=48, lr=2e-3, corpus_n=40000, step_weights=weights)
+        slms = [
+            _slm("slm-purchases", "qwen2", "bpe-a", (64, 2, 2, 192), "purchases", 300, 8000, 1,
+                 step_weights=weights),
+            _slm("slm-rates", "gpt2", "bpe-b", (96, 2, 3, 256), "rates", 300, 8000, 2,
+                 step_weights=weights),
+            _slm("slm-percentages", "llama", "bpe-b", (64, 3, 2, 192), "percentages", 300,
+                 8000, 3, step_weights=weights),
+            _slm("slm-comparisons", "qwen2", "bpe-a", (128, 1, 4, 256), "comparisons", 300,
+                 8000, 4, step_weights=weights),
+        ]
+        return toks, [llm, *slms]
+    raise ValueError(f"unknown zoo profile {profile!r}; valid: {', '.join(PROFILES)}")
+
+
+@dataclass
+class ModelInfo:
+    """What the manifest records per model."""
+
+    name: str
+    role: str
+    path: str
+    arch: str
+    params: int
+    domains: list[str]
+    tokenizer: str
+    vocab_size: int
+    key: str
+    train_seconds: float = 0.0
+
+
+@dataclass
+class ZooManifest:
+    """The built zoo: where each model lives and what it is."""
+
+    profile: str
+    key: str
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    build_seconds: float = 0.0
+    eval_spec: str = ZOO_EVAL_SPEC
+    path: Path | None = None
+
+    @property
+    def llm(self) -> Path:
+        """Path of the LLM."""
+        return next(Path(m.path) for m in self.models.values() if m.role == "llm")
+
+    @property
+    def slms(self) -> dict[str, Path]:
+        """SLM name -> path."""
+        return {n: Path(m.path) for n, m in self.models.items() if m.role == "slm"}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        data = asdict(self)
+        data.pop("path")
+        data["llm"] = str(self.llm)
+        data["slms"] = {k: str(v) for k, v in self.slms.items()}
+        return data
+
+    def save(self, path: Path) -> None:
+        """Write manifest.json atomically."""
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(tmp, path)
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ZooManifest:
+        """Read a manifest.json (or the directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "manifest.json"
+        data = json.loads(path.read_text())
+        models_ = {n: ModelInfo(**m) for n, m in data["models"].items()}
+        return cls(profile=data["profile"], key=data["key"], models=models_,
+                   build_seconds=data.get("build_seconds", 0.0),
+                   eval_spec=data.get("eval_spec", ZOO_EVAL_SPEC), path=path)
+
+
+def _hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _texts(problems: list[Problem]) -> list[str]:
+    return [format_prompt(p.question) + format_target(p.reference) for p in problems]
+
+
+def build_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with individually split digits (arithmetic-friendly)."""
+    corpus = _texts(generate_problems(spec.corpus_n, seed=spec.seed))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", model_max_length=1024)
+
+
+def _config(spec: ModelSpec, tok: PreTrainedTokenizerFast) -> PretrainedConfig:
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.pad_token_id}
+    vocab = len(tok)
+    if spec.arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=spec.hidden, n_layer=spec.layers,
+                          n_head=spec.heads, n_inner=spec.ffn, n_positions=spec.max_positions,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+    cls = LlamaConfig if spec.arch == "llama" else Qwen2Config
+    return cls(vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
+               num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+               intermediate_size=spec.ffn, max_position_embeddings=spec.max_positions,
+               tie_word_embeddings=True, rms_norm_eps=1e-5, **ids)
+
+
+_MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gpt2": GPT2LMHeadModel}
+
+
+def training_corpus(spec: ModelSpec) -> list[Problem]:
+    """The model's pretraining problems (home-domain heavy for SLMs), eval set held out."""
+    weights = [spec.own_share / len(spec.domains) if d in spec.domains
+               else (1 - spec.own_share) / max(1, len(DOMAINS) - len(spec.domains))
+               for d in DOMAINS]
+    problems = generate_problems(spec.corpus_n, seed=10_000 + spec.seed, domains=DOMAINS,
+                                 step_weights=list(spec.step_weights), domain_weights=weights)
+    held_out = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
+    return [p for p in problems if p.id not in held_out]
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_lm(model: PreTrainedModel, tok: PreTrainedTokenizerFast, problems: list[Problem],
+             spec: ModelSpec, tick: Callable[[float], None]) -> None:
+    """Next-token training on reasoning paths (+EOS) given the prompt; prompt not in loss."""
+    pairs = [encode_pair(tok, format_prompt(p.question), format_target(p.reference))
+             for p in problems]
+    pairs = [(a, b + [tok.eos_token_id]) for a, b in pairs]
+    rng = random.Random(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+    model.train()
+    for step in range(spec.train_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, spec.train_steps, spec.lr)
+        batch = [pairs[rng.randrange(len(pairs))] for _ in range(spec.batch_size)]
+        logps = completion_logprobs(model, batch, tok.pad_token_id)
+        loss = -torch.cat(logps).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tick(float(loss.detach()))
+    model.eval()
+
+
+def _build_model(spec: ModelSpec, tok: PreTrainedTokenizerFast, tok_spec: TokenizerSpec,
+                 target: Path, tick: Callable[[float], None]) -> float:
+    start = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    model = _MODEL_CLASSES[spec.arch](_config(spec, tok))
+    train_lm(model, tok, training_corpus(spec), spec, tick)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "lada_zoo.json").write_text(json.dumps(
+        {"spec": asdict(spec), "tokenizer": asdict(tok_spec), "version": ZOO_VERSION}, indent=2))
+    with contextlib.suppress(OSError):  # another process won the race: keep theirs
+        os.replace(tmp, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return time.perf_counter() - start
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def build_zoo(profile: str = "micro", root: Path | None = None,
+              progress: bool = True) -> ZooManifest:
+    """Build (or reuse from cache) every model of `profile`; returns the manifest."""
+    tok_specs, specs = profile_specs(profile)
+    root = Path(root) if root is not None else lada_home() / "zoo"
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    tok_by_name = {t.name: t for t in tok_specs}
+    keys = {s.name: _hash([ZOO_VERSION, asdict(s), asdict(tok_by_name[s.tokenizer]),
+                           ZOO_EVAL_SPEC]) for s in specs}
+    start = time.perf_counter()
+    todo = [s for s in specs if not (root / "models" / f"{s.name}-{keys[s.name]}"
+                                     / "config.json").is_file()]
+    manifest = ZooManifest(profile=profile, key=_hash(sorted(keys.values())))
+    tokenizers: dict[str, PreTrainedTokenizerFast] = {}
+    bar = _progress(sum(s.train_steps for s in todo), progress)
+    with bar:
+        for spec in specs:
+            target = root / "models" / f"{spec.name}-{keys[spec.name]}"
+            seconds = 0.0
+            if spec in todo:
+                if spec.tokenizer not in tokenizers:
+                    tokenizers[spec.tokenizer] = build_tokenizer(tok_by_name[spec.tokenizer])
+                bar.set_description(spec.name)
+
+                def tick(loss: float) -> None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+                seconds = _build_model(spec, tokenizers[spec.tokenizer],
+                                       tok_by_name[spec.tokenizer], target, tick)
+            manifest.models[spec.name] = _model_info(spec, target, keys[spec.name], seconds)
+    manifest.build_seconds = time.perf_counter() - start
+    manifest.save(root / f"manifest-{profile}.json")
+    return manifest
+
+
+def _model_info(spec: ModelSpec, target: Path, key: str, seconds: float) -> ModelInfo:
+    config = json.loads((target / "config.json").read_text())
+    weights = target / "model.safetensors"
+    params = _count_params(weights)
+    return ModelInfo(name=spec.name, role=spec.role, path=str(target.resolve()),
+                     arch=config["architectures"][0], params=params, domains=list(spec.domains),
+                     tokenizer=spec.tokenizer, vocab_size=config["vocab_size"], key=key,
+                     train_seconds=round(seconds, 2))
+
+
+def _count_params(weights: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())  # noqa: SIM118

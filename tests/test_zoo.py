@@ -1,0 +1,97 @@
+"""Model zoo: micro build, HF loading, caching, determinism, clear errors on broken dirs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lada.modeling import (
+    ModelDirError,
+    encode_pair,
+    generate,
+    load_causal_lm,
+    score_completions,
+)
+from lada.tasks import format_prompt, format_target, load_dataset
+from lada.zoo import ZooManifest, build_tokenizer, build_zoo, profile_specs, train_lm
+
+
+def test_micro_zoo_is_heterogeneous(micro_zoo: ZooManifest) -> None:
+    infos = micro_zoo.models
+    assert micro_zoo.llm.is_dir() and len(micro_zoo.slms) >= 3
+    archs = {i.arch for i in infos.values()}
+    assert len(archs) >= 2
+    llm_tok = infos["llm"].tokenizer
+    assert any(i.tokenizer != llm_tok for n, i in infos.items() if n != "llm")
+    for info in infos.values():
+        config = json.loads((Path(info.path) / "config.json").read_text())
+        heads = config.get("num_attention_heads") or config["n_head"]
+        hidden = config.get("hidden_size") or config["n_embd"]
+        assert hidden // heads in (32, 64)  # vLLM CPU attention rejects other head sizes
+        assert info.params > 0
+        if info.role == "slm":
+            assert info.params <= infos["llm"].params * 1.5 and len(info.domains) == 1
+
+
+def test_zoo_models_load_generate_and_score(micro_zoo: ZooManifest) -> None:
+    problem = load_dataset("synthetic:n=2,seed=3")[0]
+    prompt, target = format_prompt(problem.question), format_target(problem.reference)
+    for path in [micro_zoo.llm, *micro_zoo.slms.values()]:
+        model, tok = load_causal_lm(path)
+        [[text]] = generate(model, tok, [prompt], max_new_tokens=8)
+        assert isinstance(text, str)
+        [scored] = score_completions(model, tok, [prompt], [target])
+        assert scored.token_count == len(encode_pair(tok, prompt, target)[1]) > 0
+        assert math.isfinite(scored.joint) and scored.joint < 0
+        assert scored.normalized == pytest.approx(scored.joint / scored.token_count)
+
+
+def test_rebuild_hits_cache_and_manifest_roundtrips(micro_zoo: ZooManifest) -> None:
+    assert micro_zoo.path is not None
+    start = time.perf_counter()
+    again = build_zoo("micro", root=micro_zoo.path.parent, progress=False)
+    assert time.perf_counter() - start < 10
+    assert again.llm == micro_zoo.llm and again.slms == micro_zoo.slms
+    loaded = ZooManifest.load(micro_zoo.path)
+    assert loaded.to_json()["models"] == again.to_json()["models"]
+
+
+def test_training_is_deterministic() -> None:
+    toks, specs = profile_specs("micro")
+    spec = dataclasses.replace(specs[1], train_steps=3, batch_size=4, corpus_n=50)
+    states = []
+    for _ in range(2):
+        tok = build_tokenizer(dataclasses.replace(toks[0], corpus_n=100))
+        torch.manual_seed(spec.seed)
+        from lada.zoo import _MODEL_CLASSES, _config, training_corpus
+
+        model = _MODEL_CLASSES[spec.arch](_config(spec, tok))
+        train_lm(model, tok, training_corpus(spec), spec, lambda _loss: None)
+        states.append((tok.get_vocab(), model.state_dict()))
+    assert states[0][0] == states[1][0]
+    for key, value in states[0][1].items():
+        assert torch.equal(value, states[1][1][key]), key
+
+
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "model.safetensors"])
+def test_missing_file_is_named(micro_zoo: ZooManifest, tmp_path: Path, missing: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(micro_zoo.llm, broken)
+    (broken / missing).unlink()
+    needle = "weights" if missing == "model.safetensors" else missing
+    with pytest.raises(ModelDirError, match=needle):
+        load_causal_lm(broken)
+    with pytest.raises(ModelDirError, match="not found"):
+        load_causal_lm(tmp_path / "nope")
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(ValueError, match="valid: micro, demo"):
+        build_zoo("huge")
