@@ -1,0 +1,111 @@
+"""Fine-tune a LoRA adapter (peft) on contributed reasoning paths: the SLM -> LLM direction.
+
+The loss is the next-token loss of each path after its prompt, under THE tokenization rule
+(lada.modeling.encode_pair), so what is trained is exactly what ScorePaths measures.
+A child version continues training its parent's adapter (same rank), so every version is
+base + one adapter and can be served by a single LoRARequest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lada.modeling import completion_logprobs, encode_pair, load_causal_lm
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How to train one adapter (already validated)."""
+
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    lora_rank: int = 8
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """Where the adapter was saved and how training ended."""
+
+    adapter_dir: Path
+    lora_rank: int
+    final_loss: float
+    first_loss: float
+    steps: int
+
+
+class AbsorbDiverged(RuntimeError):
+    """Training produced a non-finite loss; the adapter is discarded."""
+
+
+def train_adapter(
+    base_model: Path,
+    parent_adapter: Path | None,
+    examples: Sequence[tuple[str, str]],
+    options: TrainingOptions,
+    out_dir: Path,
+) -> TrainedAdapter:
+    """Train on (prompt, path) pairs and save the adapter to `out_dir`."""
+    torch.manual_seed(options.seed)
+    model, tokenizer = _trainable_model(base_model, parent_adapter, options.lora_rank)
+    pairs = [encode_pair(tokenizer, p, c) for p, c in examples]
+    pairs = [(p, c) for p, c in pairs if c]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(options.seed)
+    epoch_losses: list[float] = []
+    steps = 0
+    model.train()
+    for _ in range(options.epochs):
+        order = torch.randperm(len(pairs), generator=generator).tolist()
+        losses = []
+        for start in range(0, len(order), options.batch_size):
+            batch = [pairs[i] for i in order[start : start + options.batch_size]]
+            loss = _path_nll(model, batch, tokenizer.pad_token_id)
+            if not math.isfinite(loss.item()):
+                raise AbsorbDiverged(f"absorb diverged: loss {loss.item()} at step {steps}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            steps += 1
+        epoch_losses.append(sum(losses) / max(1, len(losses)))
+    model.save_pretrained(str(out_dir))
+    rank = int(model.peft_config["default"].r)
+    return TrainedAdapter(out_dir, rank, epoch_losses[-1], epoch_losses[0], steps)
+
+
+def _trainable_model(
+    base_model: Path, parent_adapter: Path | None, rank: int
+) -> tuple[torch.nn.Module, Any]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model, tokenizer = load_causal_lm(base_model)
+    if parent_adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
+    return peft_model, tokenizer
+
+
+def _path_nll(
+    model: torch.nn.Module, batch: list[tuple[list[int], list[int]]], pad_id: int
+) -> torch.Tensor:
+    """Mean negative log-likelihood per completion token over the batch."""
+    values = completion_logprobs(model, batch, pad_id)
+    total = torch.cat(values)
+    return -total.mean()

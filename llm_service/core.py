@@ -1,0 +1,395 @@
+"""The LLM service's logic, free of gRPC: validation, path cache, versions and absorbing.
+
+`LLMCore` is what the servicer calls and what an in-process simulation calls directly.
+Every number it returns is finite (see backends.base.finite_logprobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lada import metrics
+from lada.tasks import Problem, format_prompt, is_correct
+from llm_service.absorb import AbsorbDiverged, TrainingOptions, train_adapter
+from llm_service.backends.base import GeneratedPath, LLMBackend
+from llm_service.cache import LRUCache
+from llm_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from llm_service.settings import LLMServiceExtras
+from llm_service.types import (
+    AbsorbOverrides,
+    Contribution,
+    GenerateResult,
+    PathResult,
+    SampleResult,
+    Sampling,
+    ScoredCompletion,
+    ScoreResult,
+)
+from llm_service.versions import VersionInfo, VersionRegistry, now_ms
+
+log = logging.getLogger("lada.llm.core")
+MAX_LISTED = 20  # unknown IDs named in one error message
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request ceilings (from LLMServiceConfig and LLMServiceExtras)."""
+
+    max_paths_per_request: int = 16
+    max_tokens_limit: int = 512
+    max_samples_per_request: int = 1024
+    max_absorb_contributions: int = 4096
+    max_lora_rank: int = 32
+
+
+@dataclass
+class _Item:
+    sample_id: str
+    prompt: str
+    answer: str | None
+    key: tuple[object, ...] = field(default_factory=tuple)
+
+
+class LLMCore:
+    """Generate, score and absorb over one backend and one public pool."""
+
+    def __init__(
+        self,
+        backend: LLMBackend,
+        pool: Sequence[Problem],
+        limits: Limits,
+        extras: LLMServiceExtras,
+        state_dir: Path,
+        seed: int = 0,
+    ) -> None:
+        self.backend = backend
+        self.pool = {p.id: p for p in pool}
+        self.limits = limits
+        self.extras = extras
+        self.state_dir = state_dir
+        self.seed = seed
+        self.cache: LRUCache[SampleResult] = LRUCache(extras.cache_entries)
+        self.versions = VersionRegistry(state_dir / "versions.json")
+        self._absorbing = threading.Lock()
+        for info in self.versions.adapters():
+            backend.add_version(info.version, Path(info.adapter_dir))
+
+    # ---- generation ------------------------------------------------------------------
+    def generate(
+        self,
+        sample_ids: Sequence[str],
+        prompts: Sequence[str],
+        sampling: Sampling,
+        model_version: str = "",
+    ) -> GenerateResult:
+        """`sampling.n` paths per sample ID then per raw prompt; cached per sampling."""
+        version = self._version(model_version)
+        sampling = self._checked_sampling(sampling)
+        self._check_count(len(sample_ids) + len(prompts), "sample_ids + prompts")
+        items = self._resolve(sample_ids, "sample_ids") + [_Item("", p, None) for p in prompts]
+        n_ids = len(sample_ids)
+        for index, item in enumerate(items):
+            kind = "sample" if item.sample_id else "prompt"
+            where = f"sample_ids[{index}]" if item.sample_id else f"prompts[{index - n_ids}]"
+            self._check_prompt(item.prompt, sampling.max_tokens, where)
+            item.key = (kind, item.sample_id or item.prompt, version, sampling)
+        found = self._paths_for(items, sampling, version)
+        return GenerateResult([found[item.key] for item in items], version)
+
+    def _paths_for(
+        self, items: list[_Item], sampling: Sampling, version: str
+    ) -> dict[tuple[object, ...], SampleResult]:
+        """Cached results as hits; one backend call for every distinct item not cached."""
+        found: dict[tuple[object, ...], SampleResult] = {}
+        todo: dict[tuple[object, ...], _Item] = {}
+        for item in items:
+            if item.key in found or item.key in todo:
+                continue
+            cached = self.cache.get(item.key)
+            if cached is None:
+                todo[item.key] = item
+            else:
+                found[item.key] = _as_hit(cached)
+        if not todo:
+            return found
+        pending = list(todo.values())
+        raw = self.backend.generate([i.prompt for i in pending], sampling, version)
+        for item, paths in zip(pending, raw, strict=True):
+            consistent = self._consistent(item.prompt, paths, version)
+            result = SampleResult(
+                item.sample_id,
+                item.prompt,
+                [_path_result(p, item.answer) for p in consistent],
+                False,
+            )
+            self.cache.put(item.key, result)
+            found[item.key] = result
+        generated = sum(len(p.token_ids) for paths in raw for p in paths)
+        metrics.TOKENS_GENERATED.labels(self.backend.name).inc(generated)
+        return found
+
+    def _consistent(
+        self, prompt: str, paths: list[GeneratedPath], version: str
+    ) -> list[GeneratedPath]:
+        """Re-score paths whose text does not re-tokenize to the generated ids.
+
+        Byte-level BPE can sample a non-canonical split; the reported log-prob must be the
+        one ScorePaths gives for the reported text, so such paths are scored again.
+        """
+        ids = [self.backend.pair_ids(prompt, p.text)[1] for p in paths]
+        redo = [i for i, p in enumerate(paths) if ids[i] != p.token_ids]
+        if not redo:
+            return paths
+        scores = self.backend.score([prompt] * len(redo), [paths[i].text for i in redo], version)
+        out = list(paths)
+        for i, score in zip(redo, scores, strict=True):
+            p = paths[i]
+            out[i] = GeneratedPath(p.text, ids[i], score.token_logprobs, p.finish_reason, score)
+        return out
+
+    # ---- scoring ---------------------------------------------------------------------
+    def score(
+        self,
+        prompt: str,
+        completions: Sequence[str],
+        sample_id: str = "",
+        model_version: str = "",
+        return_token_logprobs: bool = False,
+    ) -> ScoreResult:
+        """Log-probs of each completion after `prompt` (or the prompt of `sample_id`)."""
+        version = self._version(model_version)
+        if prompt and sample_id:
+            raise InvalidArgument("prompt: must be empty when sample_id is given")
+        answer = None
+        if sample_id:
+            item = self._resolve([sample_id], "sample_id")[0]
+            prompt, answer = item.prompt, item.answer
+        if not prompt:
+            raise InvalidArgument("prompt: must not be empty (or give sample_id)")
+        if not completions:
+            raise InvalidArgument("completions: give at least one completion to score")
+        self._check_count(len(completions), "completions")
+        self._check_prompt(prompt, 0, "prompt")
+        for index, completion in enumerate(completions):
+            total = sum(len(ids) for ids in self.backend.pair_ids(prompt, completion))
+            if total > self.backend.context_length:
+                raise InvalidArgument(
+                    f"completions[{index}]: prompt + completion is {total} tokens, above the "
+                    f"model's context of {self.backend.context_length} tokens"
+                )
+        scores = self.backend.score([prompt] * len(completions), list(completions), version)
+        return ScoreResult(
+            [
+                ScoredCompletion(
+                    s.joint,
+                    s.normalized,
+                    s.token_count,
+                    s.token_logprobs if return_token_logprobs else [],
+                    answer is not None and is_correct(c, answer),
+                )
+                for s, c in zip(scores, completions, strict=True)
+            ],
+            version,
+        )
+
+    # ---- absorbing -------------------------------------------------------------------
+    def absorb(
+        self, contributions: Sequence[Contribution], overrides: AbsorbOverrides | None = None
+    ) -> VersionInfo:
+        """Train a LoRA adapter on the contributions and serve it as the next version."""
+        options = self._training_options(overrides or AbsorbOverrides())
+        examples = self._absorb_examples(contributions)
+        if not self._absorbing.acquire(blocking=False):
+            raise ResourceExhausted("absorb: another absorb is already training; retry later")
+        try:
+            return self._absorb_locked(contributions, examples, options)
+        finally:
+            self._absorbing.release()
+
+    def _absorb_locked(
+        self,
+        contributions: Sequence[Contribution],
+        examples: list[tuple[str, str]],
+        options: TrainingOptions,
+    ) -> VersionInfo:
+        parent = self.versions.get(self.versions.serving)
+        assert parent is not None
+        if parent.adapter_dir and options.lora_rank != parent.lora_rank:
+            raise InvalidArgument(
+                f"options.lora_rank: version {parent.version} has rank {parent.lora_rank}; "
+                "a child version continues its parent's adapter at the same rank"
+            )
+        name = self.versions.next_name()
+        out_dir = self.state_dir / "adapters" / name
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            trained = train_adapter(
+                self.backend.settings.model,
+                Path(parent.adapter_dir) if parent.adapter_dir else None,
+                examples,
+                options,
+                out_dir,
+            )
+            self.backend.add_version(name, out_dir)
+        except AbsorbDiverged as exc:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise FailedPrecondition(f"{exc}; still serving {parent.version}") from exc
+        except Exception:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            log.exception("absorb failed", extra={"parent": parent.version})
+            raise
+        absorbed = sorted(set(parent.absorbed_ids) | {c.sample_id for c in contributions})
+        info = VersionInfo(
+            version=name,
+            parent=parent.version,
+            samples_absorbed=len(absorbed),
+            created_unix_ms=now_ms(),
+            final_loss=trained.final_loss,
+            adapter_dir=str(out_dir),
+            lora_rank=trained.lora_rank,
+            absorbed_ids=absorbed,
+        )
+        self.versions.add_and_serve(info)
+        log.info(
+            "absorbed",
+            extra={
+                "version": name,
+                "parent": parent.version,
+                "contributions": len(contributions),
+                "first_loss": trained.first_loss,
+                "final_loss": trained.final_loss,
+            },
+        )
+        return info
+
+    def _absorb_examples(self, contributions: Sequence[Contribution]) -> list[tuple[str, str]]:
+        if not contributions:
+            raise InvalidArgument("contributions: give at least one contribution")
+        if len(contributions) > self.limits.max_absorb_contributions:
+            raise InvalidArgument(
+                f"contributions: {len(contributions)} above the limit of "
+                f"{self.limits.max_absorb_contributions} per absorb"
+            )
+        for index, c in enumerate(contributions):
+            if not c.path.strip():
+                raise InvalidArgument(f"contributions[{index}].path: must not be empty")
+        items = self._resolve([c.sample_id for c in contributions], "contributions.sample_id")
+        return [(item.prompt, c.path) for item, c in zip(items, contributions, strict=True)]
+
+    def _training_options(self, overrides: AbsorbOverrides) -> TrainingOptions:
+        extras = self.extras
+        epochs = overrides.epochs or extras.absorb_epochs
+        rate = overrides.learning_rate or extras.absorb_learning_rate
+        rank = overrides.lora_rank or extras.absorb_lora_rank
+        if not 1 <= epochs <= 100:
+            raise InvalidArgument(f"options.epochs: {epochs} outside 1..100")
+        if not (math.isfinite(rate) and 0.0 < rate <= 1.0):
+            raise InvalidArgument(f"options.learning_rate: {rate} outside (0, 1]")
+        if not 1 <= rank <= self.limits.max_lora_rank:
+            raise InvalidArgument(
+                f"options.lora_rank: {rank} outside 1..{self.limits.max_lora_rank} "
+                "(the engine's max LoRA rank)"
+            )
+        return TrainingOptions(epochs, rate, rank, extras.absorb_batch_size, self.seed)
+
+    # ---- versions --------------------------------------------------------------------
+    def list_versions(self) -> tuple[list[VersionInfo], str]:
+        return self.versions.all(), self.versions.serving
+
+    @property
+    def serving_version(self) -> str:
+        return self.versions.serving
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # ---- validation ------------------------------------------------------------------
+    def _version(self, requested: str) -> str:
+        version = requested or self.versions.serving
+        if self.versions.get(version) is None:
+            known = ", ".join(v.version for v in self.versions.all())
+            raise NotFound(f"model_version: unknown version {version!r}; known: {known}")
+        return version
+
+    def _checked_sampling(self, sampling: Sampling) -> Sampling:
+        limits = self.limits
+        if not 1 <= sampling.n <= limits.max_paths_per_request:
+            raise InvalidArgument(
+                f"sampling.n: {sampling.n} outside 1..{limits.max_paths_per_request} "
+                "(max_paths_per_request)"
+            )
+        if not 1 <= sampling.max_tokens <= limits.max_tokens_limit:
+            raise InvalidArgument(
+                f"sampling.max_tokens: {sampling.max_tokens} outside "
+                f"1..{limits.max_tokens_limit} (max_tokens_limit)"
+            )
+        if not (math.isfinite(sampling.temperature) and 0.0 <= sampling.temperature <= 10.0):
+            raise InvalidArgument(f"sampling.temperature: {sampling.temperature} outside [0, 10]")
+        top_p = sampling.top_p or 1.0
+        if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
+            raise InvalidArgument(f"sampling.top_p: {sampling.top_p} outside (0, 1]")
+        if not -(2**63) <= sampling.seed < 2**63:
+            raise InvalidArgument(f"sampling.seed: {sampling.seed} is not an int64")
+        return Sampling(
+            sampling.n, float(sampling.temperature), top_p, sampling.max_tokens, sampling.seed
+        )
+
+    def _check_count(self, count: int, name: str) -> None:
+        if count == 0 and name != "completions":
+            raise InvalidArgument(f"{name}: give at least one sample ID or prompt")
+        if count > self.limits.max_samples_per_request:
+            raise InvalidArgument(
+                f"{name}: {count} above the limit of {self.limits.max_samples_per_request} "
+                "(max_samples_per_request)"
+            )
+
+    def _check_prompt(self, prompt: str, max_tokens: int, where: str) -> None:
+        if not prompt.strip():
+            raise InvalidArgument(f"{where}: prompt must not be empty")
+        length = len(self.backend.prompt_ids(prompt))
+        context = self.backend.context_length
+        if length + max_tokens > context:
+            raise InvalidArgument(
+                f"{where}: prompt of {length} tokens + max_tokens {max_tokens} exceeds the "
+                f"model's context of {context} tokens"
+            )
+
+    def _resolve(self, sample_ids: Sequence[str], field_name: str) -> list[_Item]:
+        missing = [s for s in dict.fromkeys(sample_ids) if s not in self.pool]
+        if missing:
+            shown = ", ".join(missing[:MAX_LISTED])
+            more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+            raise NotFound(f"{field_name}: unknown sample IDs in the public pool: {shown}{more}")
+        items = []
+        for sid in sample_ids:
+            problem = self.pool[sid]
+            items.append(_Item(sid, format_prompt(problem.question), problem.answer))
+        return items
+
+
+def _path_result(path: GeneratedPath, answer: str | None) -> PathResult:
+    scores = path.scores
+    return PathResult(
+        path.text,
+        scores.token_count,
+        scores.joint,
+        scores.normalized,
+        path.finish_reason,
+        answer is not None and is_correct(path.text, answer),
+    )
+
+
+def _as_hit(result: SampleResult) -> SampleResult:
+    return SampleResult(result.sample_id, result.prompt, result.paths, True)
