@@ -1,0 +1,267 @@
+"""Policies, folding and the LLM direction in-process (no gRPC): the same code the round
+driver runs, checked on small hand-made pools."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from allocator.client import cluster_model_from_message
+from allocator.core import LLM_LEARNER, AllocatorCore
+from allocator.driver import RoundDriver
+from allocator.folding import fold_report, report_arrays
+from allocator.llm_gateway import Contribution, LLMGateway
+from allocator.policies import (
+    POLICIES,
+    AgentView,
+    AllocationRequest,
+    LearnerState,
+    PoolIndex,
+    make_policy,
+)
+from allocator.service import cluster_model_message
+from lada.config import AllocatorConfig, LadaHyperParams
+from lada.learnability import assign_clusters
+from lada.state import StateStore
+from lada.tasks import Problem, load_dataset
+from lada.v1 import allocator_pb2
+from tests.fixtures_allocator import TEST_POOL, synthetic_stats
+
+PARAMS = LadaHyperParams(num_clusters=1)
+
+
+def _pool(size: int, clusters: int = 1) -> PoolIndex:
+    return PoolIndex([f"s{i}" for i in range(size)], np.arange(size) % clusters, clusters)
+
+
+def _request(
+    pool: PoolIndex,
+    agents: list[AgentView],
+    unlearnable: np.ndarray | None = None,
+    round_number: int = 1,
+) -> AllocationRequest:
+    mask = np.zeros(len(pool), bool) if unlearnable is None else unlearnable
+    return AllocationRequest(round_number, pool, agents, mask, PARAMS, seed=3)
+
+
+def _agent(
+    capacity: int,
+    known: Sequence[int] = (),
+    gaps: Sequence[float] = (),
+    solved: Sequence[bool] = (),
+) -> AgentView:
+    return AgentView(
+        "a",
+        capacity,
+        LearnerState.fresh(1, PARAMS),
+        np.asarray(known, np.int64),
+        np.asarray(gaps, float),
+        np.asarray(solved or [False] * len(known), bool),
+    )
+
+
+def test_the_three_method_policies_are_registered_by_name() -> None:
+    assert {"full", "random", "lada"} <= set(POLICIES)
+    with pytest.raises(ValueError, match="policy: unknown policy 'best'; valid: full, lada"):
+        make_policy("best")
+
+
+def test_full_sends_every_sample_to_every_agent() -> None:
+    pool = _pool(7)
+    chosen = make_policy("full").allocate(_request(pool, [_agent(2)]))
+    assert chosen["a"].tolist() == list(range(7))
+
+
+def test_random_draws_capacity_distinct_samples_reproducibly() -> None:
+    pool = _pool(1000)
+    policy = make_policy("random")
+    first = policy.allocate(_request(pool, [_agent(50)]))["a"]
+    again = policy.allocate(_request(pool, [_agent(50)]))["a"]
+    later = policy.allocate(_request(pool, [_agent(50)], round_number=2))["a"]
+    assert len(set(first.tolist())) == 50
+    assert first.tolist() == again.tolist()
+    assert first.tolist() != later.tolist()
+
+
+def test_lada_prefers_the_band_over_known_samples_outside_it() -> None:
+    # known gaps 0..9: band q(0.2)=1.8 .. q(0.8)=7.2; unknown samples impute the median 4.5
+    chosen = make_policy("lada").allocate(
+        _request(_pool(40), [_agent(30, range(10), [float(g) for g in range(10)])])
+    )["a"]
+    assert len(chosen) == 30
+    assert not {0, 1, 8, 9} & set(chosen.tolist())
+    assert {2, 3, 4, 5, 6, 7} & set(chosen.tolist())
+
+
+def test_lada_skips_samples_the_agent_solves_below_the_band() -> None:
+    solved = [True, True] + [False] * 8
+    chosen = make_policy("lada").allocate(
+        _request(_pool(40), [_agent(40, range(10), [float(g) for g in range(10)], solved)])
+    )["a"]
+    assert sorted(chosen.tolist()) == list(range(2, 40))
+
+
+def test_lada_never_allocates_samples_without_a_correct_llm_path() -> None:
+    unlearnable = np.zeros(40, bool)
+    unlearnable[[11, 12, 13]] = True
+    chosen = make_policy("lada").allocate(_request(_pool(40), [_agent(40)], unlearnable))["a"]
+    assert len(chosen) == 37 and not {11, 12, 13} & set(chosen.tolist())
+
+
+def test_lada_round_one_is_even_across_clusters() -> None:
+    pool = _pool(400, clusters=8)
+    params = LadaHyperParams(num_clusters=8)
+    agent = AgentView("a", 24, LearnerState.fresh(8, params))
+    request = AllocationRequest(1, pool, [agent], np.zeros(400, bool), params)
+    chosen = make_policy("lada").allocate(request)["a"]
+    assert Counter(pool.clusters[chosen].tolist()) == {c: 3 for c in range(8)}
+
+
+# ---- folding --------------------------------------------------------------------------------
+def test_folding_adds_rewards_to_the_sample_clusters_and_records_post_training_gaps() -> None:
+    pool = _pool(4, clusters=2)
+    stats = [
+        allocator_pb2.SampleStats(
+            sample_id="s0",
+            paths=[
+                allocator_pb2.PathStats(
+                    llm_normalized_logprob=-0.5,
+                    correct=True,
+                    slm_normalized_logprob_before=-2.0,
+                    slm_normalized_logprob_after=-1.25,
+                )
+            ],
+            correct_before=False,
+            correct_after=True,
+        ),
+        allocator_pb2.SampleStats(
+            sample_id="s1",
+            paths=[
+                allocator_pb2.PathStats(
+                    llm_normalized_logprob=-0.4,
+                    correct=False,
+                    slm_normalized_logprob_before=-1.0,
+                    slm_normalized_logprob_after=-1.0,
+                )
+            ],
+        ),
+    ]
+    params = LadaHyperParams(num_clusters=2)
+    result = fold_report(
+        LearnerState.fresh(2, params), np.zeros(0), report_arrays(stats), pool, params
+    )
+    # s0: 0.75 progress on its correct path + 1.0 greedy flip; s1: no correct path, no flip
+    assert result.learner.reward_sum.tolist() == [1.75, 0.0]
+    assert result.learner.pulls.tolist() == [1.0, 1.0]
+    assert result.gaps == {"s0": "0.75|1", "s1": "nan|0"}
+    assert result.llm_acc == {"s0": "1/1", "s1": "0/1"}
+
+
+# ---- the cluster model agents download -------------------------------------------------------
+@pytest.fixture(scope="module")
+def test_problems() -> list[Problem]:
+    return load_dataset(TEST_POOL)
+
+
+def _core(store: StateStore, problems: list[Problem], **overrides: Any) -> AllocatorCore:
+    config = AllocatorConfig(
+        public_pool=TEST_POOL, run_id=store.run_id, lada=LadaHyperParams(num_clusters=4)
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return AllocatorCore(store, config, problems)
+
+
+def test_public_clusters_separate_the_synthetic_domains(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    core = _core(store, test_problems)
+    pairs = Counter(
+        zip(core.pool.clusters.tolist(), [p.domain for p in test_problems], strict=True)
+    )
+    assert len(pairs) == 4  # each of the 4 clusters holds exactly one domain
+    assert core.cluster_model.pool_share.sum() == pytest.approx(1.0)
+
+
+def test_the_downloaded_cluster_model_assigns_texts_like_the_allocator(
+    store: StateStore,
+    test_problems: list[Problem],
+) -> None:
+    core = _core(store, test_problems)
+    model = cluster_model_from_message(cluster_model_message(core.cluster_model))
+    local = assign_clusters(
+        model, [p.question for p in test_problems], [p.domain for p in test_problems]
+    )
+    assert local.tolist() == core.pool.clusters.tolist()
+
+
+def test_a_second_replica_reuses_the_stored_clustering(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    first = _core(store, test_problems)
+    second = _core(store, test_problems, seed=99)
+    assert second.pool.clusters.tolist() == first.pool.clusters.tolist()
+
+
+# ---- the LLM direction -------------------------------------------------------------------------
+class ScriptedLLM(LLMGateway):
+    """A stand-in for the LLM service (the real one needs a model): fixed nlp per sample,
+    better by 1.5 on everything after absorbing."""
+
+    def __init__(self, nlp: dict[str, float]) -> None:
+        self.nlp = nlp
+        self.absorbed: list[list[Contribution]] = []
+
+    def serving_version(self) -> str:
+        return f"v{len(self.absorbed)}"
+
+    def score(self, sample_id: str, completions: Sequence[str], version: str = "") -> list[float]:
+        bonus = 1.5 if version and version != "v0" else 0.0
+        return [self.nlp[sample_id] + bonus for _ in completions]
+
+    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+        return {s: "0/4" for s in sample_ids}
+
+    def absorb(self, contributions: Sequence[Contribution]) -> str:
+        self.absorbed.append(list(contributions))
+        return self.serving_version()
+
+
+def test_the_llm_absorbs_the_most_novel_contributions_where_it_is_weak(
+    store: StateStore,
+    test_problems: list[Problem],
+) -> None:
+    core = _core(store, test_problems, min_agents=1, rounds=1)
+    core.config.lada.llm_budget = 1
+    record, _ = core.register("a", "", "", [], 3, core.fingerprint)
+    novel, familiar, strong = test_problems[0], test_problems[1], test_problems[2]
+    llm = ScriptedLLM({novel.id: -2.0, familiar.id: -0.3, strong.id: -3.0})
+    driver = RoundDriver(core, llm)
+    driver.step()
+    driver.step()  # open, allocate
+    samples = core.allocation(record.agent_id, 1).samples
+    report = synthetic_stats(
+        [allocator_pb2.AllocatedSample(sample_id=s.sample_id) for s in samples]
+    )
+    core.report(record.agent_id, 1, report)
+    # The LLM got 3/4 paths right on `strong` (per an agent's report): not counted as novel.
+    store.fold_round(0, {}, {}, {strong.id: "3/4"})
+    accepted = core.contribute(
+        record.agent_id,
+        1,
+        [(novel.id, novel.reference), (familiar.id, familiar.reference), (strong.id, "#### -1")],
+    )
+    assert accepted == (2, 1)
+    while store.round_phase(1).value != "CLOSED":
+        driver.step()
+    assert [[c.sample_id for c in batch] for batch in llm.absorbed] == [[novel.id]]
+    assert store.absorbed() == {novel.id}
+    assert store.llm_version() == "v1"
+    llm_arms = core.learner(LLM_LEARNER)
+    cluster = core.pool.clusters[core.pool.index_of[novel.id]]
+    assert llm_arms.pulls[cluster] == 1 and llm_arms.reward_sum[cluster] == pytest.approx(1.5)
+    assert llm_arms.pulls.sum() == 1
