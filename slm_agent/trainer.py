@@ -197,9 +197,12 @@ class LocalTrainer:
 
     # ---- training ------------------------------------------------------------------
     def train_round(self, path_sets: Sequence[PathSet], round_number: int) -> TrainReport:
-        """`epochs` passes over the allocated samples, each step with a private batch."""
-        usable = [s for s in path_sets if s.has_correct_path]
-        if not usable:
+        """`epochs` passes over the allocated samples, each step with a private batch.
+
+        A batch whose samples have no correct path trains on the private term alone
+        (L = L_sft(D_k) when the distillation sum is empty); no allocation, no steps.
+        """
+        if not path_sets:
             return TrainReport()
         started = time.perf_counter()
         rng = random.Random(self.settings.seed * 1_000_003 + round_number)
@@ -210,7 +213,7 @@ class LocalTrainer:
         steps = 0
         self.model.train()
         for _ in range(self.settings.epochs):
-            order = list(usable)
+            order = list(path_sets)
             rng.shuffle(order)
             for start in range(0, len(order), self.settings.samples_per_step):
                 batch = order[start : start + self.settings.samples_per_step]

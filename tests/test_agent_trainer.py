@@ -63,13 +63,13 @@ def test_differentiable_scores_equal_the_reported_scores(
 def test_contrastive_training_raises_correct_paths_over_incorrect_ones(
     micro_zoo: ZooManifest, private_rates: list[Problem]
 ) -> None:
-    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", [], learning_rate=3e-3, epochs=4)
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", [], learning_rate=1e-2, epochs=4)
     sets = [contrast_set(p) for p in private_rates[:4]]
     before = [margin(trainer, s) for s in sets]
     report = trainer.train_round(sets, round_number=1)
     after = [margin(trainer, s) for s in sets]
     assert report.steps == 4  # 4 epochs x 1 step of 4 samples
-    assert np.mean(after) > np.mean(before) + 0.05
+    assert np.mean(after) > np.mean(before) + 0.1
 
 
 def test_sft_training_raises_the_likelihood_of_the_best_correct_path(
@@ -80,15 +80,25 @@ def test_sft_training_raises_the_likelihood_of_the_best_correct_path(
     before = trainer.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
     trainer.train_round(sets, round_number=1)
     after = trainer.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
-    assert np.mean(after) > np.mean(before) + 0.05
+    assert np.mean(after) > np.mean(before) + 0.1
 
 
-def test_nothing_to_learn_means_no_training_step(
+def test_a_batch_with_nothing_correct_trains_on_private_data_alone(
     micro_zoo: ZooManifest, private_rates: list[Problem]
 ) -> None:
     trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates)
     unlearnable = PathSet("Q: x\nA:", [" 1"], [-1.0], [False])
-    assert trainer.train_round([unlearnable], round_number=1).steps == 0
+    report = trainer.train_round([unlearnable], round_number=1)
+    assert report.steps == 1
+    assert report.mean_parts["distill"] == 0.0
+    assert report.mean_parts["total"] == report.mean_parts["sft_private"] > 0.0
+
+
+def test_an_empty_allocation_means_no_training_step(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates)
+    assert trainer.train_round([], round_number=1).steps == 0
 
 
 def test_models_above_the_lora_threshold_train_only_an_adapter(
