@@ -236,7 +236,7 @@ class AllocatorCore:
         payload: dict[str, bytes] = {}
         clashing: list[str] = []
         for sample in stats:
-            data = sample.SerializeToString(deterministic=True)
+            data = sample.SerializeToString()
             previous = payload.setdefault(sample.sample_id, data)
             if previous != data:
                 clashing.append(sample.sample_id)
@@ -380,22 +380,20 @@ class AllocatorCore:
 
 def _check_numbers(stats: Sequence[allocator_pb2.SampleStats], max_paths: int) -> None:
     """Every log-probability finite and <= 0, and no more paths than allowed."""
-    values = [
-        value
-        for sample in stats
-        for path in sample.paths
-        for value in (
-            path.llm_normalized_logprob,
-            path.slm_normalized_logprob_before,
-            path.slm_normalized_logprob_after,
-        )
-    ]
-    array = np.fromiter(values, float, len(values))
-    if not (np.isfinite(array) & (array <= 0.0)).all():
-        raise InvalidArgument(_first_bad_number(stats))
-    too_long = [s.sample_id for s in stats if len(s.paths) > max_paths]
-    if too_long:
-        raise InvalidArgument(f"stats.paths: more than {max_paths} paths for {_listing(too_long)}")
+    low = -math.inf
+    for sample in stats:
+        paths = sample.paths
+        if len(paths) > max_paths:
+            raise InvalidArgument(
+                f"stats.paths: more than {max_paths} paths for {sample.sample_id}"
+            )
+        for path in paths:
+            if not (
+                low < path.llm_normalized_logprob <= 0.0
+                and low < path.slm_normalized_logprob_before <= 0.0
+                and low < path.slm_normalized_logprob_after <= 0.0
+            ):
+                raise InvalidArgument(_first_bad_number(stats))
 
 
 def _first_bad_number(stats: Sequence[allocator_pb2.SampleStats]) -> str:

@@ -31,7 +31,8 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 | `lock:{name}`                | string | leases (the round driver's leader lock)              |
 
 Round transitions are compare-and-set Lua scripts, so several allocator replicas can
-share one Redis; multi-key writes (a report stream, an allocation) are MULTI/EXEC.
+share one Redis; a report stream is applied by one Lua script (all or nothing); other
+multi-key writes (allocations, folds) are WATCH + MULTI/EXEC.
 """
 
 from __future__ import annotations
@@ -153,6 +154,53 @@ return 1
 """
 
 
+# KEYS: alloc hash, stats hash, round hash, round agents hash.
+# ARGV: agent_id, require_open (0/1), concatenated sample IDs, concatenated payloads, and
+# their lengths "id_len,payload_len,..." (three arguments however long the report: packing
+# one argument per sample costs more client time than the whole script).
+# All or nothing: refuses (writing nothing) if the round is closed or the agent LATE (when
+# require_open), or if any sample is not allocated; else HSETNX each sample (idempotent).
+_APPLY_REPORT_LUA = """
+if ARGV[2] == '1' then
+  local phase = redis.call('HGET', KEYS[3], 'phase')
+  if phase ~= 'ALLOCATED' and phase ~= 'TRAINING' then return {'closed', phase or ''} end
+  if redis.call('HGET', KEYS[4], ARGV[1]) == 'LATE' then return {'late'} end
+end
+local ids, payloads = {}, {}
+local id_at, payload_at, expect_id = 1, 1, true
+for length in string.gmatch(ARGV[5], '%d+') do
+  local n = tonumber(length)
+  if expect_id then
+    ids[#ids + 1] = string.sub(ARGV[3], id_at, id_at + n - 1)
+    id_at = id_at + n
+  else
+    payloads[#payloads + 1] = string.sub(ARGV[4], payload_at, payload_at + n - 1)
+    payload_at = payload_at + n
+  end
+  expect_id = not expect_id
+end
+local missing = {}
+local count = 0
+for i = 1, #ids do
+  if redis.call('HEXISTS', KEYS[1], ids[i]) == 0 then
+    count = count + 1
+    if count <= 10 then missing[#missing + 1] = ids[i] end
+  end
+end
+if count > 0 then
+  local reply = {'missing', count}
+  for _, id in ipairs(missing) do reply[#reply + 1] = id end
+  return reply
+end
+local accepted = 0
+for i = 1, #ids do
+  accepted = accepted + redis.call('HSETNX', KEYS[2], ids[i], payloads[i])
+end
+redis.call('HSET', KEYS[4], ARGV[1], 'REPORTED')
+return {'ok', accepted}
+"""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -237,6 +285,7 @@ class StateStore:
         self._mark_training = client.register_script(_MARK_TRAINING_LUA)
         self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
         self._finish_run = client.register_script(_FINISH_RUN_LUA)
+        self._apply_report = client.register_script(_APPLY_REPORT_LUA)
 
     # ---- keys ----------------------------------------------------------------------
     def key(self, *parts: object) -> str:
@@ -491,49 +540,34 @@ class StateStore:
         taking reports, or from an agent marked LATE, raises Conflict (checked atomically
         with the write, so it cannot slip past the deadline sweep).
         """
-        alloc_key = self.key("alloc", round_number, agent_id)
-        stats_key = self.key("stats", round_number, agent_id)
-        round_key = self.key("round", round_number)
-        members_key = self.key("round", round_number, "agents")
-        sample_ids = list(stats)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(alloc_key, stats_key, round_key, members_key)
-                    if require_open:
-                        self._check_reporting_open(pipe, round_number, agent_id)
-                    allocated = pipe.hmget(alloc_key, sample_ids) if sample_ids else []
-                    missing = [s for s, a in zip(sample_ids, allocated, strict=True) if a is None]
-                    if missing:
-                        raise PermissionDenied(
-                            f"stats.sample_id: not allocated to {agent_id} in round "
-                            f"{round_number}: {', '.join(missing[:10])}"
-                            + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
-                        )
-                    seen = pipe.hmget(stats_key, sample_ids) if sample_ids else []
-                    fresh = {
-                        s: stats[s] for s, old in zip(sample_ids, seen, strict=True) if old is None
-                    }
-                    pipe.multi()
-                    if fresh:
-                        pipe.hset(stats_key, mapping=fresh)
-                    pipe.hset(
-                        self.key("round", round_number, "agents"),
-                        agent_id,
-                        AgentRoundState.REPORTED.value,
-                    )
-                    pipe.execute()
-                    return ReportOutcome(len(fresh), len(sample_ids) - len(fresh))
-                except redis.WatchError:
-                    continue
-
-    def _check_reporting_open(self, pipe: redis.client.Pipeline, r: int, agent_id: str) -> None:
-        phase = _s(pipe.hget(self.key("round", r), "phase"))
-        if phase not in (Phase.ALLOCATED.value, Phase.TRAINING.value):
-            raise Conflict(f"round: round {r} is {phase or 'not open'}, not taking reports")
-        state = _s(pipe.hget(self.key("round", r, "agents"), agent_id))
-        if state == AgentRoundState.LATE.value:
-            raise Conflict(f"round: {agent_id} missed the deadline of round {r} (LATE)")
+        encoded_ids = [sample_id.encode() for sample_id in stats]
+        payloads = list(stats.values())
+        lengths = ",".join(f"{len(i)},{len(p)}" for i, p in zip(encoded_ids, payloads, strict=True))
+        args = [agent_id, int(require_open), b"".join(encoded_ids), b"".join(payloads), lengths]
+        reply = self._apply_report(
+            keys=[
+                self.key("alloc", round_number, agent_id),
+                self.key("stats", round_number, agent_id),
+                self.key("round", round_number),
+                self.key("round", round_number, "agents"),
+            ],
+            args=args,
+        )
+        verdict = _s(reply[0])
+        if verdict == "ok":
+            accepted = int(reply[1])
+            return ReportOutcome(accepted, len(stats) - accepted)
+        if verdict == "missing":
+            missing = [_s(m) for m in reply[2:]]
+            extra = int(reply[1]) - len(missing)
+            raise PermissionDenied(
+                f"stats.sample_id: not allocated to {agent_id} in round "
+                f"{round_number}: {', '.join(missing)}" + (f" (+{extra} more)" if extra else "")
+            )
+        if verdict == "late":
+            raise Conflict(f"round: {agent_id} missed the deadline of round {round_number} (LATE)")
+        phase = _s(reply[1]) or "not open"
+        raise Conflict(f"round: round {round_number} is {phase}, not taking reports")
 
     def get_stats(self, round_number: int, agent_id: str) -> dict[str, bytes]:
         return {
