@@ -24,7 +24,7 @@ from allocator.llm_gateway import Contribution, LLMGateway
 from allocator.policies import AgentView, AllocationRequest, LearnerState
 from lada import metrics
 from lada.learnability import novelty_scores, select_novel
-from lada.state import AgentRoundState, Allocation, Phase, now_ms
+from lada.state import AgentRecord, AgentRoundState, Allocation, Phase, now_ms
 
 log = logging.getLogger("lada.allocator.driver")
 
@@ -115,7 +115,7 @@ class RoundDriver:
             log.info("round allocated", extra={"round": r, "agents": len(allocations)})
         return recorded
 
-    def allocation_request(self, r: int, participants: list) -> AllocationRequest:  # type: ignore[type-arg]
+    def allocation_request(self, r: int, participants: list[AgentRecord]) -> AllocationRequest:
         """Everything the policy may know, read from Redis."""
         core = self.core
         learners = self.store.learners()
