@@ -168,13 +168,18 @@ def impute_unknown_gaps(
     """Per-cluster stand-in for gaps never measured: the agent's median gap in that cluster,
     else its median over all clusters, else NaN (treated as inside the band) (*choice*)."""
     gaps = np.asarray(known_gaps, float)
-    clusters = np.asarray(known_clusters, np.int64)
     finite = np.isfinite(gaps)
-    overall = float(np.median(gaps[finite])) if finite.any() else np.nan
-    out = np.full(num_clusters, overall)
-    for cluster in np.unique(clusters[finite]):
-        out[cluster] = np.median(gaps[finite & (clusters == cluster)])
-    return out
+    gaps, clusters = gaps[finite], np.asarray(known_clusters, np.int64)[finite]
+    if gaps.size == 0:
+        return np.full(num_clusters, np.nan)
+    order = np.lexsort((gaps, clusters))
+    gaps, clusters = gaps[order], clusters[order]
+    counts = np.bincount(clusters, minlength=num_clusters)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    present = counts > 0
+    low = gaps[np.minimum(starts + (counts - 1) // 2, gaps.size - 1)]
+    high = gaps[np.minimum(starts + counts // 2, gaps.size - 1)]
+    return np.where(present, (low + high) / 2.0, float(np.median(gaps)))
 
 
 def skip_solved(known_gaps: np.ndarray, known_solved: np.ndarray, gap_lo: float) -> np.ndarray:
