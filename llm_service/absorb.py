@@ -17,16 +17,17 @@ from typing import Any
 import torch
 
 from lada.modeling import completion_logprobs, encode_pair, load_causal_lm
+from llm_service.backends.base import LORA_TARGET_MODULES
 
 
 @dataclass(frozen=True)
 class TrainingOptions:
     """How to train one adapter (already validated)."""
 
-    epochs: int = 3
-    learning_rate: float = 1e-3
+    epochs: int = 4
+    learning_rate: float = 5e-3
     lora_rank: int = 8
-    batch_size: int = 8
+    batch_size: int = 4
     seed: int = 0
 
 
@@ -95,7 +96,7 @@ def _trainable_model(
             r=rank,
             lora_alpha=2 * rank,
             lora_dropout=0.0,
-            target_modules="all-linear",
+            target_modules=list(LORA_TARGET_MODULES),
             task_type="CAUSAL_LM",
         )
         peft_model = get_peft_model(model, config)

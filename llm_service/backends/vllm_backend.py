@@ -14,6 +14,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ import psutil
 
 from lada.modeling import PathLogProbs, load_tokenizer
 from llm_service.backends.base import (
+    LORA_TARGET_MODULES,
     BackendSettings,
     GeneratedPath,
     LLMBackend,
@@ -108,6 +110,7 @@ class VLLMBackend(LLMBackend):
             enable_lora=True,
             max_lora_rank=self.settings.max_lora_rank,
             max_loras=MAX_LORAS_PER_BATCH,
+            lora_target_modules=list(LORA_TARGET_MODULES),
             disable_log_stats=True,
             **memory,
             **self.settings.extra,
@@ -143,20 +146,24 @@ class VLLMBackend(LLMBackend):
     ) -> list[GeneratedPath]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
+        copies = 1 if sampling.greedy else sampling.n  # vLLM allows n > 1 only when sampling
         params = SamplingParams(
-            n=sampling.n,
+            n=copies,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # all n children in one output
         )
         final = await self._last_output(
             TokensPrompt(prompt_token_ids=self.prompt_ids(prompt)), params, version
         )
         outputs = sorted(final.outputs, key=lambda o: o.index)
-        return [self._to_path(o) for o in outputs]
+        paths = [self._to_path(o) for o in outputs]
+        return paths if copies == sampling.n else [replace(paths[0]) for _ in range(sampling.n)]
 
     def _to_path(self, output: Any) -> GeneratedPath:
         ids = list(output.token_ids)
@@ -176,10 +183,17 @@ class VLLMBackend(LLMBackend):
     ) -> PathLogProbs:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         if not completion_ids:
             return PathLogProbs()
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
         sequence = prompt_ids + completion_ids
         final = await self._last_output(TokensPrompt(prompt_token_ids=sequence), params, version)
         rows = final.prompt_logprobs[len(prompt_ids) :]
