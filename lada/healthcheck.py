@@ -17,8 +17,7 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> bool:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
-        except grpc.RpcError as exc:
-            print(f"{address}: {exc.code().name}", file=sys.stderr)
+        except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -27,7 +26,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m lada.healthcheck HOST:PORT [SERVICE]", file=sys.stderr)
         return 2
-    return 0 if check(argv[0], argv[1] if len(argv) > 1 else "") else 1
+    if check(argv[0], argv[1] if len(argv) > 1 else ""):
+        return 0
+    print(f"{argv[0]}: not SERVING", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
