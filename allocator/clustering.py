@@ -10,24 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
 
+from lada.config import ClusteringSettings
 from lada.learnability import ClusterModel, assign_clusters, cluster_features, tokenize
-
-MAX_VOCABULARY = 1000
-
-
-@dataclass
-class ClusteringSettings:
-    """How the public clustering is fitted (proposed for lada.config.AllocatorConfig)."""
-
-    max_vocabulary: int = MAX_VOCABULARY
-    domain_weight: float = 1.0
-    difficulty_weight: float = 1.0
-    n_init: int = 3
 
 
 def fit_vocabulary(texts: list[str], max_terms: int) -> tuple[list[str], np.ndarray]:

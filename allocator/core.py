@@ -9,20 +9,19 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from allocator.clustering import (
-    ClusteringSettings,
     fit_cluster_model,
     model_from_json,
     model_to_json,
 )
 from allocator.folding import accuracy_of, decode_known_gaps
 from allocator.policies import LearnerState, PoolIndex, make_policy
-from lada.config import AllocatorConfig
+from lada.config import AllocatorConfig, AllocatorSettings
 from lada.learnability import ClusterModel, band_gap_bounds, ucb_scores
 from lada.state import (
     AgentRecord,
@@ -48,20 +47,6 @@ LLM_LEARNER = "llm"
 
 class InvalidArgument(StateError):
     """A request field is malformed (INVALID_ARGUMENT); the message names the field."""
-
-
-@dataclass
-class AllocatorSettings:
-    """Allocator tunables beyond AllocatorConfig (proposed for lada.config)."""
-
-    driver_tick_s: float = 0.2
-    lease_ttl_s: float = 5.0
-    watch_block_ms: int = 1000
-    max_paths_per_sample: int = 64
-    max_contribution_chars: int = 20_000
-    gap_histogram_bins: int = 10
-    llm_timeout_s: float = 600.0
-    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
 
 
 @dataclass

