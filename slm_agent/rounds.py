@@ -7,6 +7,7 @@ returned, and a simulation can feed it the same from in-process objects.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,8 +79,8 @@ class RoundOutcome:
             "samples": len(self.stats),
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
-            "correct_path_nlp_before": self.correct_path_nlp_before,
-            "correct_path_nlp_after": self.correct_path_nlp_after,
+            "correct_path_nlp_before": _finite_or_none(self.correct_path_nlp_before),
+            "correct_path_nlp_after": _finite_or_none(self.correct_path_nlp_after),
             "contributions": len(self.contributions),
             "train_steps": self.train.steps,
             "train_seconds": round(self.train.seconds, 3),
@@ -102,6 +103,11 @@ class RoundOutcome:
         ]
         fields = {k: v for k, v in data.items() if k not in ("stats", "train")}
         return cls(stats=stats, train=TrainReport(**data.get("train", {})), **fields)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """NaN (no correct path to measure) as None, so log lines stay strict JSON."""
+    return value if math.isfinite(value) else None
 
 
 def sample_weights(

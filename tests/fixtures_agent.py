@@ -7,8 +7,12 @@ loop tests that are about the agent, not the service.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Sequence
+import socket
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from lada.modeling import generate, load_causal_lm, score_completions
 from lada.tasks import Problem, format_prompt, is_correct, load_dataset
 from lada.zoo import ZooManifest
 from slm_agent.rounds import AllocatedSample, LLMPath
+from tests.fixtures_llm import LLMServiceHandle, start_llm_service
 from tests.procs import ServiceProcess, free_port, start_service
 
 AGENT_POOL = "synthetic:domains=all,n=240,seed=7"  # the allocator tests' TEST_POOL
@@ -94,6 +99,26 @@ def local_llm(micro_zoo: ZooManifest, agent_pool: dict[str, Problem]) -> LocalLL
     return LocalLLM(micro_zoo.llm, agent_pool)
 
 
+@pytest.fixture(scope="session")
+def agents_llm(
+    request: pytest.FixtureRequest, micro_zoo: ZooManifest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LLMServiceHandle]:
+    """The shared vLLM `llm_service`; LADA_TEST_AGENT_LLM_BACKEND=transformers starts a
+    transformers-backed one instead (for machines where the vLLM engine cannot run)."""
+    backend = os.environ.get("LADA_TEST_AGENT_LLM_BACKEND", "vllm")
+    if backend == "vllm":
+        yield request.getfixturevalue("llm_service")
+        return
+    handle = start_llm_service(
+        Path(micro_zoo.llm),
+        tmp_path_factory.mktemp("agents-llm"),
+        "agents-llm",
+        backend,
+    )
+    yield handle
+    handle.process.stop(timeout=60)
+
+
 def start_agent(
     log_dir: Path,
     name: str,
@@ -133,3 +158,62 @@ def torch_threads_one() -> None:
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class RecordingProxy:
+    """A loopback TCP proxy that keeps every byte the client sent (client -> server only)."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                continue
+            upstream.settimeout(None)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, outgoing: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if outgoing:
+                    with self._lock:
+                        self.sent.extend(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+
+
+def write_private_jsonl(problems: Sequence[Problem], path: Path) -> str:
+    """Private data as a JSONL file (ids kept); returns its dataset spec."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as sink:
+        for p in problems:
+            sink.write(json.dumps(p.to_dict()) + "\n")
+    return f"jsonl:{path}"
+
+
+def private_only(problems: Sequence[Problem], public: Sequence[Problem]) -> list[Problem]:
+    """Drop private problems whose question or reference also exists in the public pool."""
+    questions = {p.question for p in public}
+    references = {p.reference for p in public}
+    return [p for p in problems if p.question not in questions and p.reference not in references]
