@@ -36,6 +36,12 @@ log = logging.getLogger("lada.agent")
 
 WORK_PHASES = {"ALLOCATED", "TRAINING"}
 LATE_PHASES = {"REPORTED", "CLOSED"}
+RESUBSCRIBE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,  # the server went away mid-stream
+}
+RESUBSCRIBE_PAUSE_S = 1.0
 DOMAIN_TAG_MIN_SHARE = 0.2  # a domain is one of the agent's when it holds this much of D_k
 
 
@@ -192,26 +198,22 @@ class Agent:
 
     # ---- following rounds ----------------------------------------------------------
     def _follow_rounds(self) -> None:
-        """Consume WatchRounds, reconnecting with backoff when the stream breaks."""
+        """Consume WatchRounds; when the stream breaks, wait for the allocator and resubscribe."""
         while not self._stop.is_set():
             self.status.update(activity="waiting")
             try:
                 for event in self.allocator.watch_rounds(self._next_round()):
-                    if self._handle(event):
+                    if self._handle(event) or self._stop.is_set():
                         return
-                    if self._stop.is_set():
-                        return
-                return  # the server ended the stream: the run is over
             except grpc.RpcError as exc:
-                if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                if self._stop.is_set():
                     return
-                if exc.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
+                if exc.code() not in RESUBSCRIBE_CODES:
                     raise
-                log.warning("round stream lost; reconnecting", extra={"code": exc.code().name})
-                with_retries(self.allocator.heartbeat, "Heartbeat", self.plan.retry_deadline_s)
+                log.warning(f"round stream lost ({exc.code().name}); reconnecting")
+            if self._stop.wait(RESUBSCRIBE_PAUSE_S):
+                return
+            with_retries(self.allocator.heartbeat, "Heartbeat", self.plan.retry_deadline_s)
 
     def _next_round(self) -> int:
         first = self.identity.first_round if self.identity else 1

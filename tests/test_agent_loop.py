@@ -6,6 +6,8 @@ plug it in through LLMPort. The end-to-end tests run the real LLM service proces
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from slm_agent.losses import make_loss
 from slm_agent.rounds import SampleStat
 from slm_agent.trainer import LocalTrainer, TrainerSettings
 from tests.fixtures_agent import LocalLLM, torch_threads_one
-from tests.fixtures_allocator import AllocatorDeployment
+from tests.fixtures_allocator import AllocatorDeployment, wait_for
 
 torch_threads_one()
 
@@ -137,3 +139,32 @@ def test_a_restarted_agent_keeps_its_identity_and_reports_its_trained_round_once
     assert reports_of(audit) == [1]
     assert len(deployment.store.get_stats(1, agent_id)) == 6
     assert second.progress.last_reported_round == 1
+
+
+def test_the_agent_rides_out_an_allocator_restart(
+    allocator_deployment: Callable[..., AllocatorDeployment],
+    micro_zoo: ZooManifest,
+    agent_pool: dict[str, Problem],
+    private_rates: list[Problem],
+    local_llm: LocalLLM,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="lada.agent")
+    deployment = allocator_deployment(min_agents=1, rounds=3, round_deadline_s=300.0)
+    replica = deployment.replicas[0]
+    agent, channel = make_agent(
+        micro_zoo, agent_pool, private_rates, local_llm, replica.address, tmp_path
+    )
+    agent.plan.retry_deadline_s = 90.0
+    worker = threading.Thread(target=agent.run, daemon=True)
+    with channel:
+        worker.start()
+        wait_for(lambda: agent.progress.last_reported_round >= 1, 120, "round 1 reported")
+        replica.service.stop()
+        deployment.start("allocator-again", port=replica.port)
+        worker.join(240)
+    assert not worker.is_alive()
+    assert agent.progress.last_reported_round == 3
+    assert reports_of(AuditLog(agent.store.audit_path)) == [1, 2, 3]
+    assert any("round stream lost" in r.getMessage() for r in caplog.records)
