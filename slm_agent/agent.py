@@ -10,37 +10,35 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-import grpc
 import numpy as np
 
 from lada.config import LadaHyperParams
 from lada.learnability import assign_clusters, domain_weights
 from lada.tasks import Problem
 from slm_agent.checkpoint import CheckpointStore, Identity, Progress
-from slm_agent.clients import (
+from slm_agent.ports import (
     AllocatorPort,
     LLMPort,
-    Refused,
     Registration,
     RoundEventView,
-    Unreachable,
+    RoundGone,
+    ServiceError,
+    StreamEnded,
+    Unavailable,
     with_retries,
 )
 from slm_agent.rounds import RoundOutcome, run_round
 from slm_agent.trainer import LocalTrainer
 
 log = logging.getLogger("lada.agent")
+T = TypeVar("T")
 
 WORK_PHASES = {"ALLOCATED", "TRAINING"}
 LATE_PHASES = {"REPORTED", "CLOSED"}
-RESUBSCRIBE_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,  # the server went away mid-stream
-}
 RESUBSCRIBE_PAUSE_S = 1.0
 DOMAIN_TAG_MIN_SHARE = 0.2  # a domain is one of the agent's when it holds this much of D_k
 
@@ -205,12 +203,10 @@ class Agent:
                 for event in self.allocator.watch_rounds(self._next_round()):
                     if self._handle(event) or self._stop.is_set():
                         return
-            except grpc.RpcError as exc:
+            except (Unavailable, StreamEnded) as exc:
                 if self._stop.is_set():
                     return
-                if exc.code() not in RESUBSCRIBE_CODES:
-                    raise
-                log.warning(f"round stream lost ({exc.code().name}); reconnecting")
+                log.warning(f"round stream lost ({exc.code}); reconnecting")
             if self._stop.wait(RESUBSCRIBE_PAUSE_S):
                 return
             with_retries(self.allocator.heartbeat, "Heartbeat", self.plan.retry_deadline_s)
@@ -264,8 +260,8 @@ class Agent:
             allocation = self._retry(
                 lambda: self.allocator.get_allocation(round_number), "GetAllocation"
             )
-        except grpc.RpcError as exc:
-            self._mark_skipped(round_number, f"no allocation: {exc.code().name}: {exc.details()}")
+        except RoundGone as exc:
+            self._mark_skipped(round_number, f"no allocation: {exc}")
             return None
         paths = self._retry(
             lambda: self.llm.reasoning_paths(
@@ -298,11 +294,9 @@ class Agent:
             accepted, duplicates = self._retry(
                 lambda: self.allocator.report_stats(outcome.round, outcome.stats), "ReportStats"
             )
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                self._mark_skipped(outcome.round, f"report refused: {exc.details()}")
-                return
-            raise
+        except RoundGone as exc:
+            self._mark_skipped(outcome.round, f"report refused: {exc}")
+            return
         self.progress.last_reported_round = outcome.round
         self.progress.last_accuracy = outcome.accuracy_after
         self.store.save_progress(self.progress)
@@ -320,10 +314,8 @@ class Agent:
                 lambda: self.allocator.contribute(outcome.round, outcome.contributions),
                 "ContributePaths",
             )
-        except grpc.RpcError as exc:
-            log.warning(
-                "contribution refused", extra={"round": outcome.round, "details": exc.details()}
-            )
+        except ServiceError as exc:
+            log.warning("contribution refused", extra={"round": outcome.round, "why": str(exc)})
             return
         self.progress.last_contributed_round = outcome.round
         self.store.save_progress(self.progress)
@@ -345,8 +337,8 @@ class Agent:
             return self._cluster_weights
         try:
             model = self._retry(self.allocator.cluster_model, "GetClusterModel")
-        except grpc.RpcError as exc:
-            log.warning("no cluster model; domain weights are 1", extra={"details": exc.details()})
+        except ServiceError as exc:
+            log.warning("no cluster model; domain weights are 1", extra={"why": str(exc)})
             return None
         if model is None:
             return None
@@ -362,15 +354,12 @@ class Agent:
         log.info("domain weights", extra={"weights": np.round(self._cluster_weights, 3).tolist()})
         return self._cluster_weights
 
-    def _retry(self, call, what: str):  # type: ignore[no-untyped-def]
+    def _retry(self, call: Callable[[], T], what: str) -> T:
         return with_retries(call, what, self.plan.retry_deadline_s)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.plan.heartbeat_interval_s):
             try:
                 self.allocator.heartbeat()
-            except grpc.RpcError as exc:
-                log.warning("heartbeat failed", extra={"code": exc.code().name})
-
-
-__all__ = ["Agent", "AgentPlan", "StatusBoard", "Refused", "Unreachable", "domain_tags"]
+            except ServiceError as exc:
+                log.warning("heartbeat failed", extra={"code": exc.code})

@@ -1,9 +1,10 @@
-"""The agent's two outside parties as small interfaces, plus their gRPC implementations.
+"""gRPC implementations of the agent's ports (slm_agent.ports) over the lada.v1 stubs.
 
-`AllocatorPort` and `LLMPort` are all the agent loop knows; a simulation can pass
-in-process objects with the same methods. The gRPC versions translate to and from the
-lada.v1 messages and map status codes to the exceptions below. Every channel they use
-is audited (slm_agent.audit), so every byte they send is on record.
+They translate to and from the lada.v1 messages and turn status codes into the
+transport-free ServiceError family: UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED
+are `Unavailable` (retried with backoff), FAILED_PRECONDITION / NOT_FOUND on round-scoped
+calls are `RoundGone`, the rest `Refused`. Every channel they use is audited
+(slm_agent.audit), so every byte they send is on record.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -25,6 +25,17 @@ from lada.v1 import (
     llm_service_pb2,
     llm_service_pb2_grpc,
 )
+from slm_agent.ports import (
+    Refused,
+    Registered,
+    Registration,
+    RoundEventView,
+    RoundGone,
+    ServiceError,
+    StreamEnded,
+    Unavailable,
+    Unreachable,
+)
 from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat
 
 log = logging.getLogger("lada.agent.clients")
@@ -34,72 +45,33 @@ STATS_PER_MESSAGE = 32
 SAMPLES_PER_LLM_REQUEST = 64
 
 
-class Unreachable(ConnectionError):
-    """A service did not answer (UNAVAILABLE, DEADLINE_EXCEEDED) before the deadline."""
-
-
-class Refused(RuntimeError):
-    """A service refused the agent for good (bad token, revoked, wrong pool, bad request)."""
-
-
-class RoundUnavailable(RuntimeError):
-    """The round cannot be worked on any more (closed, or the agent is not part of it)."""
-
-
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-FATAL = {
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.UNIMPLEMENTED,
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # rate limited: back off and retry
 }
+ROUND_GONE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
 
 
-@dataclass
-class Registration:
-    """What the agent tells the allocator about itself (no private data)."""
-
-    name: str
-    model_description: str
-    tokenizer_name: str
-    domain_tags: list[str]
-    capacity: int
-    pool_fingerprint: str
-
-
-@dataclass
-class Registered:
-    agent_id: str
-    token: str
-    first_round: int
+def service_error(exc: grpc.RpcError, round_scoped: bool = False) -> ServiceError:
+    """The transport-free error for a failed RPC (round-scoped calls may find the round gone)."""
+    code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
+    if code in TRANSIENT:
+        return Unavailable(name, details)
+    if code is grpc.StatusCode.CANCELLED:
+        return StreamEnded(name, details)
+    if round_scoped and code in ROUND_GONE:
+        return RoundGone(name, details)
+    return Refused(name, details)
 
 
-@dataclass
-class RoundEventView:
-    """A round phase change, as the loop needs it."""
-
-    round: int
-    phase: str  # OPEN | ALLOCATED | TRAINING | REPORTED | CLOSED
-    total_rounds: int
-    run_finished: bool
-
-
-class AllocatorPort(Protocol):
-    def register(self, registration: Registration) -> Registered: ...
-    def use_identity(self, agent_id: str, token: str) -> None: ...
-    def heartbeat(self) -> int: ...
-    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]: ...
-    def stop_watching(self) -> None: ...
-    def get_allocation(self, round_number: int) -> list[AllocatedSample]: ...
-    def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]: ...
-    def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]: ...
-    def cluster_model(self) -> ClusterModel | None: ...
-
-
-class LLMPort(Protocol):
-    def reasoning_paths(
-        self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
-    ) -> dict[str, list[LLMPath]]: ...
+def _call(call: Callable[[], T], round_scoped: bool = False) -> T:
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        raise service_error(exc, round_scoped) from exc
 
 
 def wait_ready(channel: grpc.Channel, what: str, target: str, deadline_s: float) -> None:
@@ -120,30 +92,6 @@ def wait_ready(channel: grpc.Channel, what: str, target: str, deadline_s: float)
                 extra={"target": target, "elapsed_s": round(time.monotonic() - started, 1)},
             )
             time.sleep(wait)
-            delay = min(delay * 2, 8.0)
-
-
-def with_retries(call: Callable[[], T], what: str, deadline_s: float) -> T:
-    """Run `call`, retrying transient gRPC failures with exponential backoff until the deadline."""
-    started = time.monotonic()
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code not in TRANSIENT:
-                raise
-            elapsed = time.monotonic() - started
-            if elapsed + delay > deadline_s:
-                raise Unreachable(
-                    f"{what}: {code.name} for {elapsed:.0f}s: {exc.details()}"
-                ) from exc
-            log.warning(
-                f"{what} failed ({code.name}); retrying in {delay:.1f}s",
-                extra={"details": exc.details()},
-            )
-            time.sleep(delay)
             delay = min(delay * 2, 8.0)
 
 
@@ -168,24 +116,21 @@ class GrpcAllocator:
         return [("authorization", f"Bearer {self._token}")]
 
     def register(self, registration: Registration) -> Registered:
-        reply = self.stub.RegisterAgent(
-            allocator_pb2.RegisterAgentRequest(
-                name=registration.name,
-                model_description=registration.model_description,
-                tokenizer_name=registration.tokenizer_name,
-                domain_tags=registration.domain_tags,
-                capacity=registration.capacity,
-                pool_fingerprint=registration.pool_fingerprint,
-            ),
-            timeout=self.timeout_s,
+        request = allocator_pb2.RegisterAgentRequest(
+            name=registration.name,
+            model_description=registration.model_description,
+            tokenizer_name=registration.tokenizer_name,
+            domain_tags=registration.domain_tags,
+            capacity=registration.capacity,
+            pool_fingerprint=registration.pool_fingerprint,
         )
+        reply = _call(lambda: self.stub.RegisterAgent(request, timeout=self.timeout_s))
         return Registered(reply.agent_id, reply.token, int(reply.first_round))
 
     def heartbeat(self) -> int:
-        reply = self.stub.Heartbeat(
-            allocator_pb2.HeartbeatRequest(agent_id=self.agent_id),
-            metadata=self._auth(),
-            timeout=self.timeout_s,
+        request = allocator_pb2.HeartbeatRequest(agent_id=self.agent_id)
+        reply = _call(
+            lambda: self.stub.Heartbeat(request, metadata=self._auth(), timeout=self.timeout_s)
         )
         return int(reply.current_round)
 
@@ -194,53 +139,61 @@ class GrpcAllocator:
             allocator_pb2.WatchRoundsRequest(agent_id=self.agent_id, from_round=from_round),
             metadata=self._auth(),
         )
-        for event in self._watch:
-            yield RoundEventView(
-                int(event.round),
-                _phase_name(event.phase),
-                int(event.total_rounds),
-                event.run_finished,
-            )
+        try:
+            for event in self._watch:
+                yield RoundEventView(
+                    int(event.round),
+                    _phase_name(event.phase),
+                    int(event.total_rounds),
+                    event.run_finished,
+                )
+        except grpc.RpcError as exc:
+            raise service_error(exc) from exc
 
     def stop_watching(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
 
     def get_allocation(self, round_number: int) -> list[AllocatedSample]:
-        reply = self.stub.GetAllocation(
-            allocator_pb2.GetAllocationRequest(agent_id=self.agent_id, round=round_number),
-            metadata=self._auth(),
-            timeout=self.timeout_s,
+        request = allocator_pb2.GetAllocationRequest(agent_id=self.agent_id, round=round_number)
+        reply = _call(
+            lambda: self.stub.GetAllocation(request, metadata=self._auth(), timeout=self.timeout_s),
+            round_scoped=True,
         )
         return [
             AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version) for s in reply.samples
         ]
 
     def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]:
-        reply = self.stub.ReportStats(
-            iter(list(_report_messages(self.agent_id, round_number, stats))),
-            metadata=self._auth(),
-            timeout=self.timeout_s,
+        messages = list(_report_messages(self.agent_id, round_number, stats))
+        reply = _call(
+            lambda: self.stub.ReportStats(
+                iter(messages), metadata=self._auth(), timeout=self.timeout_s
+            ),
+            round_scoped=True,
         )
         return int(reply.accepted), int(reply.duplicates)
 
     def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]:
-        reply = self.stub.ContributePaths(
-            allocator_pb2.ContributePathsRequest(
-                agent_id=self.agent_id,
-                round=round_number,
-                paths=[
-                    allocator_pb2.ContributedPath(sample_id=s, text=t) for s, t in paths.items()
-                ],
+        request = allocator_pb2.ContributePathsRequest(
+            agent_id=self.agent_id,
+            round=round_number,
+            paths=[allocator_pb2.ContributedPath(sample_id=s, text=t) for s, t in paths.items()],
+        )
+        reply = _call(
+            lambda: self.stub.ContributePaths(
+                request, metadata=self._auth(), timeout=self.timeout_s
             ),
-            metadata=self._auth(),
-            timeout=self.timeout_s,
+            round_scoped=True,
         )
         return int(reply.accepted), int(reply.rejected_incorrect)
 
     def cluster_model(self) -> ClusterModel | None:
-        reply = self.stub.GetClusterModel(
-            allocator_pb2.GetClusterModelRequest(), metadata=self._auth(), timeout=self.timeout_s
+        request = allocator_pb2.GetClusterModelRequest()
+        reply = _call(
+            lambda: self.stub.GetClusterModel(
+                request, metadata=self._auth(), timeout=self.timeout_s
+            )
         )
         return cluster_model_from_proto(reply)
 
@@ -321,16 +274,14 @@ class GrpcLLM:
     def _request(
         self, ids: list[str], version: str, n: int, temperature: float, max_tokens: int
     ) -> dict[str, list[LLMPath]]:
-        reply = self.stub.GenerateReasoningPaths(
-            llm_service_pb2.GenerateReasoningPathsRequest(
-                sample_ids=ids,
-                sampling=llm_service_pb2.SamplingParams(
-                    n=n, temperature=temperature, max_tokens=max_tokens
-                ),
-                model_version=version,
+        request = llm_service_pb2.GenerateReasoningPathsRequest(
+            sample_ids=ids,
+            sampling=llm_service_pb2.SamplingParams(
+                n=n, temperature=temperature, max_tokens=max_tokens
             ),
-            timeout=self.timeout_s,
+            model_version=version,
         )
+        reply = _call(lambda: self.stub.GenerateReasoningPaths(request, timeout=self.timeout_s))
         return {
             r.sample_id: [
                 LLMPath(p.text, float(p.normalized_logprob), bool(p.correct)) for p in r.paths

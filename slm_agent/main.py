@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 
 from lada.config import AgentConfig, lada_home
@@ -26,8 +25,9 @@ from lada.v1 import agent_pb2_grpc
 from slm_agent.agent import Agent, AgentPlan, StatusBoard
 from slm_agent.audit import AuditLog, audited_channel
 from slm_agent.checkpoint import CheckpointStore
-from slm_agent.clients import GrpcAllocator, GrpcLLM, Unreachable, wait_ready
+from slm_agent.clients import GrpcAllocator, GrpcLLM, wait_ready
 from slm_agent.losses import DistillationLoss, make_loss
+from slm_agent.ports import ServiceError, Unreachable
 from slm_agent.service import AgentServicer
 from slm_agent.settings import AgentSettings, agent_settings
 from slm_agent.trainer import LocalTrainer
@@ -178,8 +178,8 @@ def _run_agent(
     except Unreachable as exc:
         log.error(f"giving up: {exc}")
         return EXIT_UNREACHABLE
-    except grpc.RpcError as exc:
-        log.error(f"refused: {exc.code().name}: {exc.details()}")
+    except ServiceError as exc:
+        log.error(f"refused: {exc}")
         return EXIT_REFUSED
     finally:
         allocator_channel.close()
