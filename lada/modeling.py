@@ -38,9 +38,19 @@ class PathLogProbs:
     token_count: int = 0
 
 
+def resolve_model_path(path: str | Path) -> Path:
+    """A directory path, or `zoo:<profile>/<name>` (e.g. `zoo:demo/llm`) from the built zoo."""
+    text = str(path)
+    if not text.startswith("zoo:"):
+        return Path(text).expanduser()
+    from lada.zoo import resolve_zoo_model  # lazy: zoo imports this module
+
+    return resolve_zoo_model(text[4:])
+
+
 def check_model_dir(path: str | Path) -> Path:
     """Raise ModelDirError naming the first missing piece of a HF model directory."""
-    root = Path(path).expanduser()
+    root = resolve_model_path(path)
     if not root.is_dir():
         raise ModelDirError(f"model directory not found: {root}")
     if not (root / "config.json").is_file():

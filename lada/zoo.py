@@ -37,15 +37,17 @@ from transformers import (
 from lada.config import lada_home
 from lada.modeling import completion_logprobs, encode_pair
 from lada.tasks import (
+    ANSWER_MARK,
     DOMAINS,
     Problem,
+    content_id,
     format_prompt,
     format_target,
     generate_problems,
     load_dataset,
 )
 
-ZOO_VERSION = "3"  # bump when the build code changes what a spec produces
+ZOO_VERSION = "4"  # bump when the build code changes what a spec produces
 ZOO_EVAL_SPEC = "synthetic:domains=all,n=400,seed=7"  # held out of every training corpus
 SPECIALS = ("<pad>", "<s>", "</s>")
 PROFILES = ("micro", "demo")
@@ -82,6 +84,7 @@ class ModelSpec:
     step_weights: tuple[float, ...] = (1, 1, 1, 1, 1, 1)
     seed: int = 0
     max_positions: int = 1024
+    drill_per_problem: float = 0.0  # extra one-equation drills (from the corpus' own steps)
 
 
 def _slm(name: str, arch: str, tok: str, dims: tuple[int, int, int, int], domain: str,
@@ -108,19 +111,19 @@ def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
         ]
         return toks, [llm, *slms]
     if profile == "demo":
-        toks = [TokenizerSpec("bpe-a", 384), TokenizerSpec("bpe-b", 300)]
-        weights = (3, 3, 2, 2, 1, 1)
-        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 256, 4, 8, 512, train_steps=1400,
-                        batch_size=48, lr=2e-3, corpus_n=40000, step_weights=weights)
+        toks = [TokenizerSpec("bpe-a", 512), TokenizerSpec("bpe-b", 400)]
+        common: dict[str, Any] = {"step_weights": (3, 3, 2, 2, 1, 1), "drill_per_problem": 1.0}
+        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 128, 4, 4, 512, train_steps=2000,
+                        batch_size=32, lr=3e-3, corpus_n=40000, **common)
         slms = [
-            _slm("slm-purchases", "qwen2", "bpe-a", (64, 2, 2, 192), "purchases", 300, 8000, 1,
-                 step_weights=weights),
-            _slm("slm-rates", "gpt2", "bpe-b", (96, 2, 3, 256), "rates", 300, 8000, 2,
-                 step_weights=weights),
-            _slm("slm-percentages", "llama", "bpe-b", (64, 3, 2, 192), "percentages", 300,
-                 8000, 3, step_weights=weights),
-            _slm("slm-comparisons", "qwen2", "bpe-a", (128, 1, 4, 256), "comparisons", 300,
-                 8000, 4, step_weights=weights),
+            _slm("slm-purchases", "qwen2", "bpe-a", (64, 2, 2, 192), "purchases", 400, 8000, 1,
+                 **common),
+            _slm("slm-rates", "gpt2", "bpe-b", (96, 2, 3, 256), "rates", 400, 8000, 2,
+                 **common),
+            _slm("slm-percentages", "llama", "bpe-b", (64, 3, 2, 192), "percentages", 400,
+                 8000, 3, **common),
+            _slm("slm-comparisons", "qwen2", "bpe-a", (128, 1, 4, 256), "comparisons", 400,
+                 8000, 4, **common),
         ]
         return toks, [llm, *slms]
     raise ValueError(f"unknown zoo profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -246,7 +249,22 @@ def training_corpus(spec: ModelSpec) -> list[Problem]:
     problems = generate_problems(spec.corpus_n, seed=10_000 + spec.seed, domains=DOMAINS,
                                  step_weights=list(spec.step_weights), domain_weights=weights)
     held_out = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
-    return [p for p in problems if p.id not in held_out]
+    problems = [p for p in problems if p.id not in held_out]
+    return problems + arithmetic_drills(problems, spec.drill_per_problem, spec.seed)
+
+
+def arithmetic_drills(problems: list[Problem], per_problem: float, seed: int) -> list[Problem]:
+    """Short `a+b=?` problems from the corpus' own step lines: cheap arithmetic practice."""
+    lines = [line for p in problems for line in p.reference.splitlines()[:-1]]
+    rng = random.Random(f"drills:{seed}")
+    picked = [rng.choice(lines) for _ in range(int(len(problems) * per_problem))] if lines else []
+    out = []
+    for line in picked:
+        expr, _, value = line.rpartition("=")
+        out.append(Problem(id=content_id("drill", line), question=f"{expr}=?",
+                           reference=f"{line}\n{ANSWER_MARK} {value}", answer=value,
+                           domain="arithmetic", difficulty=1))
+    return out
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:
@@ -255,6 +273,19 @@ def _lr_at(step: int, total: int, peak: float) -> float:
         return peak * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+Pair = tuple[list[int], list[int]]
+
+
+def _bucketed_batches(pairs: list[Pair], size: int, rng: random.Random,
+                      group: int = 8) -> list[list[Pair]]:
+    """`group` random batches re-cut by length: much less padding, same sample distribution."""
+    drawn = sorted((pairs[rng.randrange(len(pairs))] for _ in range(size * group)),
+                   key=lambda p: len(p[0]) + len(p[1]))
+    batches = [drawn[i: i + size] for i in range(0, len(drawn), size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def train_lm(model: PreTrainedModel, tok: PreTrainedTokenizerFast, problems: list[Problem],
@@ -267,10 +298,13 @@ def train_lm(model: PreTrainedModel, tok: PreTrainedTokenizerFast, problems: lis
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98),
                             weight_decay=0.01)
     model.train()
+    batches: list[list[Pair]] = []
     for step in range(spec.train_steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, spec.train_steps, spec.lr)
-        batch = [pairs[rng.randrange(len(pairs))] for _ in range(spec.batch_size)]
+        if not batches:
+            batches = _bucketed_batches(pairs, spec.batch_size, rng)
+        batch = batches.pop()
         logps = completion_logprobs(model, batch, tok.pad_token_id)
         loss = -torch.cat(logps).mean()
         opt.zero_grad(set_to_none=True)
@@ -307,7 +341,20 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def build_zoo(profile: str = "micro", root: Path | None = None,
               progress: bool = True) -> ZooManifest:
-    """Build (or reuse from cache) every model of `profile`; returns the manifest."""
+    """Build (or reuse from cache) every model of `profile`; returns the manifest.
+
+    Trains single-threaded unless LADA_ZOO_THREADS says otherwise: tiny models gain little
+    from a second thread, and on a busy shared machine OpenMP spinning costs 10x.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("LADA_ZOO_THREADS", "1")))
+    try:
+        return _build_zoo(profile, root, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
     tok_specs, specs = profile_specs(profile)
     root = Path(root) if root is not None else lada_home() / "zoo"
     (root / "models").mkdir(parents=True, exist_ok=True)
@@ -339,6 +386,20 @@ def build_zoo(profile: str = "micro", root: Path | None = None,
     manifest.build_seconds = time.perf_counter() - start
     manifest.save(root / f"manifest-{profile}.json")
     return manifest
+
+
+def resolve_zoo_model(name: str, root: Path | None = None) -> Path:
+    """`<profile>/<model>` (or just `<model>` of the demo zoo) -> the built model directory."""
+    profile, _, model = name.rpartition("/")
+    manifest_path = (root or lada_home() / "zoo") / f"manifest-{profile or 'demo'}.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no built zoo at {manifest_path}; run "
+                                f"`lada models build --profile {profile or 'demo'}` first")
+    models_ = ZooManifest.load(manifest_path).models
+    if model not in models_:
+        raise FileNotFoundError(f"zoo {profile or 'demo'} has no model {model!r}; "
+                                f"available: {', '.join(models_)}")
+    return Path(models_[model].path)
 
 
 def _model_info(spec: ModelSpec, target: Path, key: str, seconds: float) -> ModelInfo:

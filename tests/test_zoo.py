@@ -95,3 +95,12 @@ def test_missing_file_is_named(micro_zoo: ZooManifest, tmp_path: Path, missing: 
 def test_unknown_profile() -> None:
     with pytest.raises(ValueError, match="valid: micro, demo"):
         build_zoo("huge")
+
+
+def test_zoo_names_resolve(micro_zoo: ZooManifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert micro_zoo.path is not None
+    monkeypatch.setenv("LADA_HOME", str(micro_zoo.path.parent.parent))
+    model, _tok = load_causal_lm("zoo:micro/slm-rates")
+    assert model.config.model_type == "gpt2"
+    with pytest.raises(FileNotFoundError, match="available"):
+        load_causal_lm("zoo:micro/nope")
