@@ -213,6 +213,11 @@ def agent_group() -> None:
 @click.option("--llm", default=None, help="LLM service host:port.")
 @click.option("--model", default=None, help="The agent's model directory.")
 @click.option("--private-data", default=None, help="Dataset spec of the private data.")
+@click.option(
+    "--public-pool",
+    default=None,
+    help="Dataset spec of the public pool (must match the allocator's).",
+)
 @click.option("--name", default=None, help="Agent name (unique in the run).")
 @click.option("--capacity", type=int, default=None, help="Samples per round.")
 @click.option(

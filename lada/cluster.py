@@ -246,6 +246,7 @@ def agent_args(
     llm: str,
     state_dir: Path,
     private_data: str,
+    public_pool: str,
 ) -> list[str]:
     return [
         "agent",
@@ -257,6 +258,7 @@ def agent_args(
             llm=llm,
             model=model,
             private_data=private_data,
+            public_pool=public_pool,
             name=agent.name,
             capacity=agent.capacity,
             loss=agent.loss or config.loss,
@@ -307,6 +309,7 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             llm.address,
             cluster.workdir / "agents" / agent.name,
             data.private[agent.name],
+            data.public,
         )
         wait_serving(cluster.start(agent.name, args, port), 300)
 

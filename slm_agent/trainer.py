@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from lada.config import TrainerSettings
 from lada.modeling import (
     completion_logprobs,
     encode_pair,
@@ -34,24 +35,6 @@ log = logging.getLogger("lada.agent.trainer")
 
 WEIGHTS_DIR = "model"
 ADAPTER_DIR = "adapter"
-
-
-@dataclass
-class TrainerSettings:
-    """How the agent trains and evaluates (proposed for lada.config.AgentConfig)."""
-
-    learning_rate: float = 5e-4
-    epochs: int = 1
-    samples_per_step: int = 4  # allocated samples per optimiser step
-    private_per_step: int = 4  # private examples per optimiser step (the L_sft(D_k) batch)
-    max_grad_norm: float = 1.0
-    max_new_tokens: int = 128  # greedy answers and own paths
-    score_batch_size: int = 16
-    own_paths_per_sample: int = 2  # sampled paths whose incorrect ones become negatives
-    own_path_temperature: float = 0.8
-    lora_threshold_params: int = 50_000_000
-    lora_rank: int = 8
-    seed: int = 0
 
 
 @dataclass
