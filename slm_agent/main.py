@@ -162,7 +162,7 @@ def _run_agent(
         status.update(activity="connecting")
         wait_ready(allocator_channel, "allocator", config.allocator, config.connect_deadline_s)
         wait_ready(llm_channel, "LLM service", config.llm, config.connect_deadline_s)
-        plan = _plan(config, settings, inputs, trainer)
+        plan = agent_plan(config, settings, inputs, trainer)
         agent = Agent(
             plan,
             trainer,
@@ -186,7 +186,7 @@ def _run_agent(
         llm_channel.close()
 
 
-def _plan(
+def agent_plan(
     config: AgentConfig, settings: AgentSettings, inputs: Inputs, trainer: LocalTrainer
 ) -> AgentPlan:
     model_type = getattr(getattr(trainer.model, "config", None), "model_type", "causal-lm")

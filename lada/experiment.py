@@ -1,0 +1,256 @@
+"""`lada experiment run`: policy x loss x scenario x seed sweeps in simulation mode.
+
+Each combination runs the real round driver, policies and agent training in one process
+(lada.simulation), then evaluates every agent's final checkpoint on held-out test sets of
+its own domain and of all domains. The baseline "local-only" is each agent's starting
+model, evaluated the same way (no collaboration at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lada.config import ClusterAgentConfig, ClusterConfig, lada_home, load_config
+from lada.redis_conn import shutdown_embedded, start_embedded
+
+log = logging.getLogger("lada.experiment")
+
+DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
+
+# name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data)
+SCENARIOS: dict[str, tuple[str, list[tuple[str, str]], float]] = {
+    "S1": (
+        "same SLM architecture and size, domain-skewed private data",
+        [("slm-purchases", d) for d in DOMAIN_CYCLE[:3]],
+        10.0,
+    ),
+    "S2": (
+        "SLMs of different sizes",
+        [
+            ("slm-purchases", "purchases"),
+            ("slm-comparisons", "rates"),
+            ("slm-percentages", "percentages"),
+        ],
+        10.0,
+    ),
+    "S3": (
+        "different architectures and tokenizers",
+        [
+            ("slm-purchases", "purchases"),
+            ("slm-rates", "rates"),
+            ("slm-percentages", "percentages"),
+        ],
+        10.0,
+    ),
+    "S4": (
+        "six agents, Dirichlet(0.3) domain skew",
+        [
+            (m, DOMAIN_CYCLE[i % 4])
+            for i, m in enumerate(["slm-purchases", "slm-rates", "slm-percentages"] * 2)
+        ],
+        0.3,
+    ),
+}
+
+
+def scenario_config(
+    base: ClusterConfig, scenario: str, policy: str, loss: str, seed: int, available: set[str]
+) -> ClusterConfig:
+    """The cluster config of one combination; models missing from the zoo fall back."""
+    _, members, skew = SCENARIOS[scenario]
+    agents = []
+    for index, (model, domain) in enumerate(members):
+        chosen = model if model in available else sorted(available)[index % len(available)]
+        agents.append(
+            ClusterAgentConfig(
+                name=f"{scenario.lower()}-agent{index}-{domain}",
+                model=chosen,
+                domains=[domain],
+                private_size=base.agents[0].private_size if base.agents else 120,
+                capacity=base.agents[0].capacity if base.agents else 16,
+                loss=loss,
+                contribute=False,
+            )
+        )
+    return dataclasses.replace(
+        base,
+        run_id=f"{scenario}-{policy}-{loss}-s{seed}",
+        policy=policy,
+        loss=loss,
+        split_seed=seed,
+        skew=skew,
+        agents=agents,
+    )
+
+
+def default_base(profile: str) -> ClusterConfig:
+    """Small, quick defaults: the point is the comparison, on equal budgets."""
+    return ClusterConfig(
+        profile=profile,
+        rounds=3,
+        public_size=160,
+        test_size=25,
+        source="synthetic:domains=all,n=3000,seed=5",
+        agents=[ClusterAgentConfig(private_size=120, capacity=16)],
+    )
+
+
+def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
+    """Greedy accuracy overall and per domain on a JSONL test set."""
+    from lada.evaluation import evaluate
+
+    report = evaluate(model_dir, spec, pass_k=1, progress=False, keep_samples=0)
+    return {"all": report.overall.accuracy, **{d: s.accuracy for d, s in report.by_domain.items()}}
+
+
+def final_model_dir(state_dir: Path) -> Path | None:
+    from slm_agent.checkpoint import CheckpointStore
+    from slm_agent.trainer import WEIGHTS_DIR
+
+    store = CheckpointStore(state_dir)
+    latest = store.latest_round()
+    return store.round_dir(latest) / WEIGHTS_DIR if latest else None
+
+
+def evaluate_agents(
+    config: ClusterConfig, workdir: Path, models: dict[str, Path], test_spec: str, trained: bool
+) -> dict[str, dict[str, float]]:
+    """Each agent's accuracy (own domain and all); `trained=False`: its starting model."""
+    results = {}
+    for agent in config.agents:
+        model_dir = final_model_dir(workdir / "agents" / agent.name) if trained else None
+        scores = accuracy_on(model_dir or models[agent.model], test_spec)
+        results[agent.name] = {"own": scores.get(agent.domains[0], 0.0), "all": scores["all"]}
+    return results
+
+
+def run_combination(
+    config: ClusterConfig, workdir: Path, redis: Any, models: dict[str, Path]
+) -> dict[str, Any]:
+    from lada.cluster import write_jsonl
+    from lada.simulation import simulate
+    from lada.tasks import load_dataset
+
+    metrics = simulate(config, workdir, redis, models)
+    tests = [
+        p
+        for path in sorted((workdir / "data" / "test").glob("*.jsonl"))
+        for p in load_dataset(f"jsonl:{path}")
+    ]
+    test_spec = write_jsonl(tests, workdir / "data" / "test-all.jsonl")
+    metrics["final"] = evaluate_agents(config, workdir, models, test_spec, trained=True)
+    metrics["samples_distilled"] = sum(
+        r["reported"] for rounds in metrics["agents_rounds"].values() for r in rounds
+    )
+    if config.policy == "full" and config.loss == "sft":  # once per scenario and seed
+        metrics["local_only"] = evaluate_agents(config, workdir, models, test_spec, trained=False)
+    return metrics
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of agent accuracy, per scenario x method."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["scenario"], run["method"]), []).append(run)
+    rows = []
+    for (scenario, method), members in sorted(groups.items()):
+        own = [np.mean([a["own"] for a in m["final"].values()]) for m in members]
+        every = [np.mean([a["all"] for a in m["final"].values()]) for m in members]
+        rows.append(
+            {
+                "scenario": scenario,
+                "method": method,
+                "seeds": len(members),
+                "own_mean": float(np.mean(own)),
+                "own_std": float(np.std(own)),
+                "all_mean": float(np.mean(every)),
+                "all_std": float(np.std(every)),
+                "samples": float(np.mean([m.get("samples_distilled", 0) for m in members])),
+                "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
+            }
+        )
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | method | seeds | own-domain acc | all-domain acc | samples distilled "
+        "| wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['method']} | {r['seeds']} | "
+            f"{r['own_mean']:.3f} ± {r['own_std']:.3f} | "
+            f"{r['all_mean']:.3f} ± {r['all_std']:.3f} | {r['samples']:.0f} | "
+            f"{r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_experiment(
+    config_path: str | None,
+    scenarios: str,
+    policies: str,
+    losses: str,
+    seeds: int,
+    profile: str,
+    out_dir: str,
+) -> int:
+    """The sweep behind `lada experiment run`; writes results.json and results.md."""
+    from lada.logs import configure_logging
+    from lada.zoo import build_zoo
+
+    configure_logging("WARNING", as_json=False, service="experiment")
+    base = (
+        load_config(ClusterConfig, config_path, section="experiment")
+        if config_path
+        else default_base(profile)
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_zoo(profile, progress=True)
+    models = {"llm": manifest.llm, **manifest.slms}
+    redis = start_embedded(lada_home() / "redis" / "experiment.rdb")
+    runs: list[dict[str, Any]] = []
+    try:
+        for scenario in scenarios.split(","):
+            for seed in range(seeds):
+                for policy in policies.split(","):
+                    for loss in losses.split(","):
+                        config = scenario_config(
+                            base, scenario, policy, loss, seed, set(manifest.slms)
+                        )
+                        workdir = out / "runs" / config.run_id
+                        started = time.monotonic()
+                        metrics = run_combination(config, workdir, redis, models)
+                        metrics.update(scenario=scenario, seed=seed, method=f"{policy}+{loss}")
+                        runs.append(metrics)
+                        if "local_only" in metrics:
+                            runs.append(
+                                {
+                                    "scenario": scenario,
+                                    "seed": seed,
+                                    "method": "local-only",
+                                    "final": metrics["local_only"],
+                                }
+                            )
+                        print(
+                            f"{config.run_id}: {time.monotonic() - started:.0f}s "
+                            f"{json.dumps(metrics['final'])}",
+                            flush=True,
+                        )
+                        (out / "results.json").write_text(json.dumps(runs, indent=2, default=str))
+    finally:
+        shutdown_embedded(redis)
+    rows = summarise(runs)
+    (out / "results.md").write_text(render_table(rows))
+    print(render_table(rows))
+    return 0

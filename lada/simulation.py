@@ -1,0 +1,254 @@
+"""One federation in one process: the same round driver, policies and agent training code
+as the services, with in-process ports instead of gRPC and the transformers LLM backend
+instead of vLLM (like a federated-learning simulation engine).
+
+`simulate(config, workdir, redis, models)` runs a `ClusterConfig` and returns the same
+metrics shape as `lada up`, so one report writer and one comparison serve both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from allocator.core import AllocatorCore
+from allocator.driver import RoundDriver
+from lada.config import (
+    AgentConfig,
+    AllocatorConfig,
+    ClusterAgentConfig,
+    ClusterConfig,
+    LLMServiceConfig,
+    LLMServiceExtras,
+)
+from lada.learnability import ClusterModel
+from lada.redis_conn import RedisHandle
+from lada.report import collect_round_metrics
+from lada.state import Phase, StateStore
+from llm_service.core import LLMCore
+from llm_service.types import Sampling
+from slm_agent.agent import Agent, StatusBoard
+from slm_agent.checkpoint import CheckpointStore
+from slm_agent.clients import _report_messages
+from slm_agent.main import agent_plan, validate_inputs
+from slm_agent.ports import Registered, Registration, RoundEventView
+from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat
+from slm_agent.settings import agent_settings
+from slm_agent.trainer import LocalTrainer
+
+log = logging.getLogger("lada.simulation")
+
+
+class InProcessAllocator:
+    """The agent's AllocatorPort over an AllocatorCore (no gRPC, same core calls)."""
+
+    def __init__(self, core: AllocatorCore) -> None:
+        self.core = core
+        self.agent_id = ""
+
+    def register(self, registration: Registration) -> Registered:
+        record, token = self.core.register(
+            registration.name,
+            registration.model_description,
+            registration.tokenizer_name,
+            registration.domain_tags,
+            registration.capacity,
+            registration.pool_fingerprint,
+        )
+        return Registered(record.agent_id, token, record.first_round)
+
+    def use_identity(self, agent_id: str, token: str) -> None:
+        self.core.authorize(token, agent_id)
+        self.agent_id = agent_id
+
+    def heartbeat(self) -> int:
+        return self.core.heartbeat(self.agent_id)[0]
+
+    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]:
+        raise NotImplementedError("the simulation drives rounds itself")
+
+    def stop_watching(self) -> None:
+        return None
+
+    def get_allocation(self, round_number: int) -> list[AllocatedSample]:
+        view = self.core.allocation(self.agent_id, round_number)
+        return [AllocatedSample(a.sample_id, a.cluster, a.version) for a in view.samples]
+
+    def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]:
+        messages = _report_messages(self.agent_id, round_number, stats)
+        flat = [s for message in messages for s in message.stats]
+        outcome = self.core.report(self.agent_id, round_number, flat)
+        return outcome.accepted, outcome.duplicates
+
+    def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]:
+        return self.core.contribute(self.agent_id, round_number, list(paths.items()))
+
+    def cluster_model(self) -> ClusterModel | None:
+        return self.core.cluster_model
+
+
+class InProcessLLM:
+    """The agent's LLMPort over an LLMCore, with the service's default sampling seed."""
+
+    def __init__(self, core: LLMCore) -> None:
+        self.core = core
+
+    def reasoning_paths(
+        self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
+    ) -> dict[str, list[LLMPath]]:
+        by_version: dict[str, list[str]] = {}
+        for sample in samples:
+            by_version.setdefault(sample.llm_version, []).append(sample.sample_id)
+        out: dict[str, list[LLMPath]] = {}
+        sampling = Sampling(n=n, temperature=temperature, max_tokens=max_tokens)
+        for version, ids in by_version.items():
+            result = self.core.generate(ids, [], sampling, version)
+            for sample in result.results:
+                out[sample.sample_id] = [
+                    LLMPath(p.text, p.normalized_logprob, p.correct) for p in sample.paths
+                ]
+        return out
+
+
+@dataclass
+class SimulatedRun:
+    """The pieces of a simulated federation, for callers that want to look inside."""
+
+    store: StateStore
+    core: AllocatorCore
+    driver: RoundDriver
+    agents: dict[str, Agent]
+
+
+def drive_until(
+    driver: RoundDriver,
+    store: StateStore,
+    round_number: int,
+    phases: set[Phase],
+    max_steps: int = 20,
+) -> None:
+    """Step the round driver until round r is in one of `phases`."""
+    for _ in range(max_steps):
+        if store.current_round() == round_number and store.round_phase(round_number) in phases:
+            return
+        if not driver.step():
+            break
+    phase = store.round_phase(round_number)
+    if phase not in phases:
+        raise RuntimeError(f"round {round_number} stuck in {phase} (wanted {sorted(phases)})")
+
+
+def run_rounds(run: SimulatedRun, rounds: int) -> None:
+    """Each round: allocate, let every agent work it in turn, close and fold."""
+    for round_number in range(1, rounds + 1):
+        drive_until(run.driver, run.store, round_number, {Phase.ALLOCATED})
+        for name, agent in run.agents.items():
+            log.info("agent works round", extra={"agent": name, "round": round_number})
+            agent.work_round(round_number)
+        drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
+
+
+def allocator_config(config: ClusterConfig, run_id: str, public_pool: str) -> AllocatorConfig:
+    return AllocatorConfig(
+        run_id=run_id,
+        public_pool=public_pool,
+        policy=config.policy,
+        rounds=config.rounds,
+        min_agents=len(config.agents),
+        round_deadline_s=config.round_deadline_s,
+        lada=config.lada,
+    )
+
+
+def build_llm(model: Path, public_pool: str, state_dir: Path) -> LLMCore:
+    """The LLM service's core on the transformers backend (vLLM is for the cluster)."""
+    from llm_service.main import build_core
+
+    config = LLMServiceConfig(model=str(model), backend="transformers", public_pool=public_pool)
+    return build_core(config, LLMServiceExtras(state_dir=str(state_dir)))
+
+
+def build_agent(
+    agent: ClusterAgentConfig,
+    cluster: ClusterConfig,
+    model: Path,
+    private_data: str,
+    public_pool: str,
+    state_dir: Path,
+    allocator: InProcessAllocator,
+    llm: InProcessLLM,
+) -> Agent:
+    """An agent exactly as `lada agent run` builds it, wired to in-process ports."""
+    config = AgentConfig(
+        model=str(model),
+        private_data=private_data,
+        public_pool=public_pool,
+        name=agent.name,
+        capacity=agent.capacity,
+        loss=agent.loss or cluster.loss,
+        contribute=agent.contribute,
+        state_dir=str(state_dir),
+        lada=cluster.lada,
+    )
+    settings = agent_settings(config)
+    inputs = validate_inputs(config, settings)
+    store = CheckpointStore(inputs.state_dir)
+    trainer = LocalTrainer.from_path(config.model, inputs.loss, inputs.private, settings.trainer)
+    built = Agent(
+        agent_plan(config, settings, inputs, trainer),
+        trainer,
+        allocator,
+        llm,
+        store,
+        StatusBoard(agent.name),
+    )
+    built.ensure_identity()
+    return built
+
+
+def simulate(
+    config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
+) -> dict[str, Any]:
+    """Run a whole federation in this process; returns the run's metrics."""
+    from lada.cluster import carve_data
+    from lada.tasks import load_dataset
+
+    started = time.monotonic()
+    data = carve_data(config, workdir / "data")
+    run_id = f"sim-{config.run_id}-{int(time.time() * 1000)}"
+    store = StateStore(redis.client, run_id)
+    core = AllocatorCore(
+        store, allocator_config(config, run_id, data.public), load_dataset(data.public)
+    )
+    llm = build_llm(models[config.llm_model], data.public, workdir / "llm")
+    agents = {
+        agent.name: build_agent(
+            agent,
+            config,
+            models[agent.model],
+            data.private[agent.name],
+            data.public,
+            workdir / "agents" / agent.name,
+            InProcessAllocator(core),
+            InProcessLLM(llm),
+        )
+        for agent in config.agents
+    }
+    run = SimulatedRun(store, core, RoundDriver(core), agents)
+    try:
+        run_rounds(run, config.rounds)
+        return {
+            "run_id": run_id,
+            "mode": "simulation",
+            "policy": config.policy,
+            "loss": config.loss,
+            "rounds": config.rounds,
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "agents_rounds": collect_round_metrics(store),
+        }
+    finally:
+        llm.close()
