@@ -439,7 +439,7 @@ def experiment_run(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["allocator", "llm", "load", "all"]))
+@click.argument("what", type=click.Choice(["allocator", "llm", "load", "agent", "all"]))
 @click.option(
     "--out",
     "out_dir",

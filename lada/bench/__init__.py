@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("allocator", "llm", "load")
+BENCHES = ("allocator", "llm", "load", "agent")
 
 
 def machine_info() -> dict[str, Any]:
