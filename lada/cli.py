@@ -229,11 +229,27 @@ def agent_group() -> None:
     help="Send own correct paths on public samples to the LLM.",
 )
 @click.option("--state-dir", default=None, help="Checkpoints, identity and audit log.")
+@click.option(
+    "--tls-ca",
+    "client_tls_ca",
+    default=None,
+    help="PEM CA of the allocator and LLM service: connect over TLS.",
+)
+@click.option(
+    "--tls-client-cert",
+    "client_tls_cert",
+    default=None,
+    help="PEM client certificate for servers that require mTLS.",
+)
+@click.option(
+    "--tls-client-key", "client_tls_key", default=None, help="PEM key for --tls-client-cert."
+)
 def agent_run(config_path: str | None, **kwargs: Any) -> None:
     """Run one SLM agent: register, follow rounds, train, report."""
     from slm_agent.main import run
 
-    overrides = _server_overrides(kwargs) | kwargs
+    tls = {f"tls.{k}": kwargs.pop(f"client_tls_{k}") for k in ("ca", "cert", "key")}
+    overrides = _server_overrides(kwargs) | kwargs | tls
     _run_service(run, _load(AgentConfig, config_path, "agent", overrides))
 
 

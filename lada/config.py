@@ -138,6 +138,15 @@ class ServerConfig:
 
 
 @dataclass
+class ClientTLS:
+    """TLS for outgoing channels: trust `ca`; present `cert`/`key` where servers want mTLS."""
+
+    ca: str = ""  # PEM bundle of the servers' CA; empty: plaintext
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass
 class ClusteringSettings:
     """How the allocator fits the public clustering (method.md 1.5)."""
 
@@ -207,6 +216,7 @@ class AgentConfig:
     contribute: bool = False
     state_dir: str = ""  # empty: lada_home()/agents/<name>
     connect_deadline_s: float = 60.0
+    tls: ClientTLS = field(default_factory=ClientTLS)
     learning_rate: float = 5e-4
     epochs: int = 1
     lora_threshold_params: int = 50_000_000

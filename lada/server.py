@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lada.config import ServerConfig
+from lada.config import ClientTLS, ServerConfig
 from lada.logs import configure_logging
 from lada.ratelimit import RateLimitInterceptor
 
@@ -140,6 +140,15 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def channel_credentials(tls: ClientTLS) -> grpc.ChannelCredentials | None:
+    """Client-side TLS (and mTLS when a certificate is given); None means plaintext."""
+    if not tls.ca:
+        return None
+    key = Path(tls.key).read_bytes() if tls.key else None
+    cert = Path(tls.cert).read_bytes() if tls.cert else None
+    return grpc.ssl_channel_credentials(Path(tls.ca).read_bytes(), key, cert)
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:

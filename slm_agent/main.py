@@ -19,7 +19,13 @@ import torch
 from lada.config import AgentConfig, lada_home
 from lada.logs import configure_logging
 from lada.modeling import ModelDirError, check_model_dir
-from lada.server import RunningServer, ServiceBinding, grpc_options, start_server
+from lada.server import (
+    RunningServer,
+    ServiceBinding,
+    channel_credentials,
+    grpc_options,
+    start_server,
+)
 from lada.tasks import DatasetSpecError, Problem, load_dataset, pool_fingerprint
 from lada.v1 import agent_pb2_grpc
 from slm_agent.agent import Agent, AgentPlan, StatusBoard
@@ -139,8 +145,11 @@ def _run_agent(
 ) -> int:
     current_round = _RoundSource()
     options = grpc_options(config.server)
-    allocator_channel = audited_channel(config.allocator, audit, current_round, options=options)
-    llm_channel = audited_channel(config.llm, audit, current_round, options=options)
+    credentials = channel_credentials(config.tls)
+    allocator_channel = audited_channel(
+        config.allocator, audit, current_round, credentials, options=options
+    )
+    llm_channel = audited_channel(config.llm, audit, current_round, credentials, options=options)
     try:
         status.update(activity="loading model")
         latest = store.latest_round()

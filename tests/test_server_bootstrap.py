@@ -10,9 +10,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lada.config import ServerConfig
-from lada.server import RunningServer, ServiceBinding, start_server
-from tests.certs import TestCA
+from lada.config import ClientTLS, ServerConfig
+from lada.server import RunningServer, ServiceBinding, channel_credentials, start_server
+from tests.certs import Issued, TestCA
 
 PING = "/lada.test.Echo/Ping"
 
@@ -56,10 +56,15 @@ def _health(channel: grpc.Channel) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def _tls_channel(port: int, ca: TestCA, client: object | None = None) -> grpc.Channel:
-    key = client.key.read_bytes() if client else None  # type: ignore[attr-defined]
-    cert = client.cert.read_bytes() if client else None  # type: ignore[attr-defined]
-    credentials = grpc.ssl_channel_credentials(ca.files.cert.read_bytes(), key, cert)
+def _tls_channel(port: int, ca: TestCA, client: Issued | None = None) -> grpc.Channel:
+    """A channel as agents make them: lada.server.channel_credentials from ClientTLS."""
+    tls = ClientTLS(
+        ca=str(ca.files.cert),
+        cert=str(client.cert) if client else "",
+        key=str(client.key) if client else "",
+    )
+    credentials = channel_credentials(tls)
+    assert credentials is not None
     return grpc.secure_channel(f"localhost:{port}", credentials)
 
 
