@@ -52,15 +52,24 @@ class EvalReport:
     def to_markdown(self) -> str:
         """Markdown tables: per domain, then per difficulty."""
         k = self.pass_k
-        head = f"| slice | n | greedy acc | pass@{k} | mean nlp(ref) |" if k else \
-            "| slice | n | greedy acc | mean nlp(ref) |"
+        head = (
+            f"| slice | n | greedy acc | pass@{k} | mean nlp(ref) |"
+            if k
+            else "| slice | n | greedy acc | mean nlp(ref) |"
+        )
         rule = "|---|---:|---:|---:|---:|" if k else "|---|---:|---:|---:|"
-        lines = [f"**{self.model}** on `{self.data}` (n={self.n}, {self.seconds:.0f} s)", "",
-                 head, rule]
+        lines = [
+            f"**{self.model}** on `{self.data}` (n={self.n}, {self.seconds:.0f} s)",
+            "",
+            head,
+            rule,
+        ]
         groups = [("all", self.overall)]
         groups += [(f"domain {d}", s) for d, s in sorted(self.by_domain.items())]
-        groups += [(f"steps {d}", s) for d, s in sorted(self.by_difficulty.items(),
-                                                        key=lambda kv: int(kv[0]))]
+        groups += [
+            (f"steps {d}", s)
+            for d, s in sorted(self.by_difficulty.items(), key=lambda kv: int(kv[0]))
+        ]
         for name, s in groups:
             cells = [name, str(s.n), f"{100 * s.accuracy:.1f}%"]
             if k:
@@ -75,26 +84,39 @@ def _aggregate(rows: Sequence[dict[str, Any]], with_k: bool) -> SliceStats:
     if not n:
         return SliceStats()
     return SliceStats(
-        n=n, accuracy=sum(r["correct"] for r in rows) / n,
+        n=n,
+        accuracy=sum(r["correct"] for r in rows) / n,
         pass_at_k=sum(r["pass_at_k"] for r in rows) / n if with_k else None,
-        mean_nlp=sum(r["nlp"] for r in rows) / n)
+        mean_nlp=sum(r["nlp"] for r in rows) / n,
+    )
 
 
 def default_max_new_tokens(tokenizer: Any, problems: Sequence[Problem]) -> int:
     """Room for the longest reference path plus a margin (capped at 512)."""
-    longest = max(len(encode_pair(tokenizer, "Q:", format_target(p.reference))[1])
-                  for p in problems)
+    longest = max(
+        len(encode_pair(tokenizer, "Q:", format_target(p.reference))[1]) for p in problems
+    )
     return min(512, int(longest * 1.25) + 8)
 
 
 def _batches(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def evaluate(model_path: str | Path, data_spec: str, *, batch_size: int = 32, pass_k: int = 4,
-             max_new_tokens: int | None = None, limit: int | None = None,
-             progress: bool = True, temperature: float = 0.8, top_p: float = 1.0,
-             seed: int = 0, keep_samples: int = 20) -> EvalReport:
+def evaluate(
+    model_path: str | Path,
+    data_spec: str,
+    *,
+    batch_size: int = 32,
+    pass_k: int = 4,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    temperature: float = 0.8,
+    top_p: float = 1.0,
+    seed: int = 0,
+    keep_samples: int = 20,
+) -> EvalReport:
     """Evaluate one HF model directory on a dataset spec (greedy, pass@k, nlp of refs)."""
     from tqdm.auto import tqdm
 
@@ -108,40 +130,80 @@ def evaluate(model_path: str | Path, data_spec: str, *, batch_size: int = 32, pa
     rows: list[dict[str, Any]] = []
     chunks = _batches(problems, batch_size)
     for i, chunk in enumerate(tqdm(chunks, desc="eval", unit="batch", disable=not progress)):
-        rows.extend(_eval_batch(model, tok, chunk, budget, batch_size, pass_k, temperature,
-                                top_p, seed + i))
+        rows.extend(
+            _eval_batch(model, tok, chunk, budget, batch_size, pass_k, temperature, top_p, seed + i)
+        )
     report = _report(str(model_path), data_spec, rows, pass_k)
     report.seconds = time.perf_counter() - start
     report.samples = rows[:keep_samples]
     return report
 
 
-def _eval_batch(model: Any, tok: Any, chunk: list[Problem], budget: int, batch_size: int,
-                pass_k: int, temperature: float, top_p: float, seed: int) -> list[dict[str, Any]]:
+def _eval_batch(
+    model: Any,
+    tok: Any,
+    chunk: list[Problem],
+    budget: int,
+    batch_size: int,
+    pass_k: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> list[dict[str, Any]]:
     prompts = [format_prompt(p.question) for p in chunk]
     greedy = generate(model, tok, prompts, budget, greedy=True, batch_size=batch_size)
-    sampled = generate(model, tok, prompts, budget, greedy=False, temperature=temperature,
-                       top_p=top_p, n=pass_k, seed=seed,
-                       batch_size=max(1, batch_size // pass_k)) if pass_k else [[]] * len(chunk)
-    scores = score_completions(model, tok, prompts, [format_target(p.reference) for p in chunk],
-                               batch_size=batch_size)
-    return [{"id": p.id, "domain": p.domain, "difficulty": p.difficulty, "answer": p.answer,
-             "output": g[0], "correct": is_correct(g[0], p.answer),
-             "pass_at_k": any(is_correct(s, p.answer) for s in samples),
-             "nlp": sc.normalized}
-            for p, g, samples, sc in zip(chunk, greedy, sampled, scores, strict=True)]
+    sampled = (
+        generate(
+            model,
+            tok,
+            prompts,
+            budget,
+            greedy=False,
+            temperature=temperature,
+            top_p=top_p,
+            n=pass_k,
+            seed=seed,
+            batch_size=max(1, batch_size // pass_k),
+        )
+        if pass_k
+        else [[]] * len(chunk)
+    )
+    scores = score_completions(
+        model, tok, prompts, [format_target(p.reference) for p in chunk], batch_size=batch_size
+    )
+    return [
+        {
+            "id": p.id,
+            "domain": p.domain,
+            "difficulty": p.difficulty,
+            "answer": p.answer,
+            "output": g[0],
+            "correct": is_correct(g[0], p.answer),
+            "pass_at_k": any(is_correct(s, p.answer) for s in samples),
+            "nlp": sc.normalized,
+        }
+        for p, g, samples, sc in zip(chunk, greedy, sampled, scores, strict=True)
+    ]
 
 
 def _report(model: str, data: str, rows: list[dict[str, Any]], pass_k: int) -> EvalReport:
     with_k = pass_k > 0
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "domain": defaultdict(list), "difficulty": defaultdict(list), "both": defaultdict(list)}
+        "domain": defaultdict(list),
+        "difficulty": defaultdict(list),
+        "both": defaultdict(list),
+    }
     for r in rows:
         groups["domain"][r["domain"]].append(r)
         groups["difficulty"][str(r["difficulty"])].append(r)
         groups["both"][f"{r['domain']}/{r['difficulty']}"].append(r)
     return EvalReport(
-        model=model, data=data, n=len(rows), pass_k=pass_k, overall=_aggregate(rows, with_k),
+        model=model,
+        data=data,
+        n=len(rows),
+        pass_k=pass_k,
+        overall=_aggregate(rows, with_k),
         by_domain={k: _aggregate(v, with_k) for k, v in groups["domain"].items()},
         by_difficulty={k: _aggregate(v, with_k) for k, v in groups["difficulty"].items()},
-        by_domain_difficulty={k: _aggregate(v, with_k) for k, v in groups["both"].items()})
+        by_domain_difficulty={k: _aggregate(v, with_k) for k, v in groups["both"].items()},
+    )

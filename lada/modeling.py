@@ -19,8 +19,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 STOP_TEXT = "\nQ:"  # a new question starts: the answer is over (for models without EOS habits)
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
@@ -58,10 +62,15 @@ def check_model_dir(path: str | Path) -> Path:
     if not any((root / name).is_file() for name in _WEIGHT_FILES):
         raise ModelDirError(f"{root}: missing weights (one of {', '.join(_WEIGHT_FILES)})")
     if not any((root / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelDirError(f"{root}: missing tokenizer file (tokenizer.json, or "
-                            f"tokenizer.model / vocab.json+merges.txt / vocab.txt)")
-    if (root / "vocab.json").is_file() and not (root / "tokenizer.json").is_file() and not (
-            root / "merges.txt").is_file():
+        raise ModelDirError(
+            f"{root}: missing tokenizer file (tokenizer.json, or "
+            f"tokenizer.model / vocab.json+merges.txt / vocab.txt)"
+        )
+    if (
+        (root / "vocab.json").is_file()
+        and not (root / "tokenizer.json").is_file()
+        and not (root / "merges.txt").is_file()
+    ):
         raise ModelDirError(f"{root}: missing merges.txt (next to vocab.json)")
     return root
 
@@ -74,8 +83,9 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def load_causal_lm(path: str | Path, device: str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+def load_causal_lm(
+    path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, Any]:
     """(model in eval mode, tokenizer) from any local HF causal-LM directory."""
     root = check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype).to(device)
@@ -101,7 +111,8 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
 def encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids): tokenized separately, to be concatenated."""
     return encode_prompt(tokenizer, prompt), list(
-        tokenizer(completion, add_special_tokens=False)["input_ids"])
+        tokenizer(completion, add_special_tokens=False)["input_ids"]
+    )
 
 
 def _pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +125,9 @@ def _pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def completion_logprobs(model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]],
-                        pad_id: int) -> list[torch.Tensor]:
+def completion_logprobs(
+    model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> list[torch.Tensor]:
     """Differentiable per-token log-probs of each completion (for training losses too)."""
     rows = [p + c for p, c in pairs]
     ids, mask = _pad_right(rows, pad_id)
@@ -126,13 +138,18 @@ def completion_logprobs(model: PreTrainedModel, pairs: Sequence[tuple[list[int],
     for i, (prompt, completion) in enumerate(pairs):
         start, end = len(prompt), len(prompt) + len(completion)
         targets = ids[i, start:end].to(device)
-        out.append(logp[i, start - 1: end - 1].gather(-1, targets[:, None]).squeeze(-1))
+        out.append(logp[i, start - 1 : end - 1].gather(-1, targets[:, None]).squeeze(-1))
     return out
 
 
 @torch.no_grad()
-def score_completions(model: PreTrainedModel, tokenizer: Any, prompts: list[str],
-                      completions: list[str], batch_size: int = 16) -> list[PathLogProbs]:
+def score_completions(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    prompts: list[str],
+    completions: list[str],
+    batch_size: int = 16,
+) -> list[PathLogProbs]:
     """Log-probs of each completion given its prompt (one forward pass per batch)."""
     if len(prompts) != len(completions):
         raise ValueError("prompts and completions must have the same length")
@@ -142,13 +159,14 @@ def score_completions(model: PreTrainedModel, tokenizer: Any, prompts: list[str]
     order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
     results: list[PathLogProbs] = [PathLogProbs() for _ in pairs]
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         scored = completion_logprobs(model, [pairs[i] for i in chunk], tokenizer.pad_token_id)
         for i, values in zip(chunk, scored, strict=True):
             tokens = values.tolist()
             joint = float(sum(tokens))
-            results[i] = PathLogProbs(tokens, joint, joint / len(tokens) if tokens else 0.0,
-                                      len(tokens))
+            results[i] = PathLogProbs(
+                tokens, joint, joint / len(tokens) if tokens else 0.0, len(tokens)
+            )
     return results
 
 
@@ -157,9 +175,18 @@ def _cut(text: str) -> str:
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-             greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0, n: int = 1,
-             seed: int = 0, batch_size: int = 32) -> list[list[str]]:
+def generate(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[list[str]]:
     """`n` completions per prompt (batched, left padding); text after the prompt only."""
     torch.manual_seed(seed)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
@@ -168,20 +195,29 @@ def generate(model: PreTrainedModel, tokenizer: Any, prompts: list[str], max_new
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         rows = [encoded[i] for i in chunk]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for j, row in enumerate(rows):
-            ids[j, width - len(row):] = torch.tensor(row)
-            mask[j, width - len(row):] = 1
-        kwargs: dict[str, Any] = {"do_sample": False} if greedy else {
-            "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **kwargs)
+            ids[j, width - len(row) :] = torch.tensor(row)
+            mask[j, width - len(row) :] = 1
+        kwargs: dict[str, Any] = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            **kwargs,
+        )
         texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         for j, i in enumerate(chunk):
-            outputs[i] = [_cut(t) for t in texts[j * n: (j + 1) * n]]
+            outputs[i] = [_cut(t) for t in texts[j * n : (j + 1) * n]]
     return outputs

@@ -87,43 +87,132 @@ class ModelSpec:
     drill_per_problem: float = 0.0  # extra one-equation drills (from the corpus' own steps)
 
 
-def _slm(name: str, arch: str, tok: str, dims: tuple[int, int, int, int], domain: str,
-         steps: int, corpus: int, seed: int, **kw: Any) -> ModelSpec:
+def _slm(
+    name: str,
+    arch: str,
+    tok: str,
+    dims: tuple[int, int, int, int],
+    domain: str,
+    steps: int,
+    corpus: int,
+    seed: int,
+    **kw: Any,
+) -> ModelSpec:
     hidden, layers, heads, ffn = dims
-    return ModelSpec(name=name, role="slm", arch=arch, tokenizer=tok, hidden=hidden,
-                     layers=layers, heads=heads, ffn=ffn, domains=(domain,), own_share=0.9,
-                     train_steps=steps, corpus_n=corpus, seed=seed, **kw)
+    return ModelSpec(
+        name=name,
+        role="slm",
+        arch=arch,
+        tokenizer=tok,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        ffn=ffn,
+        domains=(domain,),
+        own_share=0.9,
+        train_steps=steps,
+        corpus_n=corpus,
+        seed=seed,
+        **kw,
+    )
 
 
 def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
     """The tokenizers and models of a profile (micro: seconds, demo: minutes)."""
     if profile == "micro":
         toks = [TokenizerSpec("bpe-a", 320, corpus_n=400), TokenizerSpec("bpe-b", 290, 400)]
-        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 64, 2, 2, 128, train_steps=24,
-                        batch_size=8, corpus_n=300)
+        llm = ModelSpec(
+            "llm",
+            "llm",
+            "llama",
+            "bpe-a",
+            64,
+            2,
+            2,
+            128,
+            train_steps=24,
+            batch_size=8,
+            corpus_n=300,
+        )
         slms = [
-            _slm("slm-purchases", "qwen2", "bpe-a", (64, 1, 2, 128), "purchases", 12, 200, 1,
-                 batch_size=8),
-            _slm("slm-rates", "gpt2", "bpe-b", (64, 1, 2, 128), "rates", 12, 200, 2,
-                 batch_size=8),
-            _slm("slm-percentages", "llama", "bpe-b", (64, 1, 2, 128), "percentages", 12, 200,
-                 3, batch_size=8),
+            _slm(
+                "slm-purchases",
+                "qwen2",
+                "bpe-a",
+                (64, 1, 2, 128),
+                "purchases",
+                12,
+                200,
+                1,
+                batch_size=8,
+            ),
+            _slm("slm-rates", "gpt2", "bpe-b", (64, 1, 2, 128), "rates", 12, 200, 2, batch_size=8),
+            _slm(
+                "slm-percentages",
+                "llama",
+                "bpe-b",
+                (64, 1, 2, 128),
+                "percentages",
+                12,
+                200,
+                3,
+                batch_size=8,
+            ),
         ]
         return toks, [llm, *slms]
     if profile == "demo":
         toks = [TokenizerSpec("bpe-a", 512), TokenizerSpec("bpe-b", 400)]
         common: dict[str, Any] = {"step_weights": (3, 3, 2, 2, 1, 1), "drill_per_problem": 1.0}
-        llm = ModelSpec("llm", "llm", "llama", "bpe-a", 128, 4, 4, 512, train_steps=2000,
-                        batch_size=32, lr=3e-3, corpus_n=40000, **common)
+        llm = ModelSpec(
+            "llm",
+            "llm",
+            "llama",
+            "bpe-a",
+            128,
+            4,
+            4,
+            512,
+            train_steps=2000,
+            batch_size=32,
+            lr=3e-3,
+            corpus_n=40000,
+            **common,
+        )
         slms = [
-            _slm("slm-purchases", "qwen2", "bpe-a", (64, 2, 2, 192), "purchases", 400, 8000, 1,
-                 **common),
-            _slm("slm-rates", "gpt2", "bpe-b", (96, 2, 3, 256), "rates", 400, 8000, 2,
-                 **common),
-            _slm("slm-percentages", "llama", "bpe-b", (64, 3, 2, 192), "percentages", 400,
-                 8000, 3, **common),
-            _slm("slm-comparisons", "qwen2", "bpe-a", (128, 1, 4, 256), "comparisons", 400,
-                 8000, 4, **common),
+            _slm(
+                "slm-purchases",
+                "qwen2",
+                "bpe-a",
+                (64, 2, 2, 192),
+                "purchases",
+                400,
+                8000,
+                1,
+                **common,
+            ),
+            _slm("slm-rates", "gpt2", "bpe-b", (96, 2, 3, 256), "rates", 400, 8000, 2, **common),
+            _slm(
+                "slm-percentages",
+                "llama",
+                "bpe-b",
+                (64, 3, 2, 192),
+                "percentages",
+                400,
+                8000,
+                3,
+                **common,
+            ),
+            _slm(
+                "slm-comparisons",
+                "qwen2",
+                "bpe-a",
+                (128, 1, 4, 256),
+                "comparisons",
+                400,
+                8000,
+                4,
+                **common,
+            ),
         ]
         return toks, [llm, *slms]
     raise ValueError(f"unknown zoo profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -189,9 +278,14 @@ class ZooManifest:
             path = path / "manifest.json"
         data = json.loads(path.read_text())
         models_ = {n: ModelInfo(**m) for n, m in data["models"].items()}
-        return cls(profile=data["profile"], key=data["key"], models=models_,
-                   build_seconds=data.get("build_seconds", 0.0),
-                   eval_spec=data.get("eval_spec", ZOO_EVAL_SPEC), path=path)
+        return cls(
+            profile=data["profile"],
+            key=data["key"],
+            models=models_,
+            build_seconds=data.get("build_seconds", 0.0),
+            eval_spec=data.get("eval_spec", ZOO_EVAL_SPEC),
+            path=path,
+        )
 
 
 def _hash(obj: Any) -> str:
@@ -207,47 +301,90 @@ def build_tokenizer(spec: TokenizerSpec) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE with individually split digits (arithmetic-friendly)."""
     corpus = _texts(generate_problems(spec.corpus_n, seed=spec.seed))
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=list(SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", model_max_length=1024)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=1024,
+    )
 
 
 def _config(spec: ModelSpec, tok: PreTrainedTokenizerFast) -> PretrainedConfig:
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-           "pad_token_id": tok.pad_token_id}
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     vocab = len(tok)
     if spec.arch == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=spec.hidden, n_layer=spec.layers,
-                          n_head=spec.heads, n_inner=spec.ffn, n_positions=spec.max_positions,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=spec.hidden,
+            n_layer=spec.layers,
+            n_head=spec.heads,
+            n_inner=spec.ffn,
+            n_positions=spec.max_positions,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
+        )
     cls = LlamaConfig if spec.arch == "llama" else Qwen2Config
-    return cls(vocab_size=vocab, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
-               num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-               intermediate_size=spec.ffn, max_position_embeddings=spec.max_positions,
-               tie_word_embeddings=True, rms_norm_eps=1e-5, **ids)
+    return cls(
+        vocab_size=vocab,
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        intermediate_size=spec.ffn,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        **ids,
+    )
 
 
 _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
-    "llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gpt2": GPT2LMHeadModel}
+    "llama": LlamaForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "gpt2": GPT2LMHeadModel,
+}
 
 
 def training_corpus(spec: ModelSpec) -> list[Problem]:
     """The model's pretraining problems (home-domain heavy for SLMs), eval set held out."""
-    weights = [spec.own_share / len(spec.domains) if d in spec.domains
-               else (1 - spec.own_share) / max(1, len(DOMAINS) - len(spec.domains))
-               for d in DOMAINS]
-    problems = generate_problems(spec.corpus_n, seed=10_000 + spec.seed, domains=DOMAINS,
-                                 step_weights=list(spec.step_weights), domain_weights=weights)
+    weights = [
+        spec.own_share / len(spec.domains)
+        if d in spec.domains
+        else (1 - spec.own_share) / max(1, len(DOMAINS) - len(spec.domains))
+        for d in DOMAINS
+    ]
+    problems = generate_problems(
+        spec.corpus_n,
+        seed=10_000 + spec.seed,
+        domains=DOMAINS,
+        step_weights=list(spec.step_weights),
+        domain_weights=weights,
+    )
     held_out = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
     problems = [p for p in problems if p.id not in held_out]
     return problems + arithmetic_drills(problems, spec.drill_per_problem, spec.seed)
@@ -261,9 +398,16 @@ def arithmetic_drills(problems: list[Problem], per_problem: float, seed: int) ->
     out = []
     for line in picked:
         expr, _, value = line.rpartition("=")
-        out.append(Problem(id=content_id("drill", line), question=f"{expr}=?",
-                           reference=f"{line}\n{ANSWER_MARK} {value}", answer=value,
-                           domain="arithmetic", difficulty=1))
+        out.append(
+            Problem(
+                id=content_id("drill", line),
+                question=f"{expr}=?",
+                reference=f"{line}\n{ANSWER_MARK} {value}",
+                answer=value,
+                domain="arithmetic",
+                difficulty=1,
+            )
+        )
     return out
 
 
@@ -278,25 +422,33 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 Pair = tuple[list[int], list[int]]
 
 
-def _bucketed_batches(pairs: list[Pair], size: int, rng: random.Random,
-                      group: int = 8) -> list[list[Pair]]:
+def _bucketed_batches(
+    pairs: list[Pair], size: int, rng: random.Random, group: int = 8
+) -> list[list[Pair]]:
     """`group` random batches re-cut by length: much less padding, same sample distribution."""
-    drawn = sorted((pairs[rng.randrange(len(pairs))] for _ in range(size * group)),
-                   key=lambda p: len(p[0]) + len(p[1]))
-    batches = [drawn[i: i + size] for i in range(0, len(drawn), size)]
+    drawn = sorted(
+        (pairs[rng.randrange(len(pairs))] for _ in range(size * group)),
+        key=lambda p: len(p[0]) + len(p[1]),
+    )
+    batches = [drawn[i : i + size] for i in range(0, len(drawn), size)]
     rng.shuffle(batches)
     return batches
 
 
-def train_lm(model: PreTrainedModel, tok: PreTrainedTokenizerFast, problems: list[Problem],
-             spec: ModelSpec, tick: Callable[[float], None]) -> None:
+def train_lm(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerFast,
+    problems: list[Problem],
+    spec: ModelSpec,
+    tick: Callable[[float], None],
+) -> None:
     """Next-token training on reasoning paths (+EOS) given the prompt; prompt not in loss."""
-    pairs = [encode_pair(tok, format_prompt(p.question), format_target(p.reference))
-             for p in problems]
+    pairs = [
+        encode_pair(tok, format_prompt(p.question), format_target(p.reference)) for p in problems
+    ]
     pairs = [(a, b + [tok.eos_token_id]) for a, b in pairs]
     rng = random.Random(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98),
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     batches: list[list[Pair]] = []
     for step in range(spec.train_steps):
@@ -315,8 +467,13 @@ def train_lm(model: PreTrainedModel, tok: PreTrainedTokenizerFast, problems: lis
     model.eval()
 
 
-def _build_model(spec: ModelSpec, tok: PreTrainedTokenizerFast, tok_spec: TokenizerSpec,
-                 target: Path, tick: Callable[[float], None]) -> float:
+def _build_model(
+    spec: ModelSpec,
+    tok: PreTrainedTokenizerFast,
+    tok_spec: TokenizerSpec,
+    target: Path,
+    tick: Callable[[float], None],
+) -> float:
     start = time.perf_counter()
     torch.manual_seed(spec.seed)
     model = _MODEL_CLASSES[spec.arch](_config(spec, tok))
@@ -325,8 +482,11 @@ def _build_model(spec: ModelSpec, tok: PreTrainedTokenizerFast, tok_spec: Tokeni
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "lada_zoo.json").write_text(json.dumps(
-        {"spec": asdict(spec), "tokenizer": asdict(tok_spec), "version": ZOO_VERSION}, indent=2))
+    (tmp / "lada_zoo.json").write_text(
+        json.dumps(
+            {"spec": asdict(spec), "tokenizer": asdict(tok_spec), "version": ZOO_VERSION}, indent=2
+        )
+    )
     with contextlib.suppress(OSError):  # another process won the race: keep theirs
         os.replace(tmp, target)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -339,8 +499,9 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def build_zoo(profile: str = "micro", root: Path | None = None,
-              progress: bool = True) -> ZooManifest:
+def build_zoo(
+    profile: str = "micro", root: Path | None = None, progress: bool = True
+) -> ZooManifest:
     """Build (or reuse from cache) every model of `profile`; returns the manifest.
 
     Trains single-threaded unless LADA_ZOO_THREADS says otherwise: tiny models gain little
@@ -359,11 +520,16 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
     root = Path(root) if root is not None else lada_home() / "zoo"
     (root / "models").mkdir(parents=True, exist_ok=True)
     tok_by_name = {t.name: t for t in tok_specs}
-    keys = {s.name: _hash([ZOO_VERSION, asdict(s), asdict(tok_by_name[s.tokenizer]),
-                           ZOO_EVAL_SPEC]) for s in specs}
+    keys = {
+        s.name: _hash([ZOO_VERSION, asdict(s), asdict(tok_by_name[s.tokenizer]), ZOO_EVAL_SPEC])
+        for s in specs
+    }
     start = time.perf_counter()
-    todo = [s for s in specs if not (root / "models" / f"{s.name}-{keys[s.name]}"
-                                     / "config.json").is_file()]
+    todo = [
+        s
+        for s in specs
+        if not (root / "models" / f"{s.name}-{keys[s.name]}" / "config.json").is_file()
+    ]
     manifest = ZooManifest(profile=profile, key=_hash(sorted(keys.values())))
     tokenizers: dict[str, PreTrainedTokenizerFast] = {}
     bar = _progress(sum(s.train_steps for s in todo), progress)
@@ -380,8 +546,9 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-                seconds = _build_model(spec, tokenizers[spec.tokenizer],
-                                       tok_by_name[spec.tokenizer], target, tick)
+                seconds = _build_model(
+                    spec, tokenizers[spec.tokenizer], tok_by_name[spec.tokenizer], target, tick
+                )
             manifest.models[spec.name] = _model_info(spec, target, keys[spec.name], seconds)
     manifest.build_seconds = time.perf_counter() - start
     manifest.save(root / f"manifest-{profile}.json")
@@ -393,12 +560,15 @@ def resolve_zoo_model(name: str, root: Path | None = None) -> Path:
     profile, _, model = name.rpartition("/")
     manifest_path = (root or lada_home() / "zoo") / f"manifest-{profile or 'demo'}.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no built zoo at {manifest_path}; run "
-                                f"`lada models build --profile {profile or 'demo'}` first")
+        raise FileNotFoundError(
+            f"no built zoo at {manifest_path}; run "
+            f"`lada models build --profile {profile or 'demo'}` first"
+        )
     models_ = ZooManifest.load(manifest_path).models
     if model not in models_:
-        raise FileNotFoundError(f"zoo {profile or 'demo'} has no model {model!r}; "
-                                f"available: {', '.join(models_)}")
+        raise FileNotFoundError(
+            f"zoo {profile or 'demo'} has no model {model!r}; available: {', '.join(models_)}"
+        )
     return Path(models_[model].path)
 
 
@@ -406,10 +576,18 @@ def _model_info(spec: ModelSpec, target: Path, key: str, seconds: float) -> Mode
     config = json.loads((target / "config.json").read_text())
     weights = target / "model.safetensors"
     params = _count_params(weights)
-    return ModelInfo(name=spec.name, role=spec.role, path=str(target.resolve()),
-                     arch=config["architectures"][0], params=params, domains=list(spec.domains),
-                     tokenizer=spec.tokenizer, vocab_size=config["vocab_size"], key=key,
-                     train_seconds=round(seconds, 2))
+    return ModelInfo(
+        name=spec.name,
+        role=spec.role,
+        path=str(target.resolve()),
+        arch=config["architectures"][0],
+        params=params,
+        domains=list(spec.domains),
+        tokenizer=spec.tokenizer,
+        vocab_size=config["vocab_size"],
+        key=key,
+        train_seconds=round(seconds, 2),
+    )
 
 
 def _count_params(weights: Path) -> int:

@@ -14,12 +14,29 @@ from lada.tasks.problem import ANSWER_MARK, Problem, content_id
 DOMAINS: tuple[str, ...] = ("purchases", "rates", "percentages", "comparisons")
 MIN_STEPS, MAX_STEPS = 1, 6
 
-_PEOPLE = (("Ann", "she"), ("Ben", "he"), ("Cara", "she"), ("Dan", "he"), ("Eva", "she"),
-           ("Finn", "he"), ("Gina", "she"), ("Hugo", "he"), ("Ivy", "she"), ("Jack", "he"),
-           ("Kim", "she"), ("Leo", "he"))
+_PEOPLE = (
+    ("Ann", "she"),
+    ("Ben", "he"),
+    ("Cara", "she"),
+    ("Dan", "he"),
+    ("Eva", "she"),
+    ("Finn", "he"),
+    ("Gina", "she"),
+    ("Hugo", "he"),
+    ("Ivy", "she"),
+    ("Jack", "he"),
+    ("Kim", "she"),
+    ("Leo", "he"),
+)
 _GOODS = ("pen", "book", "cup", "hat", "lamp", "ball", "kite", "bag", "shirt", "clock")
-_WORK = (("packs", "packed", "boxes"), ("bakes", "baked", "cakes"), ("paints", "painted", "cards"),
-         ("picks", "picked", "apples"), ("folds", "folded", "shirts"), ("sews", "sewed", "bags"))
+_WORK = (
+    ("packs", "packed", "boxes"),
+    ("bakes", "baked", "cakes"),
+    ("paints", "painted", "cards"),
+    ("picks", "picked", "apples"),
+    ("folds", "folded", "shirts"),
+    ("sews", "sewed", "bags"),
+)
 _THINGS = ("marbles", "stickers", "coins", "shells", "stamps", "cards")
 
 Steps = list[tuple[str, int]]  # (equation "a+b", result)
@@ -57,8 +74,10 @@ def _rates(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
         rate, hours = rng.randint(2, 9 * s), rng.randint(2, 9)
         if i == 0 and d % 2 == 0:
             past = rng.randint(2, 5)
-            lines.append(f"Yesterday {name} {past_verb} {rate * past} {noun} in {past} "
-                         f"hours. Today {pron} works {hours} hours at that pace.")
+            lines.append(
+                f"Yesterday {name} {past_verb} {rate * past} {noun} in {past} "
+                f"hours. Today {pron} works {hours} hours at that pace."
+            )
             _eq(steps, f"{rate * past}/{past}", rate)
         else:
             lines.append(f"{name} {verb} {rate} {noun} per hour for {hours} hours.")
@@ -68,7 +87,8 @@ def _rates(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
         total = _eq(steps, f"{total}+{part}", total + part)
     who = "they" if len(workers) > 1 else workers[0][1]
     return " ".join(lines) + f" How many {noun} do {who} make today?".replace(
-        "do she", "does she").replace("do he", "does he"), steps
+        "do she", "does she"
+    ).replace("do he", "does he"), steps
 
 
 def _percentages(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
@@ -79,8 +99,9 @@ def _percentages(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
     steps: Steps = []
     cut = _eq(steps, f"{pct}% of {price}", price * pct // 100)
     if d == 1:
-        return (f"A {item} costs ${price}. The tax is {pct}% of the price. "
-                f"How many dollars is the tax?"), steps
+        return (
+            f"A {item} costs ${price}. The tax is {pct}% of the price. How many dollars is the tax?"
+        ), steps
     lines = [f"{name} wants a {item} that costs ${price}. It is {pct}% off."]
     total = _eq(steps, f"{price}-{cut}", price - cut)
     bought = False
@@ -149,7 +170,9 @@ def _comparisons(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
 
 
 _BUILDERS: dict[str, Callable[[random.Random, int, int], tuple[str, Steps]]] = {
-    "purchases": _purchases, "rates": _rates, "percentages": _percentages,
+    "purchases": _purchases,
+    "rates": _rates,
+    "percentages": _percentages,
     "comparisons": _comparisons,
 }
 
@@ -159,14 +182,25 @@ def make_problem(domain: str, rng: random.Random, steps: int, scale: int = 1) ->
     question, eqs = _BUILDERS[domain](rng, steps, scale)
     answer = str(eqs[-1][1])
     reference = "\n".join(f"{expr}={value}" for expr, value in eqs) + f"\n{ANSWER_MARK} {answer}"
-    return Problem(id=content_id("syn", question, reference), question=question,
-                   reference=reference, answer=answer, domain=domain, difficulty=len(eqs))
+    return Problem(
+        id=content_id("syn", question, reference),
+        question=question,
+        reference=reference,
+        answer=answer,
+        domain=domain,
+        difficulty=len(eqs),
+    )
 
 
-def generate_problems(n: int, seed: int, domains: Sequence[str] = DOMAINS,
-                      steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS), scale: int = 1,
-                      step_weights: Sequence[float] | None = None,
-                      domain_weights: Sequence[float] | None = None) -> list[Problem]:
+def generate_problems(
+    n: int,
+    seed: int,
+    domains: Sequence[str] = DOMAINS,
+    steps: tuple[int, int] = (MIN_STEPS, MAX_STEPS),
+    scale: int = 1,
+    step_weights: Sequence[float] | None = None,
+    domain_weights: Sequence[float] | None = None,
+) -> list[Problem]:
     """`n` distinct problems; domains round-robin (or by `domain_weights`), steps uniform.
 
     A smaller `n` with the same other arguments yields a prefix of a larger one.

@@ -26,8 +26,13 @@ class DatasetFormatError(DatasetSpecError):
     """A data file is malformed; the message names the file and line number."""
 
 
-SYNTHETIC_PARAMS = {"domains": "all", "n": "1000", "seed": "0",
-                    "steps": f"{MIN_STEPS}-{MAX_STEPS}", "scale": "1"}
+SYNTHETIC_PARAMS = {
+    "domains": "all",
+    "n": "1000",
+    "seed": "0",
+    "steps": f"{MIN_STEPS}-{MAX_STEPS}",
+    "scale": "1",
+}
 FILE_PARAMS = {"limit": "", "domain": ""}
 _CALC = re.compile(r"<<[^<>]*>>")
 
@@ -40,7 +45,8 @@ def _parse_params(source: str, parts: list[str], valid: dict[str, str]) -> dict[
         if not sep or key not in valid:
             raise DatasetSpecError(
                 f"unknown parameter {part.strip()!r} for source {source!r}; "
-                f"valid parameters: {', '.join(valid)}")
+                f"valid parameters: {', '.join(valid)}"
+            )
         params[key] = value.strip()
     return params
 
@@ -66,8 +72,10 @@ def _domains(text: str, spec: str) -> tuple[str, ...]:
     names = tuple(d for d in re.split(r"[+|;/]", text) if d)
     unknown = [d for d in names if d not in DOMAINS]
     if unknown or not names:
-        raise DatasetSpecError(f"{spec}: unknown domain(s) {unknown}; valid: all or "
-                               f"'+'-joined names from {', '.join(DOMAINS)}")
+        raise DatasetSpecError(
+            f"{spec}: unknown domain(s) {unknown}; valid: all or "
+            f"'+'-joined names from {', '.join(DOMAINS)}"
+        )
     return names
 
 
@@ -75,10 +83,13 @@ def _load_synthetic(args: str, spec: str) -> list[Problem]:
     parts = [p for p in args.split(",") if p.strip()]
     params = _parse_params("synthetic", parts, SYNTHETIC_PARAMS)
     try:
-        return generate_problems(n=_int(params, "n", spec), seed=_int(params, "seed", spec),
-                                 domains=_domains(params["domains"], spec),
-                                 steps=_steps(params["steps"], spec),
-                                 scale=_int(params, "scale", spec))
+        return generate_problems(
+            n=_int(params, "n", spec),
+            seed=_int(params, "seed", spec),
+            domains=_domains(params["domains"], spec),
+            steps=_steps(params["steps"], spec),
+            scale=_int(params, "scale", spec),
+        )
     except ValueError as exc:
         if isinstance(exc, DatasetSpecError):
             raise
@@ -112,9 +123,14 @@ def _gsm8k_record(row: dict[str, Any], default_domain: str) -> Problem:
     if not isinstance(question, str) or not isinstance(raw, str) or ANSWER_MARK not in raw:
         raise ValueError("'question' and 'answer' must be strings, answer ending in '#### N'")
     reference, answer, steps = reference_from_answer(raw)
-    return Problem(id=content_id("gsm8k", question, raw), question=question.strip(),
-                   reference=reference, answer=answer, domain=default_domain or "gsm8k",
-                   difficulty=steps)
+    return Problem(
+        id=content_id("gsm8k", question, raw),
+        question=question.strip(),
+        reference=reference,
+        answer=answer,
+        domain=default_domain or "gsm8k",
+        difficulty=steps,
+    )
 
 
 def _jsonl_record(row: dict[str, Any], default_domain: str) -> Problem:
@@ -124,15 +140,24 @@ def _jsonl_record(row: dict[str, Any], default_domain: str) -> Problem:
     reference, answer, steps = reference_from_answer(str(raw))
     if isinstance(row.get("reference"), str):
         reference, _, steps = reference_from_answer(row["reference"])
-    pid = str(row["id"]) if row.get("id") not in (None, "") else content_id(
-        "jsonl", question, str(raw))
-    return Problem(id=pid, question=question.strip(), reference=reference, answer=answer,
-                   domain=str(row.get("domain") or default_domain or "default"),
-                   difficulty=int(row.get("difficulty", steps)))
+    pid = (
+        str(row["id"])
+        if row.get("id") not in (None, "")
+        else content_id("jsonl", question, str(raw))
+    )
+    return Problem(
+        id=pid,
+        question=question.strip(),
+        reference=reference,
+        answer=answer,
+        domain=str(row.get("domain") or default_domain or "default"),
+        difficulty=int(row.get("difficulty", steps)),
+    )
 
 
-def read_jsonl(path: Path, parse: Callable[[dict[str, Any], str], Problem],
-               default_domain: str = "") -> list[Problem]:
+def read_jsonl(
+    path: Path, parse: Callable[[dict[str, Any], str], Problem], default_domain: str = ""
+) -> list[Problem]:
     """Parse every line; any malformed line raises DatasetFormatError('file:line: why')."""
     if not path.is_file():
         raise DatasetSpecError(f"data file not found: {path}")
@@ -170,11 +195,14 @@ def load_dataset(spec: str) -> list[Problem]:
     """Problems for a spec, e.g. `synthetic:domains=all,n=5000,seed=1` or `gsm8k:PATH`."""
     source, sep, args = spec.strip().partition(":")
     if not sep:
-        raise DatasetSpecError(f"dataset spec {spec!r} must look like <source>:<args>; "
-                               f"valid sources: {', '.join(SOURCES)}")
+        raise DatasetSpecError(
+            f"dataset spec {spec!r} must look like <source>:<args>; "
+            f"valid sources: {', '.join(SOURCES)}"
+        )
     if source not in SOURCES:
-        raise DatasetSpecError(f"unknown dataset source {source!r} in {spec!r}; "
-                               f"valid sources: {', '.join(SOURCES)}")
+        raise DatasetSpecError(
+            f"unknown dataset source {source!r} in {spec!r}; valid sources: {', '.join(SOURCES)}"
+        )
     if source == "synthetic":
         return _load_synthetic(args, spec)
     return _load_file(source, args, spec)

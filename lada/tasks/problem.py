@@ -27,9 +27,14 @@ class Problem:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Problem:
         """Inverse of `to_dict`."""
-        return cls(id=str(data["id"]), question=str(data["question"]),
-                   reference=str(data["reference"]), answer=str(data["answer"]),
-                   domain=str(data["domain"]), difficulty=int(data["difficulty"]))
+        return cls(
+            id=str(data["id"]),
+            question=str(data["question"]),
+            reference=str(data["reference"]),
+            answer=str(data["answer"]),
+            domain=str(data["domain"]),
+            difficulty=int(data["difficulty"]),
+        )
 
 
 def content_id(prefix: str, *parts: str) -> str:

@@ -23,8 +23,11 @@ def pool_fingerprint(problems: Sequence[Problem]) -> str:
     """sha256 over the sorted (id, content) of a pool: every party can check it matches."""
     digest = hashlib.sha256()
     for p in sorted(problems, key=lambda q: q.id):
-        digest.update("\x1f".join((p.id, p.question, p.reference, p.answer, p.domain,
-                                   str(p.difficulty))).encode("utf-8"))
+        digest.update(
+            "\x1f".join(
+                (p.id, p.question, p.reference, p.answer, p.domain, str(p.difficulty))
+            ).encode("utf-8")
+        )
         digest.update(b"\x1e")
     return digest.hexdigest()
 
@@ -62,16 +65,20 @@ class SplitSpec:
         valid = {"source", "public_size", "agents", "skew", "own_share", "test_size", "seed"}
         unknown = set(data) - valid
         if unknown:
-            raise DatasetSpecError(f"unknown split field(s) {sorted(unknown)}; "
-                                   f"valid: {sorted(valid)}")
+            raise DatasetSpecError(
+                f"unknown split field(s) {sorted(unknown)}; valid: {sorted(valid)}"
+            )
         raw = data.get("agents", [])
         if isinstance(raw, dict):
             raw = [{"name": name, **(body or {})} for name, body in raw.items()]
         agents = [_agent_from_dict(item) for item in raw]
         kwargs = {k: v for k, v in data.items() if k != "agents"}
         spec = cls(agents=agents, **kwargs)
-        spec.public_size, spec.test_size, spec.seed = (int(spec.public_size),
-                                                       int(spec.test_size), int(spec.seed))
+        spec.public_size, spec.test_size, spec.seed = (
+            int(spec.public_size),
+            int(spec.test_size),
+            int(spec.seed),
+        )
         spec.skew, spec.own_share = float(spec.skew), float(spec.own_share)
         return spec
 
@@ -83,8 +90,11 @@ def _agent_from_dict(item: dict[str, Any]) -> AgentSplitSpec:
     domains = item.get("domains", ())
     if isinstance(domains, str):
         domains = tuple(d for d in domains.replace("+", ",").split(",") if d)
-    return AgentSplitSpec(name=str(item["name"]), domains=tuple(domains),
-                          private_size=int(item.get("private_size", 200)))
+    return AgentSplitSpec(
+        name=str(item["name"]),
+        domains=tuple(domains),
+        private_size=int(item.get("private_size", 200)),
+    )
 
 
 @dataclass
@@ -104,8 +114,10 @@ class FederatedSplit:
 
 def _take(pool: list[Problem], count: int, what: str) -> list[Problem]:
     if count > len(pool):
-        raise DatasetSpecError(f"not enough problems for {what}: need {count}, "
-                               f"{len(pool)} left; enlarge the source (n=...)")
+        raise DatasetSpecError(
+            f"not enough problems for {what}: need {count}, "
+            f"{len(pool)} left; enlarge the source (n=...)"
+        )
     taken = pool[:count]
     del pool[:count]
     return taken
@@ -122,8 +134,13 @@ def _apportion(total: int, weights: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
-def agent_mixture(domains: Sequence[str], own: Sequence[str], skew: float, own_share: float,
-                  rng: np.random.Generator) -> list[float]:
+def agent_mixture(
+    domains: Sequence[str],
+    own: Sequence[str],
+    skew: float,
+    own_share: float,
+    rng: np.random.Generator,
+) -> list[float]:
     """Domain mixture for one agent: Dirichlet(skew * prior) around its home domains."""
     others = len(domains) - len(own)
     share = own_share if others else 1.0
@@ -155,8 +172,9 @@ def make_split(spec: SplitSpec) -> FederatedSplit:
         own = tuple(domains) if agent.domains in ((), ("all",)) else agent.domains
         unknown = [d for d in own if d not in by_domain]
         if unknown:
-            raise DatasetSpecError(f"agent {agent.name}: domain(s) {unknown} not in source; "
-                                   f"available: {domains}")
+            raise DatasetSpecError(
+                f"agent {agent.name}: domain(s) {unknown} not in source; available: {domains}"
+            )
         mix = agent_mixture(domains, own, spec.skew, spec.own_share, nprng)
         mixtures[agent.name] = dict(zip(domains, mix, strict=True))
         items: list[Problem] = []
