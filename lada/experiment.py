@@ -127,7 +127,13 @@ def evaluate_agents(
     for agent in config.agents:
         model_dir = final_model_dir(workdir / "agents" / agent.name) if trained else None
         scores = accuracy_on(model_dir or models[agent.model], test_spec)
-        results[agent.name] = {"own": scores.get(agent.domains[0], 0.0), "all": scores["all"]}
+        home = agent.domains[0]
+        results[agent.name] = {
+            "own": scores.get(home, 0.0),
+            "all": scores["all"],
+            "own_nlp": scores.get(f"{home}_nlp", 0.0),
+            "all_nlp": scores["all_nlp"],
+        }
     return results
 
 
@@ -161,8 +167,11 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((run["scenario"], run["method"]), []).append(run)
     rows = []
     for (scenario, method), members in sorted(groups.items()):
-        own = [np.mean([a["own"] for a in m["final"].values()]) for m in members]
-        every = [np.mean([a["all"] for a in m["final"].values()]) for m in members]
+
+        def per_seed(key: str, runs: list[dict[str, Any]] = members) -> list[float]:
+            return [float(np.mean([a[key] for a in m["final"].values()])) for m in runs]
+
+        own, every, own_nlp = per_seed("own"), per_seed("all"), per_seed("own_nlp")
         rows.append(
             {
                 "scenario": scenario,
@@ -172,6 +181,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "own_std": float(np.std(own)),
                 "all_mean": float(np.mean(every)),
                 "all_std": float(np.std(every)),
+                "own_nlp_mean": float(np.mean(own_nlp)),
+                "own_nlp_std": float(np.std(own_nlp)),
                 "samples": float(np.mean([m.get("samples_distilled", 0) for m in members])),
                 "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
             }
@@ -181,15 +192,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | method | seeds | own-domain acc | all-domain acc | samples distilled "
-        "| wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | method | seeds | own-domain acc | all-domain acc | own-domain nlp of "
+        "references | samples distilled | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['method']} | {r['seeds']} | "
             f"{r['own_mean']:.3f} ± {r['own_std']:.3f} | "
-            f"{r['all_mean']:.3f} ± {r['all_std']:.3f} | {r['samples']:.0f} | "
+            f"{r['all_mean']:.3f} ± {r['all_std']:.3f} | "
+            f"{r['own_nlp_mean']:.3f} ± {r['own_nlp_std']:.3f} | {r['samples']:.0f} | "
             f"{r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
