@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -77,3 +78,45 @@ def test_unreachable_redis_is_a_clear_error_not_a_traceback() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+
+
+def test_models_build_micro_links_every_model(tmp_path) -> None:
+    result = lada("models", "build", "--profile", "micro", "--out", str(tmp_path / "zoo"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    links = sorted(p.name for p in (tmp_path / "zoo" / "micro").iterdir())
+    assert links == ["llm", "slm-percentages", "slm-purchases", "slm-rates"]
+    assert all((tmp_path / "zoo" / "micro" / name / "config.json").is_file() for name in links)
+
+
+def test_eval_prints_a_table_and_writes_json(micro_zoo, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    result = lada(
+        "eval",
+        "--model",
+        str(micro_zoo.llm),
+        "--data",
+        "synthetic:domains=all,n=8,seed=3",
+        "--pass-k",
+        "2",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "|" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["n"] == 8
+    assert set(report["by_domain"]) <= {"purchases", "rates", "percentages", "comparisons"}
+
+
+def test_eval_of_a_model_dir_missing_files_is_one_line(tmp_path) -> None:
+    (tmp_path / "broken").mkdir()
+    result = lada("eval", "--model", str(tmp_path / "broken"), "--data", "synthetic:n=2")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "config.json" in result.stderr
+
+
+def test_eval_with_an_unknown_data_source_lists_the_valid_ones(micro_zoo) -> None:
+    result = lada("eval", "--model", str(micro_zoo.llm), "--data", "hub:gsm8k")
+    assert result.returncode == 1
+    assert "synthetic" in result.stderr and "jsonl" in result.stderr
