@@ -116,9 +116,13 @@ def run(config: AgentConfig) -> int:
     store.clean_temporaries()
     audit = AuditLog(store.audit_path)
     status = StatusBoard(config.name)
+    _stop_on_signals()
     running = _serve(config, status, audit)
     try:
         return _run_agent(config, settings, inputs, store, audit, status)
+    except ShutdownRequested:
+        log.info("stopped by a signal before the round loop began")
+        return EXIT_OK
     finally:
         running.stop()
 
@@ -181,7 +185,7 @@ def _run_agent(
             status,
         )
         current_round.agent = agent
-        _stop_on_signals(agent.stop)
+        _SIGNAL_TARGET["agent"] = agent
         agent.run()
         return EXIT_OK
     except Unreachable as exc:
@@ -227,8 +231,16 @@ class _RoundSource:
         return self.agent.current_round if self.agent else 0
 
 
-def _stop_on_signals(stop: Any) -> None:
-    """SIGTERM/SIGINT stop the loop after the current step; a second signal exits at once."""
+class ShutdownRequested(Exception):
+    """SIGTERM/SIGINT arrived while connecting or loading: unwind and exit cleanly."""
+
+
+_SIGNAL_TARGET: dict[str, Agent | None] = {"agent": None}
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM/SIGINT: before the loop, unwind at once; in the loop, stop after the current
+    step; a second signal exits at once."""
     if threading.current_thread() is not threading.main_thread():
         return
     hits = {"count": 0}
@@ -236,9 +248,12 @@ def _stop_on_signals(stop: Any) -> None:
     def on_signal(signum: int, _frame: Any) -> None:
         hits["count"] += 1
         log.info("signal received, stopping", extra={"signal": signum})
+        agent = _SIGNAL_TARGET["agent"]
+        if agent is None:
+            raise ShutdownRequested
         if hits["count"] > 1:
             raise KeyboardInterrupt
-        stop()
+        agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -59,7 +59,8 @@ class LocalLLM:
     ) -> dict[str, list[LLMPath]]:
         ids = [s.sample_id for s in samples]
         self.calls.append(ids)
-        fresh = [i for i in ids if i not in self._cache]
+        key = f"{n}|{temperature}|{max_tokens}|"  # cached per sampling, like the service
+        fresh = [i for i in ids if key + i not in self._cache]
         if fresh:
             prompts = [format_prompt(self.pool[i].question) for i in fresh]
             outputs = generate(
@@ -77,11 +78,11 @@ class LocalLLM:
                 if self.add_reference:
                     texts = [*texts, " " + problem.reference]
                 scores = score_completions(self.model, self.tokenizer, [prompt] * len(texts), texts)
-                self._cache[sample_id] = [
+                self._cache[key + sample_id] = [
                     LLMPath(t, s.normalized, is_correct(t, problem.answer))
                     for t, s in zip(texts, scores, strict=True)
                 ]
-        return {i: self._cache[i] for i in ids}
+        return {i: self._cache[key + i] for i in ids}
 
 
 @pytest.fixture(scope="session")

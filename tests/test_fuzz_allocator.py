@@ -156,7 +156,9 @@ def test_contribute_paths_with_random_fields(fuzz_target, round_number, paths) -
 def test_agent_queries_with_random_identity(fuzz_target, agent_id, round_number, token) -> None:
     deployment, stub, _agent, replica = fuzz_target
     before = deployment.store.snapshot()
-    metadata = (("authorization", f"Bearer {token}"),) if token.isprintable() else ()
+    metadata = (
+        (("authorization", f"Bearer {token}"),) if token.isascii() and token.isprintable() else ()
+    )
     for method, request in (
         (
             stub.GetAllocation,
