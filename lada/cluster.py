@@ -164,16 +164,8 @@ def write_jsonl(problems: list[Problem], path: Path) -> str:
     """Write problems in the generic JSONL format (ids kept) and return its dataset spec."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as sink:
-        for p in problems:
-            row = {
-                "id": p.id,
-                "question": p.question,
-                "answer": p.answer,
-                "reference": p.reference,
-                "domain": p.domain,
-                "difficulty": p.difficulty,
-            }
-            sink.write(json.dumps(row) + "\n")
+        for problem in problems:
+            sink.write(json.dumps(problem.to_dict()) + "\n")
     return f"jsonl:{path}"
 
 

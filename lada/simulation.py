@@ -36,7 +36,7 @@ from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import _report_messages
 from slm_agent.main import agent_plan, validate_inputs
 from slm_agent.ports import Registered, Registration, RoundEventView
-from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat
+from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat, ids_by_version
 from slm_agent.settings import agent_settings
 from slm_agent.trainer import LocalTrainer
 
@@ -100,14 +100,10 @@ class InProcessLLM:
     def reasoning_paths(
         self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
     ) -> dict[str, list[LLMPath]]:
-        by_version: dict[str, list[str]] = {}
-        for sample in samples:
-            by_version.setdefault(sample.llm_version, []).append(sample.sample_id)
-        out: dict[str, list[LLMPath]] = {}
         sampling = Sampling(n=n, temperature=temperature, max_tokens=max_tokens)
-        for version, ids in by_version.items():
-            result = self.core.generate(ids, [], sampling, version)
-            for sample in result.results:
+        out: dict[str, list[LLMPath]] = {}
+        for version, ids in ids_by_version(samples).items():
+            for sample in self.core.generate(ids, [], sampling, version).results:
                 out[sample.sample_id] = [
                     LLMPath(p.text, p.normalized_logprob, p.correct) for p in sample.paths
                 ]

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
+from allocator.client import cluster_model_from_message
 from lada.learnability import ClusterModel
 from lada.v1 import (
     allocator_pb2,
@@ -36,7 +36,7 @@ from slm_agent.ports import (
     Unavailable,
     Unreachable,
 )
-from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat
+from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat, ids_by_version
 
 log = logging.getLogger("lada.agent.clients")
 
@@ -202,16 +202,7 @@ def cluster_model_from_proto(reply: allocator_pb2.GetClusterModelResponse) -> Cl
     """The public clustering, or None while the allocator has not fitted it."""
     if reply.num_clusters <= 0 or reply.feature_count <= 0:
         return None
-    centroids = np.asarray(reply.centroids, float).reshape(reply.num_clusters, reply.feature_count)
-    return ClusterModel(
-        vocabulary=list(reply.vocabulary),
-        idf=np.asarray(reply.idf, float),
-        domains=list(reply.domains),
-        centroids=centroids,
-        pool_share=np.asarray(reply.cluster_pool_share, float),
-        domain_weight=reply.domain_feature_weight or 1.0,
-        difficulty_weight=reply.difficulty_feature_weight or 1.0,
-    )
+    return cluster_model_from_message(reply)
 
 
 def _report_messages(
@@ -254,11 +245,8 @@ class GrpcLLM:
         self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
     ) -> dict[str, list[LLMPath]]:
         """Paths for every allocated sample, one request per model version and chunk."""
-        by_version: dict[str, list[str]] = {}
-        for sample in samples:
-            by_version.setdefault(sample.llm_version, []).append(sample.sample_id)
         out: dict[str, list[LLMPath]] = {}
-        for version, ids in by_version.items():
+        for version, ids in ids_by_version(samples).items():
             for start in range(0, len(ids), SAMPLES_PER_LLM_REQUEST):
                 out.update(
                     self._request(

@@ -30,6 +30,14 @@ class AllocatedSample:
     llm_version: str = ""
 
 
+def ids_by_version(samples: Sequence[AllocatedSample]) -> dict[str, list[str]]:
+    """Sample IDs grouped by the LLM version whose paths the allocator assigned to them."""
+    grouped: dict[str, list[str]] = {}
+    for sample in samples:
+        grouped.setdefault(sample.llm_version, []).append(sample.sample_id)
+    return grouped
+
+
 @dataclass
 class LLMPath:
     """One of the LLM's reasoning paths as the LLM service scored it."""

@@ -8,7 +8,6 @@ loop tests that are about the agent, not the service.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lada.cluster import write_jsonl
 from lada.modeling import generate, load_causal_lm, score_completions
 from lada.tasks import Problem, format_prompt, is_correct, load_dataset
 from lada.zoo import ZooManifest
@@ -206,11 +206,7 @@ class RecordingProxy:
 
 def write_private_jsonl(problems: Sequence[Problem], path: Path) -> str:
     """Private data as a JSONL file (ids kept); returns its dataset spec."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as sink:
-        for p in problems:
-            sink.write(json.dumps(p.to_dict()) + "\n")
-    return f"jsonl:{path}"
+    return write_jsonl(list(problems), path)
 
 
 def private_only(problems: Sequence[Problem], public: Sequence[Problem]) -> list[Problem]:

@@ -45,9 +45,13 @@ def start_llm_service(
     backend: str = "vllm",
     pool_spec: str = LLM_POOL,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> LLMServiceHandle:
-    """Start `lada llm serve` and wait until SERVING; on failure the log is in the error."""
-    port = free_port()
+    """Start `lada llm serve` and wait until SERVING; on failure the log is in the error.
+
+    A fixed `port` lets a test restart the service at the same address.
+    """
+    port = port or free_port()
     state_dir = log_dir / f"{name}-state"
     args = [
         "llm",

@@ -28,38 +28,15 @@ from tests.fixtures_agent import (
     write_private_jsonl,
 )
 from tests.fixtures_allocator import allocator_run, wait_phase
-from tests.fixtures_llm import LLM_POOL, LLMServiceHandle
+from tests.fixtures_llm import LLM_POOL, LLMServiceHandle, start_llm_service
 from tests.netproxy import TcpProxy
-from tests.procs import ServiceProcess, free_port, start_service
+from tests.procs import ServiceProcess, free_port
 
 pytestmark = [pytest.mark.slow]
 
 ROUNDS = 2
 CAPACITY = 4
 RUN_TIMEOUT_S = 600.0
-
-
-def start_llm_on(port: int, model: Path, log_dir: Path, name: str) -> ServiceProcess:
-    """A transformers-backed LLM service on a fixed port (so a restart keeps the address)."""
-    args = [
-        "llm",
-        "serve",
-        "--port",
-        str(port),
-        "--metrics-port",
-        "-1",
-        "--backend",
-        "transformers",
-        "--model",
-        str(model),
-        "--public-pool",
-        LLM_POOL,
-    ]
-    process = start_service(
-        args, port, log_dir, name, env={"LADA_LLM_STATE_DIR": str(log_dir / f"{name}-state")}
-    )
-    process.wait_serving(timeout=300)
-    return process
 
 
 def private_spec(tmp_path: Path) -> str:
@@ -90,7 +67,7 @@ def test_agent_rides_out_the_llm_service_dying_mid_fetch(
     redis_handle, micro_zoo: ZooManifest, tmp_path: Path
 ) -> None:
     port = free_port()
-    llm = start_llm_on(port, micro_zoo.llm, tmp_path, "llm-1")
+    llm = start_llm_service(micro_zoo.llm, tmp_path, "llm-1", "transformers", port=port).process
     with allocator_run(
         redis_handle,
         "fault-llm",
@@ -114,7 +91,9 @@ def test_agent_rides_out_the_llm_service_dying_mid_fetch(
             wait_phase(deployment.operator(), 1, "TRAINING", timeout=300)
             llm.kill()  # the agent is now fetching (or about to fetch) its paths
             time.sleep(3)
-            llm = start_llm_on(port, micro_zoo.llm, tmp_path, "llm-2")
+            llm = start_llm_service(
+                micro_zoo.llm, tmp_path, "llm-2", "transformers", port=port
+            ).process
             code = wait_exit(agent, RUN_TIMEOUT_S)
             log = agent.log()
         finally:
