@@ -19,12 +19,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, lada_home, load_config
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
-from lada.tasks import AgentSplitSpec, Problem, SplitSpec, make_split
+from lada.state import StateStore
+from lada.tasks import (
+    AgentSplitSpec,
+    Problem,
+    SplitSpec,
+    format_prompt,
+    is_correct,
+    load_dataset,
+    make_split,
+)
 from lada.v1 import agent_pb2, agent_pb2_grpc, allocator_pb2, allocator_pb2_grpc, common_pb2
 
 log = logging.getLogger("lada.cluster")
@@ -408,17 +418,82 @@ def follow(cluster: Cluster, poll_seconds: float = 1.0) -> Snapshot:
     return snapshot
 
 
-def collect_cluster_metrics(cluster: Cluster, started: float) -> dict[str, object]:
-    """Everything the report needs, read while the processes still run."""
+LOGIT_TOP_K = 128  # FedMKT-style mutual distillation sends the top-128 logits per token
+LOGIT_ENTRY_BYTES = 8  # a float32 logit plus an int32 token index
+
+
+def test_problems(data: DataFiles) -> list[Problem]:
+    return [p for spec in data.test.values() for p in load_dataset(spec)]
+
+
+def llm_accuracy(address: str, problems: list[Problem]) -> dict[str, float]:
+    """Greedy accuracy of the base model and of the version being served (after absorbing)."""
+    from llm_service.client import LLMClient
+
+    prompts = [format_prompt(p.question) for p in problems]
+    with LLMClient(address) as client:
+        versions = ["base", client.serving_version()]
+        accuracy = {}
+        for version in dict.fromkeys(versions):
+            result = client.generate(
+                prompts=prompts, n=1, temperature=0.0, max_tokens=128, model_version=version
+            )
+            hits = [
+                is_correct(r.paths[0].text, p.answer)
+                for r, p in zip(result.results, problems, strict=True)
+            ]
+            accuracy[version] = sum(hits) / max(len(hits), 1)
+    return accuracy
+
+
+def logit_exchange_bytes(
+    address: str, store: StateStore, agent_id: str, rounds: int, config: ClusterConfig
+) -> dict[int, int]:
+    """What top-128-logit exchange would send per round for the same samples and paths.
+
+    Re-asks the LLM service for the agent's paths with the agent's sampling parameters (a
+    cache hit: nothing is generated again) and counts their real tokens.
+    """
+    from llm_service.client import LLMClient
+
+    per_round = {}
+    with LLMClient(address) as client:
+        for round_number in range(1, rounds + 1):
+            ids = [a.sample_id for a in store.get_allocation(round_number, agent_id)]
+            if not ids:
+                continue
+            result = client.generate(
+                sample_ids=ids,
+                n=config.lada.paths_per_sample,
+                temperature=config.lada.path_temperature,
+                max_tokens=128,
+            )
+            tokens = sum(path.token_count for r in result.results for path in r.paths)
+            per_round[round_number] = tokens * LOGIT_TOP_K * LOGIT_ENTRY_BYTES
+    return per_round
+
+
+def audited_bytes(state_dir: Path) -> dict[int, int]:
+    """Bytes that left an agent per round, from its own audit log."""
+    from slm_agent.audit import AuditLog
+    from slm_agent.checkpoint import CheckpointStore
+
+    per_round: dict[int, int] = {}
+    for record in AuditLog(CheckpointStore(state_dir).audit_path).read():
+        per_round[record.round] = per_round.get(record.round, 0) + record.bytes
+    return per_round
+
+
+def collect_cluster_metrics(cluster: Cluster, data: DataFiles, started: float) -> dict[str, Any]:
+    """What needs the services: round state, LLM accuracy, logit-exchange comparison."""
     from lada.report import collect_round_metrics
-    from lada.state import StateStore
 
     config = cluster.config
     store = StateStore(cluster.redis.client, cluster.run_id)
-    bytes_sent = {
-        a.name: agent_status(cluster.children[a.name].address).get("bytes_sent")
-        for a in config.agents
-        if a.name in cluster.children
+    llm_address = cluster.children["llm"].address
+    logits = {
+        a.name: logit_exchange_bytes(llm_address, store, a.agent_id, config.rounds, config)
+        for a in store.list_agents()
     }
     return {
         "run_id": cluster.run_id,
@@ -427,7 +502,34 @@ def collect_cluster_metrics(cluster: Cluster, started: float) -> dict[str, objec
         "rounds": config.rounds,
         "wall_seconds": round(time.monotonic() - started, 1),
         "agents_rounds": collect_round_metrics(store),
-        "bytes_sent": bytes_sent,
+        "llm_accuracy": llm_accuracy(llm_address, test_problems(data)),
+        "logit_exchange_bytes": logits,
+    }
+
+
+def add_offline_metrics(
+    metrics: dict[str, Any], cluster: Cluster, models: dict[str, Path], data: DataFiles
+) -> None:
+    """After the processes stopped: audited bytes and test accuracy before/after."""
+    from lada.report import evaluate_agents
+
+    agents = cluster.config.agents
+    metrics["bytes_sent"] = {
+        a.name: audited_bytes(cluster.workdir / "agents" / a.name) for a in agents
+    }
+    test_spec = write_jsonl(test_problems(data), cluster.workdir / "data" / "test-all.jsonl")
+    before = evaluate_agents(agents, cluster.workdir, models, test_spec, trained=False)
+    after = evaluate_agents(agents, cluster.workdir, models, test_spec, trained=True)
+    metrics["final_eval"] = {
+        name: {
+            "before": before[name]["all"],
+            "after": after[name]["all"],
+            "own_before": before[name]["own"],
+            "own_after": after[name]["own"],
+            "own_nlp_before": before[name]["own_nlp"],
+            "own_nlp_after": after[name]["own_nlp"],
+        }
+        for name in before
     }
 
 
@@ -450,12 +552,13 @@ def run_cluster(config_path: str, out_dir: str | None = None) -> int:
         try:
             start_cluster(cluster, models, data)
             follow(cluster)
-            metrics = collect_cluster_metrics(cluster, started)
+            metrics = collect_cluster_metrics(cluster, data, started)
         except KeyboardInterrupt:
             print("lada: interrupted; stopping every process", file=sys.stderr)
             return 130
         finally:
             cluster.stop_all()
+    add_offline_metrics(metrics, cluster, models, data)
     write_report(report_dir, metrics)
     print(f"report: {report_dir / 'report.md'}")
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from lada.config import ClusterAgentConfig, ClusterConfig, lada_home, load_config
 from lada.redis_conn import shutdown_embedded, start_embedded
+from lada.report import evaluate_agents
 
 log = logging.getLogger("lada.experiment")
 
@@ -102,41 +103,6 @@ def default_base(profile: str) -> ClusterConfig:
     )
 
 
-def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
-    """Greedy accuracy overall and per domain on a JSONL test set."""
-    from lada.evaluation import evaluate
-
-    report = evaluate(model_dir, spec, pass_k=1, progress=False, keep_samples=0)
-    return {"all": report.overall.accuracy, **{d: s.accuracy for d, s in report.by_domain.items()}}
-
-
-def final_model_dir(state_dir: Path) -> Path | None:
-    from slm_agent.checkpoint import CheckpointStore
-    from slm_agent.trainer import WEIGHTS_DIR
-
-    store = CheckpointStore(state_dir)
-    latest = store.latest_round()
-    return store.round_dir(latest) / WEIGHTS_DIR if latest else None
-
-
-def evaluate_agents(
-    config: ClusterConfig, workdir: Path, models: dict[str, Path], test_spec: str, trained: bool
-) -> dict[str, dict[str, float]]:
-    """Each agent's accuracy (own domain and all); `trained=False`: its starting model."""
-    results = {}
-    for agent in config.agents:
-        model_dir = final_model_dir(workdir / "agents" / agent.name) if trained else None
-        scores = accuracy_on(model_dir or models[agent.model], test_spec)
-        home = agent.domains[0]
-        results[agent.name] = {
-            "own": scores.get(home, 0.0),
-            "all": scores["all"],
-            "own_nlp": scores.get(f"{home}_nlp", 0.0),
-            "all_nlp": scores["all_nlp"],
-        }
-    return results
-
-
 def run_combination(
     config: ClusterConfig, workdir: Path, redis: Any, models: dict[str, Path]
 ) -> dict[str, Any]:
@@ -151,12 +117,14 @@ def run_combination(
         for p in load_dataset(f"jsonl:{path}")
     ]
     test_spec = write_jsonl(tests, workdir / "data" / "test-all.jsonl")
-    metrics["final"] = evaluate_agents(config, workdir, models, test_spec, trained=True)
+    metrics["final"] = evaluate_agents(config.agents, workdir, models, test_spec, trained=True)
     metrics["samples_distilled"] = sum(
         r["reported"] for rounds in metrics["agents_rounds"].values() for r in rounds
     )
     if config.policy == "full" and config.loss == "sft":  # once per scenario and seed
-        metrics["local_only"] = evaluate_agents(config, workdir, models, test_spec, trained=False)
+        metrics["local_only"] = evaluate_agents(
+            config.agents, workdir, models, test_spec, trained=False
+        )
     return metrics
 
 

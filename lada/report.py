@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lada.config import ClusterAgentConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
 from lada.v1 import allocator_pb2
@@ -62,11 +63,57 @@ def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:
     return {a.name: [round_metrics(store, r, a.agent_id) for r in rounds] for a in agents}
 
 
+def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
+    """Greedy accuracy overall and per domain on a JSONL test set."""
+    from lada.evaluation import evaluate
+
+    report = evaluate(model_dir, spec, pass_k=0, progress=False, keep_samples=0)
+    domains = report.by_domain.items()
+    return {
+        "all": report.overall.accuracy,
+        "all_nlp": report.overall.mean_nlp,
+        **{d: stats.accuracy for d, stats in domains},
+        **{f"{d}_nlp": stats.mean_nlp for d, stats in domains},
+    }
+
+
+def final_model_dir(state_dir: Path) -> Path | None:
+    """The agent's newest checkpointed weights (None before its first round)."""
+    from slm_agent.checkpoint import CheckpointStore
+    from slm_agent.trainer import WEIGHTS_DIR
+
+    store = CheckpointStore(state_dir)
+    latest = store.latest_round()
+    return store.round_dir(latest) / WEIGHTS_DIR if latest else None
+
+
+def evaluate_agents(
+    agents: list[ClusterAgentConfig],
+    workdir: Path,
+    models: dict[str, Path],
+    test_spec: str,
+    trained: bool,
+) -> dict[str, dict[str, float]]:
+    """Each agent's accuracy (own domain and all); `trained=False`: its starting model."""
+    results = {}
+    for agent in agents:
+        model_dir = final_model_dir(workdir / "agents" / agent.name) if trained else None
+        scores = accuracy_on(model_dir or models[agent.model], test_spec)
+        home = agent.domains[0]
+        results[agent.name] = {
+            "own": scores.get(home, 0.0),
+            "all": scores["all"],
+            "own_nlp": scores.get(f"{home}_nlp", 0.0),
+            "all_nlp": scores["all_nlp"],
+        }
+    return results
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
     return str(value)
 
 
@@ -105,22 +152,76 @@ def render_markdown(metrics: dict[str, Any]) -> str:
             ["agent", "round", "allocated", "reported", "acc before", "acc after", "mean gap"], rows
         )
     )
-    final = metrics.get("final_eval", {})
-    if final:
-        parts += ["", "## Test accuracy before and after the run", ""]
-        parts.append(
-            markdown_table(
-                ["model", "before", "after", "own-domain before", "own-domain after"],
-                [
-                    [name, v.get("before"), v.get("after"), v.get("own_before"), v.get("own_after")]
-                    for name, v in final.items()
-                ],
-            )
-        )
-    if metrics.get("bytes_sent"):
-        parts += ["", "## Bytes each agent sent", ""]
-        parts.append(markdown_table(["agent", "bytes"], list(metrics["bytes_sent"].items())))
+    parts += _final_eval_section(metrics.get("final_eval", {}))
+    parts += _llm_section(metrics.get("llm_accuracy", {}))
+    parts += _traffic_section(
+        metrics.get("bytes_sent", {}), metrics.get("logit_exchange_bytes", {})
+    )
     return "\n".join(parts) + "\n"
+
+
+def _final_eval_section(final: dict[str, dict[str, float]]) -> list[str]:
+    if not final:
+        return []
+    headers = [
+        "agent",
+        "acc before",
+        "acc after",
+        "own-domain before",
+        "own-domain after",
+        "own-domain nlp before",
+        "own-domain nlp after",
+    ]
+    keys = ["before", "after", "own_before", "own_after", "own_nlp_before", "own_nlp_after"]
+    rows = [[name, *(v.get(k) for k in keys)] for name, v in final.items()]
+    return [
+        "",
+        "## Held-out test accuracy before and after the run",
+        "",
+        markdown_table(headers, rows),
+    ]
+
+
+def _llm_section(accuracy: dict[str, float]) -> list[str]:
+    if not accuracy:
+        return []
+    return [
+        "",
+        "## LLM greedy test accuracy by model version",
+        "",
+        markdown_table(["version", "accuracy"], list(accuracy.items())),
+    ]
+
+
+def _traffic_section(
+    sent: dict[str, dict[Any, int]], logits: dict[str, dict[Any, int]]
+) -> list[str]:
+    """Audited bytes per agent per round beside top-128 logit exchange for the same paths."""
+    if not sent:
+        return []
+    rows = []
+    for name, per_round in sent.items():
+        rounds = [r for r in per_round if int(r) > 0]
+        ours = float(np.mean([per_round[r] for r in rounds])) if rounds else None
+        theirs_rounds = logits.get(name, {})
+        theirs = float(np.mean(list(theirs_rounds.values()))) if theirs_rounds else None
+        ratio = theirs / ours if ours and theirs else None
+        rows.append([name, ours, theirs, ratio, per_round.get(0, per_round.get("0", 0))])
+    return [
+        "",
+        "## Bytes on the wire per agent per round",
+        "",
+        markdown_table(
+            [
+                "agent",
+                "LaDa (audited)",
+                "top-128 logit exchange",
+                "logits / LaDa",
+                "outside rounds (registration)",
+            ],
+            rows,
+        ),
+    ]
 
 
 def write_plots(report_dir: Path, metrics: dict[str, Any]) -> list[Path]:
