@@ -243,8 +243,9 @@ def write_plots(report_dir: Path, metrics: dict[str, Any]) -> list[Path]:
             marker="o",
             label=name,
         )
-    for name, value in metrics.get("llm_accuracy_by_round", {}).items():
-        ax.plot(list(range(1, len(value) + 1)), value, linestyle="--", label=f"LLM {name}")
+    for version, accuracy in metrics.get("llm_accuracy", {}).items():
+        ax.axhline(accuracy, linestyle="--", color="gray", label=f"LLM {version} (test)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel="round", ylabel="accuracy after training", title="Accuracy per round")
     ax.legend(fontsize=7)
     written.append(_save(fig, report_dir / "accuracy.png"))
