@@ -3,7 +3,7 @@
 # embedded-Redis tests always run. pytest's "no tests collected" (exit 5) is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check . || exit 1
+.venv/bin/ruff check . && .venv/bin/ruff format --check . >/dev/null || { echo "[test] lint failed: run make format" >&2; exit 1; }
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

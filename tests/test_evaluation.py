@@ -16,10 +16,20 @@ GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
 
 
 def test_evaluate_reports_slices(micro_zoo: ZooManifest, tmp_path: Path) -> None:
-    report = evaluate(micro_zoo.llm, "synthetic:domains=all,n=8,seed=7", batch_size=4,
-                      pass_k=2, max_new_tokens=12, progress=False)
-    assert report.n == 8 and set(report.by_domain) == {"purchases", "rates", "percentages",
-                                                       "comparisons"}
+    report = evaluate(
+        micro_zoo.llm,
+        "synthetic:domains=all,n=8,seed=7",
+        batch_size=4,
+        pass_k=2,
+        max_new_tokens=12,
+        progress=False,
+    )
+    assert report.n == 8 and set(report.by_domain) == {
+        "purchases",
+        "rates",
+        "percentages",
+        "comparisons",
+    }
     assert 0.0 <= report.overall.accuracy <= 1.0 and report.overall.pass_at_k is not None
     assert report.overall.mean_nlp < 0
     assert sum(s.n for s in report.by_difficulty.values()) == 8
@@ -32,8 +42,9 @@ def test_evaluate_reports_slices(micro_zoo: ZooManifest, tmp_path: Path) -> None
 @pytest.mark.skipif(not GSM8K_TEST.exists(), reason="GSM8K data not present")
 def test_evaluate_on_gsm8k_file(micro_zoo: ZooManifest) -> None:
     slm = next(iter(micro_zoo.slms.values()))
-    report = evaluate(slm, f"gsm8k:{GSM8K_TEST},limit=3", batch_size=3, pass_k=0,
-                      max_new_tokens=6, progress=False)
+    report = evaluate(
+        slm, f"gsm8k:{GSM8K_TEST},limit=3", batch_size=3, pass_k=0, max_new_tokens=6, progress=False
+    )
     assert report.n == 3 and set(report.by_domain) == {"gsm8k"}
     assert report.overall.pass_at_k is None and "pass@" not in report.to_markdown()
 
@@ -44,8 +55,9 @@ def test_scores_do_not_depend_on_batching(micro_zoo: ZooManifest) -> None:
     prompts = [format_prompt(p.question) for p in problems]
     targets = [format_target(p.reference) for p in problems]
     together = score_completions(model, tok, prompts, targets, batch_size=5)
-    alone = [score_completions(model, tok, [p], [t])[0] for p, t in zip(prompts, targets,
-                                                                      strict=True)]
+    alone = [
+        score_completions(model, tok, [p], [t])[0] for p, t in zip(prompts, targets, strict=True)
+    ]
     for a, b in zip(together, alone, strict=True):
         assert a.joint == pytest.approx(b.joint, abs=1e-3)
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
@@ -57,8 +69,10 @@ def test_generate_batched_matches_single_and_samples(micro_zoo: ZooManifest) -> 
     batched = generate(model, tok, prompts, max_new_tokens=10)
     single = [generate(model, tok, [p], max_new_tokens=10)[0] for p in prompts]
     assert batched == single
-    sampled = generate(model, tok, prompts, max_new_tokens=10, greedy=False, temperature=1.0,
-                       n=3, seed=5)
+    sampled = generate(
+        model, tok, prompts, max_new_tokens=10, greedy=False, temperature=1.0, n=3, seed=5
+    )
     assert [len(s) for s in sampled] == [3, 3, 3]
-    assert sampled == generate(model, tok, prompts, max_new_tokens=10, greedy=False,
-                               temperature=1.0, n=3, seed=5)
+    assert sampled == generate(
+        model, tok, prompts, max_new_tokens=10, greedy=False, temperature=1.0, n=3, seed=5
+    )

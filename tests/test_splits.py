@@ -10,10 +10,15 @@ from lada.tasks import DOMAINS, DatasetSpecError, SplitSpec, make_split, pool_fi
 
 SPEC = {
     "source": "synthetic:domains=all,n=2400,seed=1",
-    "public_size": 600, "test_size": 50, "skew": 50.0, "seed": 3,
-    "agents": [{"name": "a", "domains": ["purchases"], "private_size": 200},
-               {"name": "b", "domains": "rates+percentages", "private_size": 150},
-               {"name": "c", "domains": ["comparisons"], "private_size": 100}],
+    "public_size": 600,
+    "test_size": 50,
+    "skew": 50.0,
+    "seed": 3,
+    "agents": [
+        {"name": "a", "domains": ["purchases"], "private_size": 200},
+        {"name": "b", "domains": "rates+percentages", "private_size": 150},
+        {"name": "c", "domains": ["comparisons"], "private_size": 100},
+    ],
 }
 
 
@@ -49,11 +54,14 @@ def test_fingerprint_sensitive_to_content() -> None:
     assert pool_fingerprint(changed) != pool_fingerprint(pool)
 
 
-@pytest.mark.parametrize(("patch", "needle"), [
-    ({"public_size": 100000}, "not enough"),
-    ({"agents": [{"name": "z", "domains": ["cooking"]}]}, "not in source"),
-    ({"colour": 1}, "unknown split field"),
-])
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"public_size": 100000}, "not enough"),
+        ({"agents": [{"name": "z", "domains": ["cooking"]}]}, "not in source"),
+        ({"colour": 1}, "unknown split field"),
+    ],
+)
 def test_bad_split_specs(patch: dict, needle: str) -> None:
     with pytest.raises(DatasetSpecError, match=needle):
         make_split(SplitSpec.from_dict({**SPEC, **patch}))

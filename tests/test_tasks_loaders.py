@@ -25,16 +25,25 @@ def test_gsm8k_format_strips_calculator_annotations(tmp_path: Path) -> None:
 
 
 def test_generic_jsonl_with_optional_fields(tmp_path: Path) -> None:
-    rows = [json.dumps({"question": "a?", "answer": "2+2=4\n#### 4", "id": "x1", "domain": "m"}),
-            json.dumps({"question": "b?", "answer": 7})]
+    rows = [
+        json.dumps({"question": "a?", "answer": "2+2=4\n#### 4", "id": "x1", "domain": "m"}),
+        json.dumps({"question": "b?", "answer": 7}),
+    ]
     problems = load_dataset(f"jsonl:{_write(tmp_path / 'j.jsonl', rows)},domain=misc")
     assert [(p.id, p.domain, p.answer, p.difficulty) for p in problems][0] == ("x1", "m", "4", 1)
     assert problems[1].domain == "misc" and problems[1].reference == "#### 7"
     assert problems[1].id.startswith("jsonl-")
 
 
-@pytest.mark.parametrize("bad", ["{not json", json.dumps({"question": "q"}),
-                                 json.dumps([1, 2]), json.dumps({"question": 3, "answer": "4"})])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{not json",
+        json.dumps({"question": "q"}),
+        json.dumps([1, 2]),
+        json.dumps({"question": 3, "answer": "4"}),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path: Path, bad: str) -> None:
     good = json.dumps({"question": "q?", "answer": "#### 1"})
     path = _write(tmp_path / "bad.jsonl", [good, good.replace("q?", "r?"), bad])
@@ -42,15 +51,18 @@ def test_malformed_line_names_file_and_line(tmp_path: Path, bad: str) -> None:
         load_dataset(f"jsonl:{path}")
 
 
-@pytest.mark.parametrize(("spec", "needle"), [
-    ("hub:foo", "valid sources: synthetic, gsm8k, jsonl"),
-    ("nocolon", "valid sources"),
-    ("synthetic:size=3", "valid parameters: domains, n, seed, steps, scale"),
-    ("synthetic:domains=cooking", "valid: all"),
-    ("synthetic:steps=0-9", "steps"),
-    ("gsm8k:/nonexistent/x.jsonl", "not found"),
-    ("jsonl:/tmp/a.jsonl,bogus=1", "valid parameters: limit, domain"),
-])
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("hub:foo", "valid sources: synthetic, gsm8k, jsonl"),
+        ("nocolon", "valid sources"),
+        ("synthetic:size=3", "valid parameters: domains, n, seed, steps, scale"),
+        ("synthetic:domains=cooking", "valid: all"),
+        ("synthetic:steps=0-9", "steps"),
+        ("gsm8k:/nonexistent/x.jsonl", "not found"),
+        ("jsonl:/tmp/a.jsonl,bogus=1", "valid parameters: limit, domain"),
+    ],
+)
 def test_bad_specs_explain_valid_choices(spec: str, needle: str) -> None:
     with pytest.raises(DatasetSpecError, match=needle):
         load_dataset(spec)

@@ -12,20 +12,23 @@ from lada.tasks import extract_answer, is_correct, load_dataset, normalize_answe
 GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("#### 18", "18"),
-    ("steps...\n#### 18", "18"),
-    ("The answer is 18.", "18"),
-    ("the answer is $1,234.00", "1234"),
-    ("A: 18", "18"),
-    ("She sells 16 - 3 - 4 = 9 eggs", "9"),
-    ("#### -5", "-5"),
-    ("costs $3.50 in total", "3.5"),
-    ("#### $1,000", "1000"),
-    ("18.0", "18"),
-    ("5 then 7 then 12", "12"),
-    ("#### 7\nQ: next 99", "7"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("#### 18", "18"),
+        ("steps...\n#### 18", "18"),
+        ("The answer is 18.", "18"),
+        ("the answer is $1,234.00", "1234"),
+        ("A: 18", "18"),
+        ("She sells 16 - 3 - 4 = 9 eggs", "9"),
+        ("#### -5", "-5"),
+        ("costs $3.50 in total", "3.5"),
+        ("#### $1,000", "1000"),
+        ("18.0", "18"),
+        ("5 then 7 then 12", "12"),
+        ("#### 7\nQ: next 99", "7"),
+    ],
+)
 def test_extract_answer_formats(text: str, expected: str) -> None:
     assert extract_answer(text) == expected
 
@@ -35,8 +38,10 @@ def test_no_number_is_none_and_incorrect() -> None:
     assert not is_correct("I do not know", "3")
 
 
-@pytest.mark.parametrize(("raw", "norm"), [("$1,000", "1000"), ("18.", "18"), ("3.50", "3.5"),
-                                           ("+4", "4"), ("007", "7"), ("1/2", "1/2")])
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [("$1,000", "1000"), ("18.", "18"), ("3.50", "3.5"), ("+4", "4"), ("007", "7"), ("1/2", "1/2")],
+)
 def test_normalize_answer(raw: str, norm: str) -> None:
     assert normalize_answer(raw) == norm
 
