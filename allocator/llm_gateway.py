@@ -45,13 +45,23 @@ class LLMGateway(ABC):
 class GrpcLLMGateway(LLMGateway):
     """The LLM service over gRPC, with a deadline on every call."""
 
-    def __init__(self, address: str, timeout_s: float = 600.0, max_tokens: int = 256) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 600.0,
+        max_tokens: int = 256,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.max_tokens = max_tokens
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = (
+            grpc.secure_channel(address, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(address, options=options)
+        )
         self._stub = llm_service_pb2_grpc.LLMServiceStub(self._channel)
         self._timeout = timeout_s
 

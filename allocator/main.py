@@ -12,7 +12,7 @@ from allocator.llm_gateway import GrpcLLMGateway
 from allocator.service import AllocatorServicer
 from lada.config import AllocatorConfig, AllocatorSettings
 from lada.redis_conn import connect
-from lada.server import ServiceBinding, run_until_signalled, start_server
+from lada.server import ServiceBinding, channel_credentials, run_until_signalled, start_server
 from lada.state import Conflict, StateStore
 from lada.tasks import DatasetSpecError, load_dataset
 from lada.v1 import allocator_pb2_grpc
@@ -37,7 +37,11 @@ def serve(config: AllocatorConfig) -> int:
         print(f"lada allocator: {exc}", file=sys.stderr)
         return 2
     llm = (
-        GrpcLLMGateway(config.llm_address, core.settings.llm_timeout_s)
+        GrpcLLMGateway(
+            config.llm_address,
+            core.settings.llm_timeout_s,
+            credentials=channel_credentials(config.llm_tls),
+        )
         if config.llm_address
         else None
     )

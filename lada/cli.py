@@ -158,6 +158,21 @@ def allocator_group() -> None:
 )
 @click.option("--run-id", default=None, help="Run name; prefixes every Redis key.")
 @click.option(
+    "--llm-tls-ca",
+    "llm_tls_ca",
+    default=None,
+    help="PEM CA of the LLM service: connect to it over TLS.",
+)
+@click.option(
+    "--llm-tls-client-cert",
+    "llm_tls_cert",
+    default=None,
+    help="PEM client certificate for an LLM service that requires mTLS.",
+)
+@click.option(
+    "--llm-tls-client-key", "llm_tls_key", default=None, help="PEM key for --llm-tls-client-cert."
+)
+@click.option(
     "--operator-token",
     default=None,
     envvar="LADA_OPERATOR_TOKEN",
@@ -167,7 +182,8 @@ def allocator_serve(config_path: str | None, **kwargs: Any) -> None:
     """Serve the Allocator gRPC service until SIGTERM."""
     from allocator.main import serve
 
-    overrides = _server_overrides(kwargs) | kwargs
+    llm_tls = {f"llm_tls.{k}": kwargs.pop(f"llm_tls_{k}") for k in ("ca", "cert", "key")}
+    overrides = _server_overrides(kwargs) | kwargs | llm_tls
     _run_service(serve, _load(AllocatorConfig, config_path, "allocator", overrides))
 
 

