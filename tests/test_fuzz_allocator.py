@@ -35,7 +35,12 @@ CLEAN = {
 FUZZ = settings(
     max_examples=40,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,  # the same examples on every run: CI is reproducible
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,  # huge strings are the point
+    ],
 )
 
 texts = st.one_of(
