@@ -14,34 +14,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lada.v1 import allocator_pb2, allocator_pb2_grpc
 from tests.fixtures_allocator import OPERATOR_TOKEN, allocator_run
+from tests.fuzzing import CLEAN_CODES, fuzz_settings
 from tests.procs import health_status
 
-CLEAN = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.OUT_OF_RANGE,
-}
-FUZZ = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: CI is reproducible
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,  # huge strings are the point
-    ],
-)
+FUZZ = fuzz_settings(40)
 
 texts = st.one_of(
     st.text(max_size=40),
@@ -76,7 +57,7 @@ def _call(method, request, metadata=()) -> grpc.StatusCode:  # type: ignore[no-u
     try:
         method(request, timeout=20, metadata=metadata)
     except grpc.RpcError as exc:
-        assert exc.code() in CLEAN, f"{exc.code()}: {exc.details()}"
+        assert exc.code() in CLEAN_CODES, f"{exc.code()}: {exc.details()}"
         return exc.code()
     return grpc.StatusCode.OK
 
@@ -216,7 +197,7 @@ def test_raw_bytes_never_crash_the_server(fuzz_target, payload, method) -> None:
         try:
             call(payload, timeout=20)
         except grpc.RpcError as exc:
-            assert exc.code() in CLEAN | {grpc.StatusCode.INTERNAL}, exc.details()
+            assert exc.code() in CLEAN_CODES | {grpc.StatusCode.INTERNAL}, exc.details()
             if exc.code() is grpc.StatusCode.INTERNAL:
                 assert "deserializ" in (exc.details() or "").lower()
     if method != "GetRoundStatus":

@@ -11,32 +11,16 @@ import math
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lada.v1 import llm_service_pb2, llm_service_pb2_grpc
+from tests.fuzzing import CLEAN_CODES, fuzz_settings
 from tests.procs import health_status
 
 pytestmark = [pytest.mark.vllm]
 
-CLEAN = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-}
-FUZZ = settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,  # the same examples on every run: CI is reproducible
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,  # huge strings are the point
-    ],
-)
+FUZZ = fuzz_settings(25)
 texts = st.one_of(
     st.text(max_size=30),
     st.text(min_size=3000, max_size=6000),
@@ -58,7 +42,7 @@ def _call(method, request):  # type: ignore[no-untyped-def]
     try:
         return method(request, timeout=120)
     except grpc.RpcError as exc:
-        assert exc.code() in CLEAN, f"{exc.code()}: {exc.details()}"
+        assert exc.code() in CLEAN_CODES, f"{exc.code()}: {exc.details()}"
         return None
 
 
