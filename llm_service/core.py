@@ -45,13 +45,13 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request ceilings (from LLMServiceConfig and LLMServiceExtras)."""
+    """Per-request ceilings; the values (and defaults) come from lada.config."""
 
-    max_paths_per_request: int = 16
-    max_tokens_limit: int = 512
-    max_samples_per_request: int = 1024
-    max_absorb_contributions: int = 4096
-    max_lora_rank: int = 32
+    max_paths_per_request: int
+    max_tokens_limit: int
+    max_samples_per_request: int
+    max_absorb_contributions: int
+    max_lora_rank: int
 
 
 @dataclass
