@@ -498,22 +498,7 @@ class StateStore:
     ) -> None:
         """Write every agent's allocation for a round in one transaction (all or nothing)."""
         pipe = self.redis.pipeline(transaction=True)
-        for agent_id, samples in allocations.items():
-            key = self.key("alloc", round_number, agent_id)
-            pipe.delete(key)
-            if samples:
-                pipe.hset(
-                    key,
-                    mapping={
-                        a.sample_id: json.dumps(
-                            {"cluster": a.cluster, "version": a.version, "pos": pos}
-                        )
-                        for pos, a in enumerate(samples)
-                    },
-                )
-            pipe.hset(
-                self.key("round", round_number, "agents"), agent_id, AgentRoundState.ALLOCATED.value
-            )
+        self._queue_allocations(pipe, round_number, allocations)
         pipe.execute()
 
     def get_allocation(self, round_number: int, agent_id: str) -> list[Allocation]:
