@@ -122,12 +122,14 @@ class RoundDriver:
         ids = [a.agent_id for a in participants]
         known = self.store.known_gaps_many(ids)
         views = []
-        for agent in participants:
+        for agent in sorted(participants, key=lambda a: a.name):  # order-free, like the draws
             idx, gaps, solved = decode_known_gaps(known[agent.agent_id], core.pool)
             learner = LearnerState.from_json(
                 learners.get(agent.agent_id), core.pool.num_clusters, core.config.lada
             )
-            views.append(AgentView(agent.agent_id, agent.capacity, learner, idx, gaps, solved))
+            views.append(
+                AgentView(agent.agent_id, agent.capacity, learner, idx, gaps, solved, agent.name)
+            )
         return AllocationRequest(
             round=r,
             pool=core.pool,

@@ -81,7 +81,11 @@ class LearnerState:
 
 @dataclass
 class AgentView:
-    """What a policy may know of one participant: capacity, arms, band, measured gaps."""
+    """What a policy may know of one participant: capacity, arms, band, measured gaps.
+
+    `name` (unique in a run) keys the agent's random draws, so a rerun with the same seed
+    draws the same samples although agent IDs are random (simulation and cluster agree).
+    """
 
     agent_id: str
     capacity: int
@@ -89,6 +93,11 @@ class AgentView:
     known_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     known_gap: np.ndarray = field(default_factory=lambda: np.zeros(0))
     known_solved: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    name: str = ""
+
+    @property
+    def draw_key(self) -> str:
+        return self.name or self.agent_id
 
 
 @dataclass
@@ -104,9 +113,9 @@ class AllocationRequest:
     seed: int = 0
 
 
-def agent_rng(seed: int, round_number: int, agent_id: str) -> np.random.Generator:
+def agent_rng(seed: int, round_number: int, agent_key: str) -> np.random.Generator:
     """Reproducible per (seed, round, agent): a restarted allocator draws the same samples."""
-    digest = int.from_bytes(hashlib.sha256(agent_id.encode()).digest()[:8], "little")
+    digest = int.from_bytes(hashlib.sha256(agent_key.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, round_number, digest])
 
 
@@ -155,7 +164,7 @@ class RandomPolicy(AllocationPolicy):
         size = len(request.pool)
         out: dict[str, np.ndarray] = {}
         for agent in request.agents:
-            rng = agent_rng(request.seed, request.round, agent.agent_id)
+            rng = agent_rng(request.seed, request.round, agent.draw_key)
             take = min(agent.capacity, size)
             out[agent.agent_id] = _distinct_draw(rng, size, take)
         return out
@@ -196,7 +205,7 @@ class LadaPolicy(AllocationPolicy):
         )
         out: dict[str, np.ndarray] = {}
         for agent, plan, quota in zip(request.agents, plans, quotas, strict=True):
-            rng = agent_rng(request.seed, request.round, agent.agent_id)
+            rng = agent_rng(request.seed, request.round, agent.draw_key)
             out[agent.agent_id] = plan.select(pool, quota, request.unlearnable, rng)
         return out
 

@@ -7,6 +7,7 @@ process on Ctrl-C or at the end, and writes report.md, metrics.json and plots.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 
 from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, lada_home, load_config
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
@@ -218,13 +220,29 @@ def llm_args(config: ClusterConfig, model: Path, port: int, public_pool: str) ->
     ]
 
 
+def write_method_settings(config: ClusterConfig, workdir: Path) -> Path:
+    """The cluster's LaDa hyper-parameters as one YAML file the allocator and agents load
+    (`--config`), so a `lada:` section in the cluster file reaches every process."""
+    hyper = dataclasses.asdict(config.lada)
+    path = workdir / "method.yaml"
+    path.write_text(yaml.safe_dump({"allocator": {"lada": hyper}, "agent": {"lada": hyper}}))
+    return path
+
+
 def allocator_args(
-    config: ClusterConfig, run_id: str, port: int, llm: str, redis_url: str, public_pool: str
+    config: ClusterConfig,
+    run_id: str,
+    port: int,
+    llm: str,
+    redis_url: str,
+    public_pool: str,
+    settings: Path,
 ) -> list[str]:
     return [
         "allocator",
         "serve",
         *flags(
+            config=settings,
             port=port,
             metrics_port=-1,
             redis_url=redis_url,
@@ -249,11 +267,13 @@ def agent_args(
     state_dir: Path,
     private_data: str,
     public_pool: str,
+    settings: Path,
 ) -> list[str]:
     return [
         "agent",
         "run",
         *flags(
+            config=settings,
             port=port,
             metrics_port=-1,
             allocator=allocator,
@@ -289,13 +309,20 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
     """LLM service first (slowest to start), then the allocator, then every agent."""
     config = cluster.config
     llm_port, allocator_port = free_port(), free_port()
+    settings = write_method_settings(config, cluster.workdir)
     llm_model = models[config.llm_model]
     llm = cluster.start("llm", llm_args(config, llm_model, llm_port, data.public), llm_port)
     wait_serving(llm, config.startup_timeout_s)
     allocator = cluster.start(
         "allocator",
         allocator_args(
-            config, cluster.run_id, allocator_port, llm.address, cluster.redis.url, data.public
+            config,
+            cluster.run_id,
+            allocator_port,
+            llm.address,
+            cluster.redis.url,
+            data.public,
+            settings,
         ),
         allocator_port,
     )
@@ -312,6 +339,7 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             cluster.workdir / "agents" / agent.name,
             data.private[agent.name],
             data.public,
+            settings,
         )
         wait_serving(cluster.start(agent.name, args, port), 300)
 
@@ -336,7 +364,7 @@ def poll(cluster: Cluster) -> Snapshot:
     for agent in status.agents:
         row: dict[str, object] = {
             "name": agent.name,
-            "state": AGENT_STATE.Name(agent.state),
+            "state": AGENT_STATE.Name(agent.state).removeprefix("AGENT_ROUND_STATE_"),
             "allocated": agent.allocated,
             "reported": agent.reported,
         }
@@ -364,6 +392,9 @@ def agent_status(address: str) -> dict[str, object]:
     }
 
 
+AGENT_COLUMNS = ("state", "allocated", "reported", "activity", "accuracy", "bytes_sent")
+
+
 def render(snapshot: Snapshot, elapsed: float):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
@@ -371,51 +402,69 @@ def render(snapshot: Snapshot, elapsed: float):  # type: ignore[no-untyped-def]
         title=f"LaDa round {snapshot.round}/{snapshot.total_rounds} "
         f"[{snapshot.phase}]  {elapsed:.0f}s"
     )
-    for column in ("agent", "state", "allocated", "reported", "activity", "accuracy", "bytes"):
-        table.add_column(column)
+    table.add_column("agent")
+    for column in AGENT_COLUMNS:
+        table.add_column(column.replace("_sent", ""))
     for row in snapshot.agents:
-        table.add_row(
-            *(
-                str(row.get(k, ""))
-                for k in (
-                    "name",
-                    "state",
-                    "allocated",
-                    "reported",
-                    "activity",
-                    "accuracy",
-                    "bytes_sent",
-                )
-            )
-        )
+        table.add_row(*(str(row.get(k, "")) for k in ("name", *AGENT_COLUMNS)))
     return table
 
 
+def progress_line(snapshot: Snapshot) -> str:
+    """One plain-text line of the live view (logs and pipes get this instead of the table)."""
+    agents = "; ".join(
+        f"{row.get('name')}: {row.get('state', '')} "
+        f"{row.get('reported', 0)}/{row.get('allocated', 0)} reported"
+        + (f", {row['activity']}" if row.get("activity") else "")
+        + (f", accuracy {row['accuracy']}" if row.get("accuracy") not in (None, "") else "")
+        for row in snapshot.agents
+    )
+    return f"round {snapshot.round}/{snapshot.total_rounds} [{snapshot.phase}] {agents}".rstrip()
+
+
 def follow(cluster: Cluster, poll_seconds: float = 1.0) -> Snapshot:
-    """Show live progress until the last round closes or a core service dies."""
+    """Show progress until the last round closes or a core service dies: a live table on a
+    terminal, else one line each time something changes."""
     from rich.console import Console
     from rich.live import Live
 
     started = time.monotonic()
     snapshot = Snapshot(0, cluster.config.rounds, "STARTING", [], False)
     console = Console(stderr=True)
-    with Live(
-        render(snapshot, 0),
-        console=console,
-        refresh_per_second=2,
-        transient=not console.is_terminal,
-    ) as live:
+    if not console.is_terminal:
+        return _follow_plain(cluster, snapshot, poll_seconds, started)
+    with Live(render(snapshot, 0), console=console, refresh_per_second=2) as live:
         while not snapshot.finished:
-            for core in ("allocator", "llm"):
-                if not cluster.children[core].alive():
-                    raise RuntimeError(f"{core} died:\n{cluster.children[core].log_tail()}")
-            try:
-                snapshot = poll(cluster)
-            except grpc.RpcError as exc:
-                log.warning("status poll failed: %s", exc.code().name)
+            snapshot = _next_snapshot(cluster, snapshot)
             live.update(render(snapshot, time.monotonic() - started))
             time.sleep(poll_seconds)
     return snapshot
+
+
+def _follow_plain(
+    cluster: Cluster, snapshot: Snapshot, poll_seconds: float, started: float
+) -> Snapshot:
+    shown = ""
+    while not snapshot.finished:
+        snapshot = _next_snapshot(cluster, snapshot)
+        line = progress_line(snapshot)
+        if line != shown:
+            print(f"[{time.monotonic() - started:6.0f}s] {line}", file=sys.stderr, flush=True)
+            shown = line
+        time.sleep(poll_seconds)
+    return snapshot
+
+
+def _next_snapshot(cluster: Cluster, previous: Snapshot) -> Snapshot:
+    """Poll the allocator; raise if a core service died, keep the last view on a failed poll."""
+    for core in ("allocator", "llm"):
+        if not cluster.children[core].alive():
+            raise RuntimeError(f"{core} died:\n{cluster.children[core].log_tail()}")
+    try:
+        return poll(cluster)
+    except grpc.RpcError as exc:
+        log.warning("status poll failed: %s", exc.code().name)
+        return previous
 
 
 LOGIT_TOP_K = 128  # FedMKT-style mutual distillation sends the top-128 logits per token

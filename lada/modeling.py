@@ -10,13 +10,24 @@ is the sum over completion_ids of log p(token | everything before it).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from lada.sampling import Sampling
 
 STOP_TEXT = "\nQ:"  # a new question starts: the answer is over (for models without EOS habits)
 _WEIGHT_FILES = (
@@ -174,7 +185,98 @@ def _cut(text: str) -> str:
     return text.split(STOP_TEXT, 1)[0]
 
 
+def row_seed(seed: int, prompt_ids: Sequence[int], copy: int) -> int:
+    """The seed of one sampled continuation: a function of (seed, prompt, copy) only."""
+    digest = hashlib.sha256(f"{seed}|{copy}|{','.join(map(str, prompt_ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class RowSeededSampler(LogitsProcessor):
+    """Gumbel-max sampling with one generator per batch row, run under greedy decoding.
+
+    A row's tokens depend only on its own seed, never on which prompts share its batch, so
+    the LLM's path cache, simulation mode and the cluster all see the same paths.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        vocab = scores.shape[-1]
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+        return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
+
+
+def _pad_left(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, row in enumerate(rows):
+        ids[j, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[j, width - len(row) :] = 1
+    return ids, mask
+
+
+def _strip_padding(row: list[int], eos: int | None, pad: int | None) -> list[int]:
+    """Generated ids up to and including the first EOS (what follows is padding)."""
+    if eos is not None and eos in row:
+        return row[: row.index(eos) + 1]
+    if pad is not None and pad != eos:
+        while row and row[-1] == pad:
+            row = row[:-1]
+    return row
+
+
 @torch.no_grad()
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    prompt_ids: Sequence[list[int]],
+    sampling: Sampling,
+    batch_size: int = 32,
+) -> list[list[list[int]]]:
+    """Per prompt, `n` generated id lists (EOS kept, padding removed); `batch_size`
+    prompts (times their copies) per batch, left padded.
+
+    Greedy decodes each prompt once and repeats it; sampling seeds every (prompt, copy)
+    on its own (`row_seed`), so the result does not depend on batching or call order.
+    """
+    copies = 1 if sampling.greedy else sampling.n
+    rows = [(i, k) for i in range(len(prompt_ids)) for k in range(copies)]
+    rows.sort(key=lambda row: len(prompt_ids[row[0]]))
+    device = next(model.parameters()).device
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    out: list[list[list[int]]] = [[[] for _ in range(copies)] for _ in prompt_ids]
+    rows_per_batch = batch_size * copies
+    for start in range(0, len(rows), rows_per_batch):
+        chunk = rows[start : start + rows_per_batch]
+        ids, mask = _pad_left([prompt_ids[i] for i, _ in chunk], pad)
+        processors = LogitsProcessorList()
+        if not sampling.greedy:
+            seeds = [row_seed(sampling.seed, prompt_ids[i], k) for i, k in chunk]
+            processors.append(RowSeededSampler(seeds, sampling.temperature, sampling.top_p))
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=sampling.max_tokens,
+            do_sample=False,
+            logits_processor=processors,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )[:, ids.shape[1] :]
+        for (i, k), row in zip(chunk, generated.tolist(), strict=True):
+            out[i][k] = _strip_padding(row, eos, pad)
+    return [[list(paths[0]) for _ in range(sampling.n)] if copies == 1 else paths for paths in out]
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -187,37 +289,11 @@ def generate(
     seed: int = 0,
     batch_size: int = 32,
 ) -> list[list[str]]:
-    """`n` completions per prompt (batched, left padding); text after the prompt only."""
-    torch.manual_seed(seed)
+    """`n` completions per prompt; text after the prompt only, cut at STOP_TEXT."""
+    sampling = Sampling(n, 0.0 if greedy else temperature, top_p, max_new_tokens, seed)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    outputs: list[list[str]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        rows = [encoded[i] for i in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, row in enumerate(rows):
-            ids[j, width - len(row) :] = torch.tensor(row)
-            mask[j, width - len(row) :] = 1
-        kwargs: dict[str, Any] = (
-            {"do_sample": False}
-            if greedy
-            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        )
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            **kwargs,
-        )
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        for j, i in enumerate(chunk):
-            outputs[i] = [_cut(t) for t in texts[j * n : (j + 1) * n]]
-    return outputs
+    generated = generate_ids(model, tokenizer, encoded, sampling, batch_size)
+    return [
+        [_cut(tokenizer.decode(ids, skip_special_tokens=True)) for ids in paths]
+        for paths in generated
+    ]

@@ -182,6 +182,7 @@ def test_a_round_reports_every_path_of_every_allocated_sample(
         prompt = format_prompt(agent_pool[stat.sample_id].question)
         now = trainer.score([prompt] * 3, [p.text for p in llm_paths])
         assert [p.slm_normalized_logprob_after for p in stat.paths] == pytest.approx(now, abs=1e-5)
-        assert all(p.slm_normalized_logprob_before < 0 for p in stat.paths)
+        spoken = [p for p, path in zip(stat.paths, llm_paths, strict=True) if path.text]
+        assert all(p.slm_normalized_logprob_before < 0 for p in spoken)  # empty paths score 0
     assert outcome.train.steps == 2  # 6 samples, 4 per step
     assert outcome.correct_path_nlp_after > outcome.correct_path_nlp_before

@@ -76,3 +76,17 @@ def test_generate_batched_matches_single_and_samples(micro_zoo: ZooManifest) -> 
     assert sampled == generate(
         model, tok, prompts, max_new_tokens=10, greedy=False, temperature=1.0, n=3, seed=5
     )
+
+
+def test_a_sampled_path_depends_on_its_prompt_and_seed_not_on_its_batch(
+    micro_zoo: ZooManifest,
+) -> None:
+    model, tokenizer = load_causal_lm(micro_zoo.llm)
+    prompts = [format_prompt(p.question) for p in load_dataset("synthetic:n=5,seed=3")]
+    sample = {"greedy": False, "temperature": 1.0, "n": 3, "seed": 7}
+    together = generate(model, tokenizer, prompts, 16, batch_size=4, **sample)
+    alone = [generate(model, tokenizer, [p], 16, **sample)[0] for p in reversed(prompts)]
+    assert together == alone[::-1]
+    assert len({text for paths in together for text in paths}) > 5  # really sampled
+    reseeded = generate(model, tokenizer, prompts, 16, **{**sample, "seed": 8})
+    assert reseeded != together

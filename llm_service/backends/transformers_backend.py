@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from lada.modeling import PathLogProbs, completion_logprobs, load_causal_lm, score_completions
+from lada.modeling import (
+    PathLogProbs,
+    completion_logprobs,
+    generate_ids,
+    load_causal_lm,
+    score_completions,
+)
 from llm_service.backends.base import (
     BackendSettings,
     GeneratedPath,
@@ -104,42 +110,12 @@ class TransformersBackend(LLMBackend):
         while len(self._merged) > MERGED_MODELS_KEPT:
             self._merged.popitem(last=False)
 
-    @torch.no_grad()
     def _sample(
         self, model: PreTrainedModel, prompts: list[str], sampling: Sampling
     ) -> list[list[list[int]]]:
         """Raw generated ids: per prompt, `n` id lists (padding removed, EOS kept)."""
-        torch.manual_seed(sampling.seed)
-        tok = self._tokenizer
         encoded = [self.prompt_ids(p) for p in prompts]
-        out: list[list[list[int]]] = [[] for _ in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), GENERATE_BATCH):
-            chunk = order[start : start + GENERATE_BATCH]
-            ids, mask = _left_pad([encoded[i] for i in chunk], tok.pad_token_id)
-            kwargs: dict[str, Any] = (
-                {"do_sample": False}
-                if sampling.greedy
-                else {
-                    "do_sample": True,
-                    "temperature": sampling.temperature,
-                    "top_p": sampling.top_p,
-                    "top_k": 0,
-                }
-            )
-            generated = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=sampling.max_tokens,
-                num_return_sequences=sampling.n,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                **kwargs,
-            )[:, ids.shape[1] :]
-            for j, i in enumerate(chunk):
-                rows = generated[j * sampling.n : (j + 1) * sampling.n].tolist()
-                out[i] = [_strip_padding(r, tok.eos_token_id, tok.pad_token_id) for r in rows]
-        return out
+        return generate_ids(model, self._tokenizer, encoded, sampling, GENERATE_BATCH)
 
     def _finish(
         self,
@@ -182,23 +158,3 @@ class TransformersBackend(LLMBackend):
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
-
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, row in enumerate(rows):
-        ids[j, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[j, width - len(row) :] = 1
-    return ids, mask
-
-
-def _strip_padding(row: list[int], eos: int | None, pad: int | None) -> list[int]:
-    """Generated ids up to and including the first EOS (what follows is padding)."""
-    if eos is not None and eos in row:
-        return row[: row.index(eos) + 1]
-    if pad is not None and pad != eos:
-        while row and row[-1] == pad:
-            row = row[:-1]
-    return row
