@@ -14,6 +14,8 @@ import grpc
 from lada.config import MAX_MESSAGE_BYTES
 from lada.v1 import llm_service_pb2, llm_service_pb2_grpc
 
+ACCURACY_MAX_TOKENS = 256  # token budget of the paths that measure the LLM's accuracy
+
 
 @dataclass
 class Contribution:
@@ -49,7 +51,7 @@ class GrpcLLMGateway(LLMGateway):
         self,
         address: str,
         timeout_s: float = 600.0,
-        max_tokens: int = 256,
+        max_tokens: int = ACCURACY_MAX_TOKENS,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.max_tokens = max_tokens

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -475,24 +475,41 @@ def test_problems(data: DataFiles) -> list[Problem]:
     return [p for spec in data.test.values() for p in load_dataset(spec)]
 
 
+LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test sets
+
+
+def llm_accuracy_of(
+    answers: Callable[[list[str], str], list[str]], versions: list[str], problems: list[Problem]
+) -> dict[str, float]:
+    """Greedy accuracy per model version; `answers(prompts, version)` runs the LLM."""
+    prompts = [format_prompt(p.question) for p in problems]
+    accuracy = {}
+    for version in dict.fromkeys(versions):
+        hits = [
+            is_correct(text, p.answer)
+            for text, p in zip(answers(prompts, version), problems, strict=True)
+        ]
+        accuracy[version] = sum(hits) / max(len(hits), 1)
+    return accuracy
+
+
 def llm_accuracy(address: str, problems: list[Problem]) -> dict[str, float]:
     """Greedy accuracy of the base model and of the version being served (after absorbing)."""
     from llm_service.client import LLMClient
 
-    prompts = [format_prompt(p.question) for p in problems]
     with LLMClient(address) as client:
-        versions = ["base", client.serving_version()]
-        accuracy = {}
-        for version in dict.fromkeys(versions):
+
+        def answers(prompts: list[str], version: str) -> list[str]:
             result = client.generate(
-                prompts=prompts, n=1, temperature=0.0, max_tokens=128, model_version=version
+                prompts=prompts,
+                n=1,
+                temperature=0.0,
+                max_tokens=LLM_EVAL_MAX_TOKENS,
+                model_version=version,
             )
-            hits = [
-                is_correct(r.paths[0].text, p.answer)
-                for r, p in zip(result.results, problems, strict=True)
-            ]
-            accuracy[version] = sum(hits) / max(len(hits), 1)
-    return accuracy
+            return [r.paths[0].text for r in result.results]
+
+        return llm_accuracy_of(answers, ["base", client.serving_version()], problems)
 
 
 def logit_exchange_bytes(
@@ -535,7 +552,7 @@ def audited_bytes(state_dir: Path) -> dict[int, int]:
 
 def collect_cluster_metrics(cluster: Cluster, data: DataFiles, started: float) -> dict[str, Any]:
     """What needs the services: round state, LLM accuracy, logit-exchange comparison."""
-    from lada.report import collect_round_metrics
+    from lada.report import run_metrics
 
     config = cluster.config
     store = StateStore(cluster.redis.client, cluster.run_id)
@@ -544,16 +561,10 @@ def collect_cluster_metrics(cluster: Cluster, data: DataFiles, started: float) -
         a.name: logit_exchange_bytes(llm_address, store, a.agent_id, config.rounds, config)
         for a in store.list_agents()
     }
-    return {
-        "run_id": cluster.run_id,
-        "policy": config.policy,
-        "loss": config.loss,
-        "rounds": config.rounds,
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "agents_rounds": collect_round_metrics(store),
-        "llm_accuracy": llm_accuracy(llm_address, test_problems(data)),
-        "logit_exchange_bytes": logits,
-    }
+    metrics = run_metrics(
+        config, store, "cluster", started, llm_accuracy(llm_address, test_problems(data))
+    )
+    return {**metrics, "logit_exchange_bytes": logits}
 
 
 def add_offline_metrics(

@@ -77,7 +77,7 @@ def scenario_config(
                 private_size=base.agents[0].private_size if base.agents else 120,
                 capacity=base.agents[0].capacity if base.agents else 16,
                 loss=loss,
-                contribute=False,
+                contribute=True,
             )
         )
     return dataclasses.replace(
@@ -128,6 +128,18 @@ def run_combination(
     return metrics
 
 
+def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The LLM's greedy test accuracy before and after absorbing, and what it absorbed."""
+    measured = [r["llm_accuracy"] for r in runs if r.get("llm_accuracy")]
+    if not measured:
+        return {}
+    return {
+        "llm_before": float(np.mean([a["base"] for a in measured])),
+        "llm_after": float(np.mean([list(a.values())[-1] for a in measured])),
+        "llm_absorbed": float(np.mean([r.get("llm_absorbed", 0) for r in runs])),
+    }
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of agent accuracy, per scenario x method."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -152,6 +164,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "own_nlp_mean": float(np.mean(own_nlp)),
                 "own_nlp_std": float(np.std(own_nlp)),
                 "samples": float(np.mean([m.get("samples_distilled", 0) for m in members])),
+                **llm_columns(members),
                 "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
             }
         )
@@ -161,8 +174,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| scenario | method | seeds | own-domain acc | all-domain acc | own-domain nlp of "
-        "references | samples distilled | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "references | samples distilled | LLM acc before -> after (absorbed) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -170,9 +183,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{r['own_mean']:.3f} ± {r['own_std']:.3f} | "
             f"{r['all_mean']:.3f} ± {r['all_std']:.3f} | "
             f"{r['own_nlp_mean']:.3f} ± {r['own_nlp_std']:.3f} | {r['samples']:.0f} | "
-            f"{r['wall_s']:.0f} |"
+            f"{llm_cell(r)} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def llm_cell(row: dict[str, Any]) -> str:
+    if "llm_before" not in row:
+        return "-"
+    return f"{row['llm_before']:.3f} -> {row['llm_after']:.3f} ({row['llm_absorbed']:.1f})"
 
 
 def run_experiment(

@@ -7,13 +7,14 @@ metrics shape, so one writer serves both.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lada.config import ClusterAgentConfig
+from lada.config import ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
 from lada.v1 import allocator_pb2
@@ -61,6 +62,27 @@ def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:
     agents = store.list_agents()
     rounds = range(1, store.current_round() + 1)
     return {a.name: [round_metrics(store, r, a.agent_id) for r in rounds] for a in agents}
+
+
+def run_metrics(
+    config: ClusterConfig,
+    store: StateStore,
+    mode: str,
+    started: float,
+    llm_accuracy: dict[str, float],
+) -> dict[str, Any]:
+    """The metrics both modes (`lada up`, simulation) report for one finished run."""
+    return {
+        "run_id": store.run_id,
+        "mode": mode,
+        "policy": config.policy,
+        "loss": config.loss,
+        "rounds": config.rounds,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "agents_rounds": collect_round_metrics(store),
+        "llm_accuracy": llm_accuracy,
+        "llm_absorbed": len(store.absorbed()),
+    }
 
 
 def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:

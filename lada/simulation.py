@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
+from allocator.llm_gateway import ACCURACY_MAX_TOKENS, Contribution, LLMGateway
 from lada.config import (
     AgentConfig,
     AllocatorConfig,
@@ -27,10 +28,11 @@ from lada.config import (
 )
 from lada.learnability import ClusterModel
 from lada.redis_conn import RedisHandle
-from lada.report import collect_round_metrics
+from lada.report import run_metrics
 from lada.state import Phase, StateStore
 from llm_service.core import LLMCore
-from llm_service.types import Sampling
+from llm_service.types import BASE_VERSION, Sampling
+from llm_service.types import Contribution as LLMContribution
 from slm_agent.agent import Agent, StatusBoard
 from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import _report_messages
@@ -108,6 +110,32 @@ class InProcessLLM:
                     LLMPath(p.text, p.normalized_logprob, p.correct) for p in sample.paths
                 ]
         return out
+
+
+class InProcessLLMGateway(LLMGateway):
+    """The round driver's LLM direction (score, accuracy, absorb) over an LLMCore."""
+
+    def __init__(self, core: LLMCore) -> None:
+        self.core = core
+
+    def serving_version(self) -> str:
+        return self.core.serving_version
+
+    def score(self, sample_id: str, completions: Sequence[str], version: str = "") -> list[float]:
+        result = self.core.score("", completions, sample_id=sample_id, model_version=version)
+        return [s.normalized_logprob for s in result.scores]
+
+    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+        sampling = Sampling(n=paths, temperature=temperature, max_tokens=ACCURACY_MAX_TOKENS)
+        return {
+            r.sample_id: f"{sum(p.correct for p in r.paths)}/{len(r.paths)}"
+            for r in self.core.generate(sample_ids, [], sampling).results
+            if r.paths
+        }
+
+    def absorb(self, contributions: Sequence[Contribution]) -> str:
+        absorbed = [LLMContribution(c.sample_id, c.text, c.agent_id) for c in contributions]
+        return self.core.absorb(absorbed).version
 
 
 @dataclass
@@ -206,11 +234,23 @@ def build_agent(
     return built
 
 
+def core_answers(llm: LLMCore) -> Callable[[list[str], str], list[str]]:
+    """Greedy answers of one LLM version to raw prompts, for `llm_accuracy_of`."""
+    from lada.cluster import LLM_EVAL_MAX_TOKENS
+
+    sampling = Sampling(n=1, temperature=0.0, max_tokens=LLM_EVAL_MAX_TOKENS)
+
+    def answers(prompts: list[str], version: str) -> list[str]:
+        return [r.paths[0].text for r in llm.generate([], prompts, sampling, version).results]
+
+    return answers
+
+
 def simulate(
     config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
 ) -> dict[str, Any]:
     """Run a whole federation in this process; returns the run's metrics."""
-    from lada.cluster import carve_data
+    from lada.cluster import carve_data, llm_accuracy_of
     from lada.tasks import load_dataset
 
     started = time.monotonic()
@@ -234,17 +274,11 @@ def simulate(
         )
         for agent in config.agents
     }
-    run = SimulatedRun(store, core, RoundDriver(core), agents)
+    run = SimulatedRun(store, core, RoundDriver(core, InProcessLLMGateway(llm)), agents)
     try:
         run_rounds(run, config.rounds)
-        return {
-            "run_id": run_id,
-            "mode": "simulation",
-            "policy": config.policy,
-            "loss": config.loss,
-            "rounds": config.rounds,
-            "wall_seconds": round(time.monotonic() - started, 1),
-            "agents_rounds": collect_round_metrics(store),
-        }
+        tests = [p for spec in data.test.values() for p in load_dataset(spec)]
+        accuracy = llm_accuracy_of(core_answers(llm), [BASE_VERSION, llm.serving_version], tests)
+        return run_metrics(config, store, "simulation", started, accuracy)
     finally:
         llm.close()

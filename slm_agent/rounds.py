@@ -174,6 +174,24 @@ def _mean_correct_nlp(path_sets: Sequence[PathSet], scores: Sequence[Sequence[fl
     return float(np.mean(values)) if values else float("nan")
 
 
+def pick_contributions(
+    problems: Sequence[Problem],
+    greedy_answers: Sequence[str],
+    sampled: Sequence[Sequence[str]],
+    domains: set[str],
+) -> dict[str, str]:
+    """Per sample of the agent's domains, one correct path it wrote (c(y^S) = 1): its greedy
+    answer after training, else the first correct path it sampled this round."""
+    picked: dict[str, str] = {}
+    for problem, greedy, paths in zip(problems, greedy_answers, sampled, strict=True):
+        if problem.domain not in domains:
+            continue
+        correct = [t for t in (greedy, *paths) if is_correct(t, problem.answer)]
+        if correct:
+            picked[problem.id] = correct[0]
+    return picked
+
+
 def run_round(
     trainer: LocalTrainer,
     round_number: int,
@@ -185,8 +203,8 @@ def run_round(
 ) -> RoundOutcome:
     """Score before, train, score after, greedy correctness before/after, contributions.
 
-    `contribute_domains`: when given, the agent's own correct greedy answers (after
-    training) on allocated public samples of those domains become contributions.
+    `contribute_domains`: when given, correct paths the agent wrote for allocated public
+    samples of those domains become contributions (`pick_contributions`).
     """
     missing = [a.sample_id for a in allocation if a.sample_id not in pool]
     if missing:
@@ -219,11 +237,7 @@ def run_round(
         )
     ]
     contributions = (
-        {
-            p.id: answer
-            for p, answer, ok in zip(problems, answers_after, correct_after, strict=True)
-            if ok and p.domain in contribute_domains
-        }
+        pick_contributions(problems, answers_after, own, contribute_domains)
         if contribute_domains
         else {}
     )

@@ -11,7 +11,14 @@ import torch
 from lada.tasks import Problem, format_prompt
 from lada.zoo import ZooManifest
 from slm_agent.losses import PathSet, make_loss
-from slm_agent.rounds import AllocatedSample, LLMPath, build_path_sets, run_round, sample_weights
+from slm_agent.rounds import (
+    AllocatedSample,
+    LLMPath,
+    build_path_sets,
+    pick_contributions,
+    run_round,
+    sample_weights,
+)
 from slm_agent.trainer import LocalTrainer, TrainerSettings
 from tests.fixtures_agent import LocalLLM, torch_threads_one
 
@@ -186,3 +193,15 @@ def test_a_round_reports_every_path_of_every_allocated_sample(
         assert all(p.slm_normalized_logprob_before < 0 for p in spoken)  # empty paths score 0
     assert outcome.train.steps == 2  # 6 samples, 4 per step
     assert outcome.correct_path_nlp_after > outcome.correct_path_nlp_before
+
+
+def test_contributions_are_correct_paths_the_agent_wrote_for_its_own_domains() -> None:
+    def problem(sample_id: str, domain: str) -> Problem:
+        return Problem(sample_id, "q", "2+2=4\n#### 4", "4", domain, 1)
+
+    problems = [problem("greedy-right", "rates"), problem("sampled-right", "rates")]
+    problems += [problem("none-right", "rates"), problem("other-domain", "purchases")]
+    greedy = [" 2+2=4\n#### 4", " #### 5", " #### 5", " 2+2=4\n#### 4"]
+    sampled = [[" #### 4"], [" #### 3", " 1+3=4\n#### 4"], [" #### 3"], [" #### 4"]]
+    picked = pick_contributions(problems, greedy, sampled, {"rates"})
+    assert picked == {"greedy-right": " 2+2=4\n#### 4", "sampled-right": " 1+3=4\n#### 4"}

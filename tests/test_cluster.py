@@ -47,7 +47,7 @@ def test_lada_up_finishes_and_writes_the_report(cluster_run) -> None:
 
 def test_without_a_terminal_progress_is_printed_as_plain_lines(cluster_run) -> None:
     lines = [line for line in cluster_run["result"].stderr.splitlines() if "] round " in line]
-    assert any("round 1/2 [ALLOCATED]" in line for line in lines), lines
+    assert any("round 1/2 [" in line for line in lines), lines
     assert "round 2/2 [CLOSED]" in lines[-1]
     assert "agent-rates: REPORTED 4/4 reported" in lines[-1]
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from allocator.llm_gateway import Contribution
+from lada.cluster import write_jsonl
 from lada.config import ClusterAgentConfig, ClusterConfig
-from lada.simulation import simulate
+from lada.simulation import InProcessLLMGateway, build_llm, simulate
 from lada.state import Phase, StateStore
+from lada.tasks import load_dataset
 from lada.zoo import ZooManifest
 
 pytestmark = [pytest.mark.slow]
@@ -58,3 +61,21 @@ def test_simulated_round_reports_every_allocated_sample(
         assert sum(round_one["clusters"].values()) == 4
         assert (tmp_path / "agents" / name / "checkpoints" / "round-1").is_dir()
     store.wipe()
+
+
+def test_the_in_process_gateway_lets_the_round_driver_absorb_into_the_llm(
+    micro_zoo: ZooManifest, tmp_path: Path
+) -> None:
+    public = write_jsonl(load_dataset("synthetic:domains=all,n=6,seed=13"), tmp_path / "pool.jsonl")
+    gateway = InProcessLLMGateway(build_llm(micro_zoo.llm, public, tmp_path / "llm"))
+    problems = load_dataset(public)
+    ids = [p.id for p in problems]
+    accuracy = gateway.accuracy(ids[:2], paths=2, temperature=0.8)
+    assert set(accuracy) == set(ids[:2]) and all(v.endswith("/2") for v in accuracy.values())
+    contributions = [Contribution("agent-x", p.id, " " + p.reference) for p in problems[:4]]
+    before = [gateway.score(c.sample_id, [c.text])[0] for c in contributions]
+    version = gateway.absorb(contributions)
+    assert version != "base" and gateway.serving_version() == version
+    after = [gateway.score(c.sample_id, [c.text], version)[0] for c in contributions]
+    assert sum(after) > sum(before)  # the absorbed paths became more likely
+    gateway.core.close()
