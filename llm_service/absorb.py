@@ -22,12 +22,12 @@ from llm_service.backends.base import LORA_TARGET_MODULES
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """How to train one adapter (already validated)."""
+    """How to train one adapter (already validated; defaults live in LLMServiceExtras)."""
 
-    epochs: int = 4
-    learning_rate: float = 5e-3
-    lora_rank: int = 8
-    batch_size: int = 4
+    epochs: int
+    learning_rate: float
+    lora_rank: int
+    batch_size: int
     seed: int = 0
 
 

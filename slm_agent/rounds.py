@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lada.tasks import Problem, format_prompt, is_correct
+from lada.tasks import Problem, format_prompt, is_correct, is_sound
 from slm_agent.losses import PathSet
 from slm_agent.trainer import LocalTrainer, TrainReport
 
@@ -180,15 +180,16 @@ def pick_contributions(
     sampled: Sequence[Sequence[str]],
     domains: set[str],
 ) -> dict[str, str]:
-    """Per sample of the agent's domains, one correct path it wrote (c(y^S) = 1): its greedy
-    answer after training, else the first correct path it sampled this round."""
+    """Per sample of the agent's domains, one sound path it wrote (right answer, every
+    arithmetic step true): its greedy answer after training, else the first such path it
+    sampled this round. A right answer after wrong steps would teach the LLM wrong steps."""
     picked: dict[str, str] = {}
     for problem, greedy, paths in zip(problems, greedy_answers, sampled, strict=True):
         if problem.domain not in domains:
             continue
-        correct = [t for t in (greedy, *paths) if is_correct(t, problem.answer)]
-        if correct:
-            picked[problem.id] = correct[0]
+        sound = [t for t in (greedy, *paths) if is_sound(t, problem.answer)]
+        if sound:
+            picked[problem.id] = sound[0]
     return picked
 
 

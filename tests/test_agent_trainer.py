@@ -195,13 +195,13 @@ def test_a_round_reports_every_path_of_every_allocated_sample(
     assert outcome.correct_path_nlp_after > outcome.correct_path_nlp_before
 
 
-def test_contributions_are_correct_paths_the_agent_wrote_for_its_own_domains() -> None:
+def test_contributions_are_sound_paths_the_agent_wrote_for_its_own_domains() -> None:
     def problem(sample_id: str, domain: str) -> Problem:
         return Problem(sample_id, "q", "2+2=4\n#### 4", "4", domain, 1)
 
     problems = [problem("greedy-right", "rates"), problem("sampled-right", "rates")]
-    problems += [problem("none-right", "rates"), problem("other-domain", "purchases")]
-    greedy = [" 2+2=4\n#### 4", " #### 5", " #### 5", " 2+2=4\n#### 4"]
-    sampled = [[" #### 4"], [" #### 3", " 1+3=4\n#### 4"], [" #### 3"], [" #### 4"]]
+    problems += [problem("lucky-only", "rates"), problem("other-domain", "purchases")]
+    greedy = [" 2+2=4\n#### 4", " #### 5", " 6+3=2\n#### 4", " 2+2=4\n#### 4"]
+    sampled = [[" #### 4"], [" #### 4", " 1+3=4\n#### 4"], [" 5-2=4\n#### 4"], [" #### 4"]]
     picked = pick_contributions(problems, greedy, sampled, {"rates"})
     assert picked == {"greedy-right": " 2+2=4\n#### 4", "sampled-right": " 1+3=4\n#### 4"}

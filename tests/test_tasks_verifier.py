@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from lada.tasks import extract_answer, is_correct, load_dataset, normalize_answer
+from lada.tasks import (
+    arithmetic_steps,
+    extract_answer,
+    is_correct,
+    is_sound,
+    load_dataset,
+    normalize_answer,
+)
 
 GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
 
@@ -63,3 +70,34 @@ def test_gsm8k_references_verify_against_raw_answers() -> None:
     for p in problems:
         assert is_correct(p.reference, p.answer)
         assert "<<" not in p.reference and p.reference.endswith(f"#### {p.answer}")
+
+
+def test_a_lucky_answer_after_wrong_steps_is_correct_but_not_sound() -> None:
+    path = " 6+3=2\n#### 3"
+    assert is_correct(path, "3") and not is_sound(path, "3")
+    assert not is_sound(" #### 3", "3")  # no reasoning to teach
+    assert is_sound(" 25% of 20=5\n20-5=15\n15*3=45\n#### 45", "45")
+
+
+def test_steps_written_the_way_people_write_them_are_checked() -> None:
+    steps = arithmetic_steps("$10 x 1.2 = $12, 18 ÷ 3 = 6, 54 − 37 = 17, 16 x .75 = 12, 10/3=3.33")
+    assert [(expression, holds) for expression, _, holds in steps] == [
+        ("10*1.2", True),
+        ("18 / 3", True),
+        ("54 - 37", True),
+        ("16*.75", True),
+        ("10/3", True),
+    ]
+    assert arithmetic_steps("23 slices x 4 = 92 and 200 GB * 40% = 80") == []  # words cut out
+
+
+def test_every_synthetic_reference_is_sound() -> None:
+    problems = load_dataset("synthetic:domains=all,n=400,seed=1")
+    assert all(is_sound(p.reference, p.answer) for p in problems)
+
+
+@pytest.mark.skipif(not GSM8K_TEST.exists(), reason="GSM8K data not present")
+def test_most_gsm8k_references_are_sound() -> None:
+    problems = load_dataset(f"gsm8k:{GSM8K_TEST}")
+    sound = sum(is_sound(p.reference, p.answer) for p in problems)
+    assert sound / len(problems) > 0.8  # 1096 of 1319: the rest skip or garble notation

@@ -18,7 +18,13 @@ from lada.tasks.splits import (
     make_split,
     pool_fingerprint,
 )
-from lada.tasks.verifier import extract_answer, is_correct, normalize_answer
+from lada.tasks.verifier import (
+    arithmetic_steps,
+    extract_answer,
+    is_correct,
+    is_sound,
+    normalize_answer,
+)
 
 __all__ = [
     "ANSWER_MARK",
@@ -39,6 +45,8 @@ __all__ = [
     "format_target",
     "generate_problems",
     "is_correct",
+    "is_sound",
+    "arithmetic_steps",
     "load_dataset",
     "make_problem",
     "make_split",
