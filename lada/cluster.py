@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +25,20 @@ from typing import Any
 import grpc
 import yaml
 
-from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, lada_home, load_config
+from lada.config import (
+    ClusterConfig,
+    ConfigError,
+    agent_for_cluster,
+    allocator_for_cluster,
+    lada_home,
+    load_config,
+)
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import (
     AgentSplitSpec,
     Problem,
     SplitSpec,
-    format_prompt,
-    is_correct,
     load_dataset,
     make_split,
 )
@@ -220,73 +225,27 @@ def llm_args(config: ClusterConfig, model: Path, port: int, public_pool: str) ->
     ]
 
 
-def write_method_settings(config: ClusterConfig, workdir: Path) -> Path:
-    """The cluster's LaDa hyper-parameters as one YAML file the allocator and agents load
-    (`--config`), so a `lada:` section in the cluster file reaches every process."""
-    hyper = dataclasses.asdict(config.lada)
-    path = workdir / "method.yaml"
-    path.write_text(yaml.safe_dump({"allocator": {"lada": hyper}, "agent": {"lada": hyper}}))
-    return path
+def write_service_config(section: str, config: Any, path: Path) -> str:
+    """A service's whole config as YAML for its `--config`, so the processes of `lada up`
+    run exactly the configs the simulation builds (`allocator_for_cluster` & co)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({section: dataclasses.asdict(config)}))
+    return str(path)
 
 
-def allocator_args(
-    config: ClusterConfig,
-    run_id: str,
-    port: int,
-    llm: str,
-    redis_url: str,
-    public_pool: str,
-    settings: Path,
-) -> list[str]:
+def allocator_args(config_file: str, port: int, llm: str, redis_url: str) -> list[str]:
     return [
         "allocator",
         "serve",
-        *flags(
-            config=settings,
-            port=port,
-            metrics_port=-1,
-            redis_url=redis_url,
-            run_id=run_id,
-            public_pool=public_pool,
-            policy=config.policy,
-            rounds=config.rounds,
-            min_agents=len(config.agents),
-            round_deadline=config.round_deadline_s,
-            llm=llm,
-        ),
+        *flags(config=config_file, port=port, metrics_port=-1, redis_url=redis_url, llm=llm),
     ]
 
 
-def agent_args(
-    config: ClusterConfig,
-    agent: ClusterAgentConfig,
-    model: Path,
-    port: int,
-    allocator: str,
-    llm: str,
-    state_dir: Path,
-    private_data: str,
-    public_pool: str,
-    settings: Path,
-) -> list[str]:
+def agent_args(config_file: str, port: int, allocator: str, llm: str) -> list[str]:
     return [
         "agent",
         "run",
-        *flags(
-            config=settings,
-            port=port,
-            metrics_port=-1,
-            allocator=allocator,
-            llm=llm,
-            model=model,
-            private_data=private_data,
-            public_pool=public_pool,
-            name=agent.name,
-            capacity=agent.capacity,
-            loss=agent.loss or config.loss,
-            contribute=agent.contribute,
-            state_dir=state_dir,
-        ),
+        *flags(config=config_file, port=port, metrics_port=-1, allocator=allocator, llm=llm),
     ]
 
 
@@ -309,37 +268,37 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
     """LLM service first (slowest to start), then the allocator, then every agent."""
     config = cluster.config
     llm_port, allocator_port = free_port(), free_port()
-    settings = write_method_settings(config, cluster.workdir)
+    configs = cluster.workdir / "configs"
     llm_model = models[config.llm_model]
     llm = cluster.start("llm", llm_args(config, llm_model, llm_port, data.public), llm_port)
     wait_serving(llm, config.startup_timeout_s)
+    allocator_config = allocator_for_cluster(config, cluster.run_id, data.public)
     allocator = cluster.start(
         "allocator",
         allocator_args(
-            config,
-            cluster.run_id,
+            write_service_config("allocator", allocator_config, configs / "allocator.yaml"),
             allocator_port,
             llm.address,
             cluster.redis.url,
-            data.public,
-            settings,
         ),
         allocator_port,
     )
     wait_serving(allocator, 120)
     for agent in config.agents:
         port = free_port()
-        args = agent_args(
+        agent_config = agent_for_cluster(
             config,
             agent,
-            models[agent.model],
+            str(models[agent.model]),
+            data.private[agent.name],
+            data.public,
+            str(cluster.workdir / "agents" / agent.name),
+        )
+        args = agent_args(
+            write_service_config("agent", agent_config, configs / f"{agent.name}.yaml"),
             port,
             allocator.address,
             llm.address,
-            cluster.workdir / "agents" / agent.name,
-            data.private[agent.name],
-            data.public,
-            settings,
         )
         wait_serving(cluster.start(agent.name, args, port), 300)
 
@@ -475,26 +434,9 @@ def test_problems(data: DataFiles) -> list[Problem]:
     return [p for spec in data.test.values() for p in load_dataset(spec)]
 
 
-LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test sets
-
-
-def llm_accuracy_of(
-    answers: Callable[[list[str], str], list[str]], versions: list[str], problems: list[Problem]
-) -> dict[str, float]:
-    """Greedy accuracy per model version; `answers(prompts, version)` runs the LLM."""
-    prompts = [format_prompt(p.question) for p in problems]
-    accuracy = {}
-    for version in dict.fromkeys(versions):
-        hits = [
-            is_correct(text, p.answer)
-            for text, p in zip(answers(prompts, version), problems, strict=True)
-        ]
-        accuracy[version] = sum(hits) / max(len(hits), 1)
-    return accuracy
-
-
 def llm_accuracy(address: str, problems: list[Problem]) -> dict[str, float]:
     """Greedy accuracy of the base model and of the version being served (after absorbing)."""
+    from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of
     from llm_service.client import LLMClient
 
     with LLMClient(address) as client:

@@ -262,6 +262,41 @@ class ClusterConfig:
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
 
 
+def allocator_for_cluster(cluster: ClusterConfig, run_id: str, public_pool: str) -> AllocatorConfig:
+    """The allocator a cluster runs; `lada up` and the simulation both build it here."""
+    return AllocatorConfig(
+        run_id=run_id,
+        public_pool=public_pool,
+        policy=cluster.policy,
+        rounds=cluster.rounds,
+        min_agents=len(cluster.agents),
+        round_deadline_s=cluster.round_deadline_s,
+        lada=cluster.lada,
+    )
+
+
+def agent_for_cluster(
+    cluster: ClusterConfig,
+    agent: ClusterAgentConfig,
+    model: str,
+    private_data: str,
+    public_pool: str,
+    state_dir: str,
+) -> AgentConfig:
+    """One agent of a cluster; `lada up` and the simulation both build it here."""
+    return AgentConfig(
+        model=model,
+        private_data=private_data,
+        public_pool=public_pool,
+        name=agent.name,
+        capacity=agent.capacity,
+        loss=agent.loss or cluster.loss,
+        contribute=agent.contribute,
+        state_dir=state_dir,
+        lada=cluster.lada,
+    )
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from lada.config import ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
+from lada.tasks import Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
 
 
@@ -62,6 +64,24 @@ def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:
     agents = store.list_agents()
     rounds = range(1, store.current_round() + 1)
     return {a.name: [round_metrics(store, r, a.agent_id) for r in rounds] for a in agents}
+
+
+LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test sets
+
+
+def llm_accuracy_of(
+    answers: Callable[[list[str], str], list[str]], versions: list[str], problems: list[Problem]
+) -> dict[str, float]:
+    """Greedy accuracy per model version; `answers(prompts, version)` runs the LLM."""
+    prompts = [format_prompt(p.question) for p in problems]
+    accuracy = {}
+    for version in dict.fromkeys(versions):
+        hits = [
+            is_correct(text, p.answer)
+            for text, p in zip(answers(prompts, version), problems, strict=True)
+        ]
+        accuracy[version] = sum(hits) / max(len(hits), 1)
+    return accuracy
 
 
 def run_metrics(

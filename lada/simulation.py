@@ -19,16 +19,16 @@ from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import ACCURACY_MAX_TOKENS, Contribution, LLMGateway
 from lada.config import (
-    AgentConfig,
-    AllocatorConfig,
     ClusterAgentConfig,
     ClusterConfig,
     LLMServiceConfig,
     LLMServiceExtras,
+    agent_for_cluster,
+    allocator_for_cluster,
 )
 from lada.learnability import ClusterModel
 from lada.redis_conn import RedisHandle
-from lada.report import run_metrics
+from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics
 from lada.state import Phase, StateStore
 from llm_service.core import LLMCore
 from llm_service.types import BASE_VERSION, Sampling
@@ -176,18 +176,6 @@ def run_rounds(run: SimulatedRun, rounds: int) -> None:
         drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
 
 
-def allocator_config(config: ClusterConfig, run_id: str, public_pool: str) -> AllocatorConfig:
-    return AllocatorConfig(
-        run_id=run_id,
-        public_pool=public_pool,
-        policy=config.policy,
-        rounds=config.rounds,
-        min_agents=len(config.agents),
-        round_deadline_s=config.round_deadline_s,
-        lada=config.lada,
-    )
-
-
 def build_llm(model: Path, public_pool: str, state_dir: Path) -> LLMCore:
     """The LLM service's core on the transformers backend (vLLM is for the cluster)."""
     from llm_service.main import build_core
@@ -207,16 +195,8 @@ def build_agent(
     llm: InProcessLLM,
 ) -> Agent:
     """An agent exactly as `lada agent run` builds it, wired to in-process ports."""
-    config = AgentConfig(
-        model=str(model),
-        private_data=private_data,
-        public_pool=public_pool,
-        name=agent.name,
-        capacity=agent.capacity,
-        loss=agent.loss or cluster.loss,
-        contribute=agent.contribute,
-        state_dir=str(state_dir),
-        lada=cluster.lada,
+    config = agent_for_cluster(
+        cluster, agent, str(model), private_data, public_pool, str(state_dir)
     )
     settings = agent_settings(config)
     inputs = validate_inputs(config, settings)
@@ -236,8 +216,6 @@ def build_agent(
 
 def core_answers(llm: LLMCore) -> Callable[[list[str], str], list[str]]:
     """Greedy answers of one LLM version to raw prompts, for `llm_accuracy_of`."""
-    from lada.cluster import LLM_EVAL_MAX_TOKENS
-
     sampling = Sampling(n=1, temperature=0.0, max_tokens=LLM_EVAL_MAX_TOKENS)
 
     def answers(prompts: list[str], version: str) -> list[str]:
@@ -250,7 +228,7 @@ def simulate(
     config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
 ) -> dict[str, Any]:
     """Run a whole federation in this process; returns the run's metrics."""
-    from lada.cluster import carve_data, llm_accuracy_of
+    from lada.cluster import carve_data
     from lada.tasks import load_dataset
 
     started = time.monotonic()
@@ -258,7 +236,7 @@ def simulate(
     run_id = f"sim-{config.run_id}-{int(time.time() * 1000)}"
     store = StateStore(redis.client, run_id)
     core = AllocatorCore(
-        store, allocator_config(config, run_id, data.public), load_dataset(data.public)
+        store, allocator_for_cluster(config, run_id, data.public), load_dataset(data.public)
     )
     llm = build_llm(models[config.llm_model], data.public, workdir / "llm")
     agents = {

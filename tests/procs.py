@@ -83,3 +83,15 @@ def start_service(
             [*LADA, *args], cwd=REPO_ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
         )
     return ServiceProcess(proc, f"127.0.0.1:{port}", log_path)
+
+
+def run_lada_up(config: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`lada up --config CONFIG --out OUT` as a user runs it, with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "lada.cli", "up", "--config", str(config), "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )

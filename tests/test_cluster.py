@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 from lada.zoo import ZooManifest
-from tests.procs import REPO_ROOT
+from tests.procs import REPO_ROOT, run_lada_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -26,14 +24,7 @@ def cluster_run(micro_zoo: ZooManifest, session_home: Path, tmp_path_factory) ->
     out = tmp_path_factory.mktemp("up") / "report"
     env = {**os.environ, "LADA_HOME": str(session_home)}
     env.pop("REDIS_URL", None)  # the embedded default, as `make demo` uses it
-    result = subprocess.run(
-        [sys.executable, "-m", "lada.cli", "up", "--config", str(CONFIG), "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_lada_up(CONFIG, out, env)
     metrics = json.loads((out / "metrics.json").read_text()) if result.returncode == 0 else {}
     return {"result": result, "out": out, "metrics": metrics}
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from lada.simulation import simulate
 from lada.state import StateStore
 from lada.v1 import allocator_pb2
 from lada.zoo import ZooManifest
-from tests.procs import REPO_ROOT
+from tests.procs import REPO_ROOT, run_lada_up
 
 pytestmark = [pytest.mark.slow]
 
@@ -72,14 +70,7 @@ def cluster_state(
 ) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("modes-cluster") / "report"
     env = {**os.environ, "LADA_HOME": str(session_home), "REDIS_URL": redis_handle.url}
-    result = subprocess.run(
-        [sys.executable, "-m", "lada.cli", "up", "--config", str(modes_config), "--out", str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_lada_up(modes_config, out, env)
     assert result.returncode == 0, result.stderr[-4000:]
     run_id = json.loads((out / "metrics.json").read_text())["run_id"]
     store = StateStore(redis_handle.client, run_id)
