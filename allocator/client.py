@@ -5,6 +5,8 @@ Every call carries a deadline and, when there is one, `authorization: Bearer <to
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,6 +70,7 @@ class Registration:
     agent_id: str
     token: str
     first_round: int
+    resumed: bool = False
 
 
 def phase_name(value: int) -> str:
@@ -79,6 +82,7 @@ class AgentClient(_Client):
     """The agent's side: register, follow rounds, fetch allocations, report, contribute."""
 
     agent_id: str = ""
+    enrollment_secret: str = ""
 
     def register(
         self,
@@ -88,8 +92,14 @@ class AgentClient(_Client):
         model_description: str = "",
         tokenizer_name: str = "",
         domain_tags: Sequence[str] = (),
+        enrollment_secret: str = "",
     ) -> Registration:
-        """Register; the returned token is kept on this client for later calls."""
+        """Register with an invitation's secret (none given: a random one of this client's,
+        which an allocator in open enrollment accepts). Calling again with the same secret
+        is safe: the same agent, a fresh token. The token is kept for later calls."""
+        self.enrollment_secret = (
+            enrollment_secret or self.enrollment_secret or secrets.token_urlsafe(24)
+        )
         reply = self.stub.RegisterAgent(
             allocator_pb2.RegisterAgentRequest(
                 name=name,
@@ -98,11 +108,12 @@ class AgentClient(_Client):
                 domain_tags=list(domain_tags),
                 capacity=capacity,
                 pool_fingerprint=pool_fingerprint,
+                enrollment_secret=self.enrollment_secret,
             ),
             timeout=self.timeout_s,
         )
         self.agent_id, self.token = reply.agent_id, reply.token
-        return Registration(reply.agent_id, reply.token, reply.first_round)
+        return Registration(reply.agent_id, reply.token, reply.first_round, reply.resumed)
 
     def use_identity(self, agent_id: str, token: str) -> None:
         """Resume as an agent registered earlier (e.g. after a crash)."""
@@ -234,6 +245,12 @@ class OperatorClient(_Client):
             "total_rounds": reply.total_rounds,
             "pool_fingerprint": reply.pool_fingerprint,
             "pool_size": reply.pool_size,
+            "contributions": {
+                "accepted": reply.contributions.accepted,
+                "rejected_incorrect": reply.contributions.rejected_incorrect,
+                "rejected_unsound": reply.contributions.rejected_unsound,
+                "rejected_over_cap": reply.contributions.rejected_over_cap,
+            },
             "agents": [
                 {
                     "agent_id": a.agent_id,
@@ -316,6 +333,41 @@ class OperatorClient(_Client):
     def revoke(self, agent_id: str) -> None:
         self._call(self.stub.RevokeAgent, allocator_pb2.RevokeAgentRequest(agent_id=agent_id))
 
+    def invite(self, name: str, expires_in_s: int = 0) -> allocator_pb2.InviteAgentResponse:
+        """A one-time enrollment secret for the agent `name` (shown only in this reply)."""
+        return self._call(
+            self.stub.InviteAgent,
+            allocator_pb2.InviteAgentRequest(name=name, expires_in_s=expires_in_s),
+        )
+
+    def invitations(self) -> list[dict[str, Any]]:
+        reply = self._call(self.stub.ListInvitations, allocator_pb2.ListInvitationsRequest())
+        return [
+            {
+                "invitation_id": i.invitation_id,
+                "name": i.name,
+                "state": allocator_pb2.InvitationState.Name(i.state).removeprefix(
+                    "INVITATION_STATE_"
+                ),
+                "created_unix_ms": i.created_unix_ms,
+                "expires_unix_ms": i.expires_unix_ms,
+                "agent_id": i.agent_id,
+                "open_enrollment": i.open_enrollment,
+            }
+            for i in reply.invitations
+        ]
+
+    def revoke_invitation(self, invitation_id: str) -> None:
+        self._call(
+            self.stub.RevokeInvitation,
+            allocator_pb2.RevokeInvitationRequest(invitation_id=invitation_id),
+        )
+
+    def set_total_rounds(self, total_rounds: int) -> allocator_pb2.SetTotalRoundsResponse:
+        return self._call(
+            self.stub.SetTotalRounds, allocator_pb2.SetTotalRoundsRequest(total_rounds=total_rounds)
+        )
+
 
 # ---- rendering -----------------------------------------------------------------------------
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -328,10 +380,17 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def render_status(status: dict[str, Any]) -> str:
     head = (
-        f"round {status['round']}/{status['total_rounds']}  phase {status['phase'] or '-'}  "
-        f"policy {status['policy']}  pool {status['pool_size']} "
+        f"round {status['round']}/{status['total_rounds'] or 'until stopped'}  "
+        f"phase {status['phase'] or '-'}  policy {status['policy']}  pool {status['pool_size']} "
         f"({status['pool_fingerprint'][:12]})"
     )
+    counts = status.get("contributions") or {}
+    if any(counts.values()):
+        head += (
+            f"\ncontributions: {counts['accepted']} accepted, rejected "
+            f"{counts['rejected_incorrect']} wrong answer, {counts['rejected_unsound']} unsound, "
+            f"{counts['rejected_over_cap']} over the cap"
+        )
     if not status["agents"]:
         return head + "\n(no participants)"
     rows = [
@@ -339,6 +398,28 @@ def render_status(status: dict[str, Any]) -> str:
         for a in status["agents"]
     ]
     return head + "\n" + _table(("agent", "name", "state", "allocated", "reported"), rows)
+
+
+def render_invitations(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no invitations)"
+    return _table(
+        ("invitation", "name", "state", "expires", "agent"),
+        [
+            (
+                r["invitation_id"],
+                r["name"],
+                r["state"] + (" (open)" if r["open_enrollment"] else ""),
+                _utc(r["expires_unix_ms"]) if r["expires_unix_ms"] else "never",
+                r["agent_id"] or "-",
+            )
+            for r in rows
+        ],
+    )
+
+
+def _utc(unix_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix_ms / 1000))
 
 
 def render_allocation(payload: dict[str, Any]) -> str:

@@ -29,24 +29,26 @@ from lada.state import (
     AgentStatus,
     Allocation,
     Conflict,
+    Enrollment,
+    InvalidArgument,
+    InvitationRecord,
     NotFound,
     PermissionDenied,
     Phase,
     ReportOutcome,
-    StateError,
     StateStore,
     Unauthenticated,
     now_ms,
 )
-from lada.tasks import Problem, is_correct, pool_fingerprint
+from lada.tasks import Problem, is_correct, is_sound, pool_fingerprint
 from lada.v1 import allocator_pb2
 
 CLUSTER_BLOB = "clusters"
 LLM_LEARNER = "llm"
+MAX_NAME_CHARS = 128
+MAX_INVITATION_S = 366 * 86_400  # an invitation lives at most a year
 
-
-class InvalidArgument(StateError):
-    """A request field is malformed (INVALID_ARGUMENT); the message names the field."""
+__all__ = ["AllocatorCore", "InvalidArgument"]
 
 
 @dataclass
@@ -55,6 +57,16 @@ class AllocationView:
     samples: list[Allocation]
     deadline_ms: int
     policy: str
+
+
+@dataclass
+class ContributionOutcome:
+    """What ContributePaths did with one request's paths."""
+
+    accepted: int = 0
+    rejected_incorrect: int = 0
+    rejected_unsound: int = 0
+    rejected_over_cap: int = 0
 
 
 @dataclass
@@ -130,8 +142,15 @@ class AllocatorCore:
             raise PermissionDenied(f"agent_id: this token belongs to {caller}, not {agent_id}")
         return record
 
-    def check_operator(self, token: str) -> None:
+    def check_operator(self, token: str, *, required: bool = False) -> None:
+        """Operator RPCs carry the operator token; `required` ones (invitations, the run's
+        length) are refused outright by an allocator that has none configured."""
         expected = self.config.operator_token
+        if required and not expected:
+            raise PermissionDenied(
+                "authorization: this allocator has no operator token "
+                "(start it with --operator-token or LADA_OPERATOR_TOKEN)"
+            )
         if expected and not secrets.compare_digest(token.encode(), expected.encode()):
             raise Unauthenticated("authorization: missing or wrong operator token")
 
@@ -148,10 +167,11 @@ class AllocatorCore:
         domain_tags: Sequence[str],
         capacity: int,
         fingerprint: str,
-    ) -> tuple[AgentRecord, str]:
-        """New agents take part from the round after the current one."""
-        if not name.strip():
-            raise InvalidArgument("name: must not be empty")
+        enrollment_secret: str,
+    ) -> Enrollment:
+        """Admit an invited agent (or, with open enrollment, any agent that keeps a secret);
+        it takes part from the round after the current one. Retries return the same agent."""
+        _check_name(name)
         if capacity <= 0:
             raise InvalidArgument(f"capacity: must be positive, got {capacity}")
         if fingerprint != self.fingerprint:
@@ -166,9 +186,37 @@ class AllocatorCore:
             tokenizer_name=tokenizer_name,
             domain_tags=list(domain_tags),
             capacity=capacity,
-            first_round=self.store.current_round() + 1,
         )
-        return self.store.register_agent(record)
+        return self.store.register_agent(
+            record, enrollment_secret, open_enrollment=self.config.open_enrollment
+        )
+
+    # ---- invitations and the run's length (operator) ---------------------------------------
+    def invite(self, name: str, expires_in_s: int) -> tuple[str, str, int]:
+        """A one-time enrollment secret bound to `name`: (invitation_id, secret, expires_ms)."""
+        _check_name(name)
+        if not 0 <= expires_in_s <= MAX_INVITATION_S:
+            raise InvalidArgument(
+                f"expires_in_s: between 0 (never) and {MAX_INVITATION_S}, got {expires_in_s}"
+            )
+        expires_ms = now_ms() + expires_in_s * 1000 if expires_in_s else 0
+        invitation_id, secret = self.store.create_invitation(name, expires_ms)
+        return invitation_id, secret, expires_ms
+
+    def invitations(self) -> list[InvitationRecord]:
+        return self.store.invitations()
+
+    def revoke_invitation(self, invitation_id: str) -> None:
+        if not invitation_id:
+            raise InvalidArgument("invitation_id: required")
+        self.store.revoke_invitation(invitation_id)
+
+    def set_total_rounds(self, total: int) -> tuple[int, int]:
+        """Set the run's rounds (0: until stopped); returns (total, current round)."""
+        if total < 0:
+            raise InvalidArgument(f"total_rounds: must not be negative, got {total}")
+        current = self.store.set_total_rounds(total)
+        return total, current
 
     def heartbeat(self, agent_id: str) -> tuple[int, Phase | None, int]:
         stamp = self.store.heartbeat(agent_id)
@@ -233,8 +281,12 @@ class AllocatorCore:
 
     def contribute(
         self, agent_id: str, round_number: int, paths: Sequence[tuple[str, str]]
-    ) -> tuple[int, int]:
-        """Record an agent's correct paths on public samples; wrong answers are dropped."""
+    ) -> ContributionOutcome:
+        """Record an agent's sound paths on public samples, up to its per-round cap.
+
+        Paths are checked, not trusted: a wrong final answer or a false arithmetic step
+        (lada.tasks.is_sound) drops the path; the round counts every drop.
+        """
         r = self.resolve_round(round_number)
         phase = self.store.round_phase(r)
         if phase not in (Phase.ALLOCATED, Phase.TRAINING):
@@ -252,9 +304,19 @@ class AllocatorCore:
                     f"paths.text: empty or longer than {self.settings.max_contribution_chars} "
                     f"characters for {sample_id}"
                 )
-        accepted = {s: t for s, t in paths if is_correct(t, self.by_id[s].answer)}
-        self.store.add_contributions(r, agent_id, accepted)
-        return len(accepted), len(paths) - len(accepted)
+        correct = {s: t for s, t in paths if is_correct(t, self.by_id[s].answer)}
+        sound = {s: t for s, t in correct.items() if is_sound(t, self.by_id[s].answer)}
+        outcome = ContributionOutcome(
+            rejected_incorrect=len(paths) - len(correct),
+            rejected_unsound=len(correct) - len(sound),
+        )
+        self.store.count_rejected_contributions(
+            r, outcome.rejected_incorrect, outcome.rejected_unsound
+        )
+        outcome.accepted, outcome.rejected_over_cap = self.store.add_contributions(
+            r, agent_id, sound, self.settings.max_contributions_per_agent_round
+        )
+        return outcome
 
     # ---- round events --------------------------------------------------------------------
     def watch(self, from_round: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
@@ -285,10 +347,11 @@ class AllocatorCore:
             "phase": "",
             "deadline_ms": 0,
             "policy": info.get("policy", self.config.policy),
-            "total_rounds": int(info.get("total_rounds") or self.config.rounds),
+            "total_rounds": int(info.get("total_rounds") or 0),
             "pool_fingerprint": self.fingerprint,
             "pool_size": len(self.problems),
             "agents": [],
+            "contributions": {},
         }
         if r == 0:
             return status
@@ -296,6 +359,7 @@ class AllocatorCore:
         names = {a.agent_id: a.name for a in self.store.list_agents()}
         status["phase"] = record.phase.value
         status["deadline_ms"] = record.deadline_ms
+        status["contributions"] = self.store.contribution_counts(r)
         status["agents"] = [
             {
                 "agent_id": agent_id,
@@ -361,6 +425,15 @@ class AllocatorCore:
 
     def deadline_for_new_round(self) -> int:
         return now_ms() + int(self.config.round_deadline_s * 1000)
+
+
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise InvalidArgument("name: must not be empty")
+    if len(name) > MAX_NAME_CHARS or any(ch in name for ch in "|\n\r\0"):
+        raise InvalidArgument(
+            f"name: at most {MAX_NAME_CHARS} characters, no '|' or control characters"
+        )
 
 
 def _check_numbers(stats: Sequence[allocator_pb2.SampleStats], max_paths: int) -> None:

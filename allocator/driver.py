@@ -82,8 +82,8 @@ class RoundDriver:
         return self._close(r)
 
     def _open_next(self, r: int) -> bool:
-        total = self.core.config.rounds
-        if r >= total:
+        total = self.store.total_rounds()
+        if total and r >= total:
             if self.store.finish_run(r):
                 log.info("run finished", extra={"rounds": r})
                 return True
@@ -167,7 +167,8 @@ class RoundDriver:
         closed = self.store.transition(r, Phase.CLOSED)
         if closed:
             log.info("round closed", extra={"round": r})
-        if r >= self.core.config.rounds:
+        total = self.store.total_rounds()
+        if total and r >= total:
             self.store.finish_run(r)
         return closed
 

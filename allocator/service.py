@@ -14,12 +14,16 @@ from lada.learnability import ClusterModel
 from lada.state import (
     AgentRecord,
     AgentStatus,
+    AlreadyExists,
     Conflict,
+    InvitationRecord,
     NotFound,
     PermissionDenied,
     Phase,
+    RunOver,
     StateError,
     Unauthenticated,
+    now_ms,
 )
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
 
@@ -31,6 +35,8 @@ STATUS_OF: dict[type[StateError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    RunOver: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 
@@ -91,16 +97,21 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
     # ---- registry ----------------------------------------------------------------------------
     @refusals_to_status
     def RegisterAgent(self, request, context):  # type: ignore[no-untyped-def]
-        record, token = self.core.register(
+        enrollment = self.core.register(
             request.name,
             request.model_description,
             request.tokenizer_name,
             list(request.domain_tags),
             request.capacity,
             request.pool_fingerprint,
+            request.enrollment_secret,
         )
         return allocator_pb2.RegisterAgentResponse(
-            agent_id=record.agent_id, token=token, first_round=record.first_round
+            agent_id=enrollment.record.agent_id,
+            token=enrollment.token,
+            first_round=enrollment.record.first_round,
+            resumed=enrollment.resumed,
+            total_rounds=self.core.store.total_rounds(),
         )
 
     @refusals_to_status
@@ -146,13 +157,12 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         self._agent(context, request.agent_id)
         if request.from_round < 0:
             raise InvalidArgument(f"from_round: must not be negative, got {request.from_round}")
-        total = self.core.config.rounds
         for event in self.core.watch(request.from_round, lambda: not context.is_active()):
             yield allocator_pb2.RoundEvent(
                 round=event.round,
                 phase=phase_enum(event.phase),
                 timestamp_unix_ms=event.ts_ms,
-                total_rounds=total,
+                total_rounds=self.core.store.total_rounds(),
                 run_finished=event.finished,
             )
 
@@ -179,10 +189,10 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
     @refusals_to_status
     def ContributePaths(self, request, context):  # type: ignore[no-untyped-def]
         agent = self._agent(context, request.agent_id)
-        accepted, rejected = self.core.contribute(
+        outcome = self.core.contribute(
             agent.agent_id, request.round, [(p.sample_id, p.text) for p in request.paths]
         )
-        return allocator_pb2.ContributePathsResponse(accepted=accepted, rejected_incorrect=rejected)
+        return allocator_pb2.ContributePathsResponse(**vars(outcome))
 
     @refusals_to_status
     def GetClusterModel(self, request, context):  # type: ignore[no-untyped-def]
@@ -206,6 +216,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             total_rounds=status["total_rounds"],
             pool_fingerprint=status["pool_fingerprint"],
             pool_size=status["pool_size"],
+            contributions=allocator_pb2.ContributionCounts(**status["contributions"]),
             agents=[
                 allocator_pb2.AgentRoundStatus(
                     agent_id=a["agent_id"],
@@ -244,6 +255,34 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         self.core.leave(request.agent_id, AgentStatus.REVOKED)
         return allocator_pb2.RevokeAgentResponse()
 
+    @refusals_to_status
+    def InviteAgent(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context), required=True)
+        invitation_id, secret, expires_ms = self.core.invite(request.name, request.expires_in_s)
+        return allocator_pb2.InviteAgentResponse(
+            invitation_id=invitation_id, enrollment_secret=secret, expires_unix_ms=expires_ms
+        )
+
+    @refusals_to_status
+    def ListInvitations(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context), required=True)
+        stamp = now_ms()
+        return allocator_pb2.ListInvitationsResponse(
+            invitations=[invitation_info(i, stamp) for i in self.core.invitations()]
+        )
+
+    @refusals_to_status
+    def RevokeInvitation(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context), required=True)
+        self.core.revoke_invitation(request.invitation_id)
+        return allocator_pb2.RevokeInvitationResponse()
+
+    @refusals_to_status
+    def SetTotalRounds(self, request, context):  # type: ignore[no-untyped-def]
+        self.core.check_operator(bearer_token(context), required=True)
+        total, current = self.core.set_total_rounds(request.total_rounds)
+        return allocator_pb2.SetTotalRoundsResponse(total_rounds=total, current_round=current)
+
 
 def agent_info(record: AgentRecord) -> allocator_pb2.AgentInfo:
     return allocator_pb2.AgentInfo(
@@ -256,6 +295,20 @@ def agent_info(record: AgentRecord) -> allocator_pb2.AgentInfo:
         first_round=record.first_round,
         last_heartbeat_unix_ms=record.last_heartbeat_ms,
         status=allocator_pb2.AgentStatus.Value(f"AGENT_STATUS_{record.status.value}"),
+    )
+
+
+def invitation_info(invitation: InvitationRecord, at_ms: int) -> allocator_pb2.Invitation:
+    return allocator_pb2.Invitation(
+        invitation_id=invitation.invitation_id,
+        name=invitation.name,
+        state=allocator_pb2.InvitationState.Value(
+            f"INVITATION_STATE_{invitation.state(at_ms).value}"
+        ),
+        created_unix_ms=invitation.created_ms,
+        expires_unix_ms=invitation.expires_ms,
+        agent_id=invitation.agent_id,
+        open_enrollment=invitation.open_enrollment,
     )
 
 

@@ -89,9 +89,16 @@ class LadaGroup(click.Group):
     """A group whose usage errors are one line and exit 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        import grpc
+
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            click.echo(f"lada: error: {code}: {details}", err=True)
+            sys.exit(1)
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
@@ -176,7 +183,14 @@ def allocator_group() -> None:
     "--operator-token",
     default=None,
     envvar="LADA_OPERATOR_TOKEN",
-    help="Token operator RPCs must carry (status, gaps, revoke).",
+    help="Token operator RPCs must carry (status, gaps, revoke; required to invite agents).",
+)
+@click.option(
+    "--open-enrollment/--invitations-only",
+    "open_enrollment",
+    default=None,
+    help="Let any agent join without an invitation (local experiments only; default: "
+    "invitations only).",
 )
 def allocator_serve(config_path: str | None, **kwargs: Any) -> None:
     """Serve the Allocator gRPC service until SIGTERM."""
@@ -246,6 +260,11 @@ def agent_group() -> None:
 )
 @click.option("--state-dir", default=None, help="Checkpoints, identity and audit log.")
 @click.option(
+    "--enrollment-secret-file",
+    default=None,
+    help="File holding the invitation's enrollment secret (or $LADA_AGENT_ENROLLMENT_SECRET).",
+)
+@click.option(
     "--tls-ca",
     "client_tls_ca",
     default=None,
@@ -292,6 +311,128 @@ def agent_revoke(allocator: str, agent_id: str, operator_token: str) -> None:
     with OperatorClient(allocator, operator_token) as client:
         client.revoke(agent_id)
     click.echo(f"revoked {agent_id}")
+
+
+@agent_group.command("invite")
+@click.argument("name")
+@click.option(
+    "--expires",
+    default="",
+    help="Expire the invitation if unused after this long (e.g. 90m, 24h, 7d; default never).",
+)
+@click.option(
+    "--secret-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the secret to this file (mode 0600) instead of printing it; an existing "
+    "file is kept and no new invitation is made.",
+)
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def agent_invite(
+    name: str,
+    expires: str,
+    secret_out: str | None,
+    allocator: str,
+    operator_token: str,
+    as_json: bool,
+) -> None:
+    """Invite the organisation NAME: print a one-time enrollment secret for its agent."""
+    from allocator.client import OperatorClient
+    from slm_agent.checkpoint import write_atomic
+
+    if secret_out and Path(secret_out).is_file():
+        click.echo(f"kept {secret_out}: {name} holds an invitation already")
+        return
+    seconds = parse_duration(expires)
+    with OperatorClient(allocator, operator_token) as client:
+        reply = client.invite(name, seconds)
+    payload = {
+        "invitation_id": reply.invitation_id,
+        "name": name,
+        "expires_unix_ms": reply.expires_unix_ms,
+    }
+    if secret_out:
+        write_atomic(Path(secret_out), reply.enrollment_secret.encode(), mode=0o600)
+        payload["secret_file"] = secret_out
+    else:
+        payload["enrollment_secret"] = reply.enrollment_secret
+    _emit(payload, as_json, _render_invitation)
+
+
+def _render_invitation(payload: dict[str, Any]) -> str:
+    where = (
+        f"secret written to {payload['secret_file']}"
+        if "secret_file" in payload
+        else f"enrollment secret (shown once): {payload['enrollment_secret']}"
+    )
+    expiry = payload["expires_unix_ms"]
+    until = "never expires" if not expiry else f"expires at unix ms {expiry} if unused"
+    return f"invited {payload['name']} ({payload['invitation_id']}, {until})\n{where}"
+
+
+def parse_duration(text: str) -> int:
+    """'90m', '24h', '7d', '30s' or plain seconds -> seconds (empty: 0, never)."""
+    text = text.strip().lower()
+    if not text:
+        return 0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise CliError(f"--expires: cannot read {text!r} (e.g. 90m, 24h, 7d)") from None
+    if seconds <= 0:
+        raise CliError(f"--expires: must be positive, got {text!r}")
+    return max(int(seconds), 1)
+
+
+@agent_group.command("invitations")
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def agent_invitations(allocator: str, operator_token: str, as_json: bool) -> None:
+    """List invitations: name, state (PENDING, USED, EXPIRED, REVOKED), expiry, agent."""
+    from allocator.client import OperatorClient, render_invitations
+
+    with OperatorClient(allocator, operator_token) as client:
+        payload = client.invitations()
+    _emit(payload, as_json, render_invitations)
+
+
+@agent_group.command("uninvite")
+@click.argument("invitation_id")
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+def agent_uninvite(invitation_id: str, allocator: str, operator_token: str) -> None:
+    """Revoke an unused invitation; registering with its secret is then refused."""
+    from allocator.client import OperatorClient
+
+    with OperatorClient(allocator, operator_token) as client:
+        client.revoke_invitation(invitation_id)
+    click.echo(f"revoked invitation {invitation_id}")
+
+
+@cli.group("run")
+def run_group() -> None:
+    """The running federation as a whole."""
+
+
+@run_group.command("extend")
+@click.option(
+    "--rounds", type=int, required=True, help="New total number of rounds (0: until stopped)."
+)
+@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+def run_extend(rounds: int, allocator: str, operator_token: str) -> None:
+    """Change how many rounds the run has, so organisations can still join."""
+    from allocator.client import OperatorClient
+
+    with OperatorClient(allocator, operator_token) as client:
+        reply = client.set_total_rounds(rounds)
+    total = reply.total_rounds or "until stopped"
+    click.echo(f"run: {total} rounds (now at round {reply.current_round})")
 
 
 def _run_service(entry: Callable[[Any], Any], config: Any) -> None:
@@ -375,6 +516,69 @@ def models_build(profile: str, root: str | None) -> None:
             link.unlink()
         link.symlink_to(Path(path).resolve(), target_is_directory=True)
         click.echo(f"{name}: {link} -> {path}")
+
+
+@models_group.command("probe")
+@click.option(
+    "--profile", type=click.Choice(["micro", "demo"]), default="demo", help="Zoo profile."
+)
+@click.option(
+    "--out",
+    "root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Zoo directory (default $LADA_HOME/zoo).",
+)
+@click.option("--test", "test_spec", default=None, help="Held-out test set (default: the zoo's).")
+@click.option("--pool", "pool_spec", default=None, help="Public samples (test set removed).")
+@click.option("--distill-samples", type=int, default=200, show_default=True)
+@click.option("--gap-samples", type=int, default=50, show_default=True, help="Per domain.")
+@click.option("--absorb-samples", type=int, default=200, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option(
+    "--doc",
+    type=click.Path(dir_okay=False),
+    default="docs/zoo.md",
+    show_default=True,
+    help="Markdown file whose probe section is replaced ('' to skip).",
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+def models_probe(
+    profile: str,
+    root: str | None,
+    test_spec: str | None,
+    pool_spec: str | None,
+    distill_samples: int,
+    gap_samples: int,
+    absorb_samples: int,
+    threads: int,
+    doc: str,
+    json_out: str | None,
+) -> None:
+    """Measure the zoo's learnability gap (accuracy, distillation, reward by gap, absorb)."""
+    import torch
+
+    from lada.probe import ProbeSettings, render_markdown, run_probe, save, write_docs
+
+    torch.set_num_threads(threads)
+    settings = ProbeSettings(
+        profile=profile,
+        root=Path(root) if root else None,
+        distill_samples=distill_samples,
+        gap_samples_per_domain=gap_samples,
+        absorb_samples=absorb_samples,
+    )
+    if test_spec:
+        settings.test_spec = test_spec
+    if pool_spec:
+        settings.pool_spec = pool_spec
+    result = run_probe(settings, log=lambda line: click.echo(line, err=True))
+    markdown = render_markdown(result)
+    click.echo(markdown)
+    if doc:
+        write_docs(markdown, Path(doc))
+    if json_out:
+        save(result, Path(json_out))
 
 
 @cli.command("eval")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -91,11 +92,16 @@ class Cluster:
     redis: RedisHandle
     workdir: Path
     children: dict[str, Child] = field(default_factory=dict)
+    # Known to the allocator and to `lada up` only: it issues the agents' invitations.
+    operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
-    def start(self, name: str, args: list[str], port: int) -> Child:
+    def start(
+        self, name: str, args: list[str], port: int, env_extra: dict[str, str] | None = None
+    ) -> Child:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_URL": self.redis.url}
+        env.update(env_extra or {})
         with open(log_path, "ab") as sink:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lada.cli", *args],
@@ -282,8 +288,10 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             cluster.redis.url,
         ),
         allocator_port,
+        {"LADA_OPERATOR_TOKEN": cluster.operator_token},
     )
     wait_serving(allocator, 120)
+    secrets_dir = cluster.workdir / "secrets"
     for agent in config.agents:
         port = free_port()
         agent_config = agent_for_cluster(
@@ -294,6 +302,7 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             data.public,
             str(cluster.workdir / "agents" / agent.name),
         )
+        agent_config.enrollment_secret_file = invite(cluster, agent.name, secrets_dir)
         args = agent_args(
             write_service_config("agent", agent_config, configs / f"{agent.name}.yaml"),
             port,
@@ -301,6 +310,19 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             llm.address,
         )
         wait_serving(cluster.start(agent.name, args, port), 300)
+
+
+def invite(cluster: Cluster, name: str, secrets_dir: Path) -> str:
+    """Invite an agent through the allocator's InviteAgent RPC, as an operator would; the
+    secret goes to a 0600 file only that agent reads. Returns the file's path."""
+    from allocator.client import OperatorClient
+    from slm_agent.checkpoint import write_atomic
+
+    with OperatorClient(cluster.children["allocator"].address, cluster.operator_token) as op:
+        reply = op.invite(name)
+    path = secrets_dir / f"{name}.secret"
+    write_atomic(path, reply.enrollment_secret.encode(), mode=0o600)
+    return str(path)
 
 
 @dataclass
@@ -317,7 +339,9 @@ class Snapshot:
 def poll(cluster: Cluster) -> Snapshot:
     with grpc.insecure_channel(cluster.children["allocator"].address) as channel:
         status = allocator_pb2_grpc.AllocatorStub(channel).GetRoundStatus(
-            allocator_pb2.GetRoundStatusRequest(), timeout=5
+            allocator_pb2.GetRoundStatusRequest(),
+            timeout=5,
+            metadata=[("authorization", f"Bearer {cluster.operator_token}")],
         )
     rows: list[dict[str, object]] = []
     for agent in status.agents:

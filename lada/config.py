@@ -165,6 +165,7 @@ class AllocatorSettings:
     watch_block_ms: int = 1000
     max_paths_per_sample: int = 64
     max_contribution_chars: int = 20_000
+    max_contributions_per_agent_round: int = 256  # paths an agent may contribute per round
     gap_histogram_bins: int = 10
     llm_timeout_s: float = 600.0
     clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
@@ -183,6 +184,7 @@ class AllocatorConfig:
     llm_address: str = ""
     seed: int = 0
     operator_token: str = ""
+    open_enrollment: bool = False  # True: agents join without an invitation (local experiments)
     llm_tls: ClientTLS = field(default_factory=ClientTLS)  # for the channel to the LLM service
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
     settings: AllocatorSettings = field(default_factory=AllocatorSettings)
@@ -216,6 +218,8 @@ class AgentConfig:
     loss: str = "contrastive"  # sft | contrastive
     contribute: bool = False
     state_dir: str = ""  # empty: lada_home()/agents/<name>
+    enrollment_secret: str = ""  # the invitation's secret (`lada agent invite NAME`)
+    enrollment_secret_file: str = ""  # or a file holding it
     connect_deadline_s: float = 60.0
     tls: ClientTLS = field(default_factory=ClientTLS)
     learning_rate: float = 5e-4

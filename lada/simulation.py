@@ -53,15 +53,17 @@ class InProcessAllocator:
         self.agent_id = ""
 
     def register(self, registration: Registration) -> Registered:
-        record, token = self.core.register(
+        enrollment = self.core.register(
             registration.name,
             registration.model_description,
             registration.tokenizer_name,
             registration.domain_tags,
             registration.capacity,
             registration.pool_fingerprint,
+            registration.enrollment_secret,
         )
-        return Registered(record.agent_id, token, record.first_round)
+        record = enrollment.record
+        return Registered(record.agent_id, enrollment.token, record.first_round, enrollment.resumed)
 
     def use_identity(self, agent_id: str, token: str) -> None:
         self.core.authorize(token, agent_id)
@@ -87,7 +89,8 @@ class InProcessAllocator:
         return outcome.accepted, outcome.duplicates
 
     def contribute(self, round_number: int, paths: dict[str, str]) -> tuple[int, int]:
-        return self.core.contribute(self.agent_id, round_number, list(paths.items()))
+        outcome = self.core.contribute(self.agent_id, round_number, list(paths.items()))
+        return outcome.accepted, len(paths) - outcome.accepted
 
     def cluster_model(self) -> ClusterModel | None:
         return self.core.cluster_model
@@ -194,10 +197,12 @@ def build_agent(
     allocator: InProcessAllocator,
     llm: InProcessLLM,
 ) -> Agent:
-    """An agent exactly as `lada agent run` builds it, wired to in-process ports."""
+    """An agent exactly as `lada agent run` builds it, wired to in-process ports, with an
+    invitation the in-process allocator issued for it."""
     config = agent_for_cluster(
         cluster, agent, str(model), private_data, public_pool, str(state_dir)
     )
+    _, config.enrollment_secret, _ = allocator.core.invite(agent.name, 0)
     settings = agent_settings(config)
     inputs = validate_inputs(config, settings)
     store = CheckpointStore(inputs.state_dir)

@@ -12,8 +12,12 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 |                              |        | last_heartbeat_ms                                    |
 | `agent_names`                | hash   | name -> agent_id (names are unique per run)          |
 | `tokens`                     | hash   | token hash -> agent_id (who is calling)              |
+| `invites`                    | hash   | invitation_id -> JSON {name, secret_hash, created_ms,|
+|                              |        | expires_ms, agent_id, used_ms, revoked_ms, open}     |
+| `invite_secrets`             | hash   | enrollment secret hash -> invitation_id              |
 | `round:{r}`                  | hash   | phase, deadline_ms, opened_ms, closed_ms,            |
-|                              |        | allocated_ms                                         |
+|                              |        | allocated_ms, contrib_{accepted,rejected_incorrect,  |
+|                              |        | rejected_unsound,rejected_over_cap} (counters)       |
 | `round:{r}:agents`           | hash   | agent_id -> AgentRoundState name                     |
 | `events`                     | stream | round events: round, phase, ts_ms (+ finished=1 once |
 |                              |        | the last round closed)                               |
@@ -26,13 +30,15 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 |                              |        | report on it (gap "nan" when no LLM path is correct) |
 | `llm_acc`                    | hash   | sample_id -> "correct/total" of the LLM's paths      |
 | `contrib:{r}`                | hash   | "{agent_id}|{sample_id}" -> path text                |
+| `contrib:{r}:counts`         | hash   | agent_id -> contributions recorded (the cap)         |
 | `absorbed`                   | set    | sample IDs the LLM has absorbed                      |
 | `blob:{name}`                | string | large artefacts (cluster model, assignments)         |
 | `lock:{name}`                | string | leases (the round driver's leader lock)              |
 
 Round transitions are compare-and-set Lua scripts, so several allocator replicas can
-share one Redis; a report stream is applied by one Lua script (all or nothing); other
-multi-key writes (allocations, folds) are WATCH + MULTI/EXEC.
+share one Redis; a registration (name, record, token, invitation use) and a report stream
+are each one Lua script that checks everything before its first write (all or nothing);
+other multi-key writes (allocations, folds) are WATCH + MULTI/EXEC.
 """
 
 from __future__ import annotations
@@ -201,6 +207,101 @@ return {'ok', accepted}
 """
 
 
+# KEYS: invites, invite_secrets, agent_names, agents (zset), tokens, run.
+# ARGV: secret_hash, name, now_ms, open_enrollment (0/1), new agent_id, new token hash,
+# new invitation_id, key prefix, model_description, tokenizer_name, domain_tags (JSON),
+# capacity.
+# Every check comes before the first write, so the script leaves a whole agent or nothing.
+# A secret that already registered an agent re-issues that agent's token (a retried call).
+_REGISTER_LUA = """
+local invitation_id = redis.call('HGET', KEYS[2], ARGV[1])
+local invitation
+if invitation_id then invitation = cjson.decode(redis.call('HGET', KEYS[1], invitation_id)) end
+if not invitation then
+  if ARGV[4] ~= '1' then return {'unknown'} end
+  invitation_id = ARGV[7]
+  invitation = {name = ARGV[2], secret_hash = ARGV[1], created_ms = tonumber(ARGV[3]),
+                expires_ms = 0, agent_id = '', used_ms = 0, revoked_ms = 0, open = true}
+end
+if invitation.name ~= ARGV[2] then return {'other_name', invitation.name} end
+if invitation.agent_id ~= '' then
+  local agent_key = ARGV[8] .. 'agent:' .. invitation.agent_id
+  local status = redis.call('HGET', agent_key, 'status')
+  if status ~= 'ACTIVE' then return {'inactive', invitation.agent_id, status or ''} end
+  redis.call('HDEL', KEYS[5], redis.call('HGET', agent_key, 'token_hash'))
+  redis.call('HSET', KEYS[5], ARGV[6], invitation.agent_id)
+  redis.call('HSET', agent_key, 'token_hash', ARGV[6], 'last_heartbeat_ms', ARGV[3])
+  return {'resumed', invitation.agent_id, redis.call('HGET', agent_key, 'first_round')}
+end
+if invitation.revoked_ms > 0 then return {'revoked', invitation.name} end
+if invitation.expires_ms > 0 and tonumber(ARGV[3]) >= invitation.expires_ms then
+  return {'expired', invitation.name, tostring(invitation.expires_ms)}
+end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return {'taken'} end
+local current = tonumber(redis.call('HGET', KEYS[6], 'current_round') or '0')
+local total = tonumber(redis.call('HGET', KEYS[6], 'total_rounds') or '0')
+if redis.call('HEXISTS', KEYS[6], 'finished_ms') == 1 or (total > 0 and current + 1 > total) then
+  return {'run_over', tostring(current), tostring(total)}
+end
+local agent_id = ARGV[5]
+redis.call('HSET', ARGV[8] .. 'agent:' .. agent_id,
+  'name', ARGV[2], 'model_description', ARGV[9], 'tokenizer_name', ARGV[10],
+  'domain_tags', ARGV[11], 'capacity', ARGV[12], 'first_round', current + 1,
+  'status', 'ACTIVE', 'token_hash', ARGV[6], 'last_heartbeat_ms', ARGV[3])
+redis.call('ZADD', KEYS[4], redis.call('ZCARD', KEYS[4]), agent_id)
+redis.call('HSET', KEYS[3], ARGV[2], agent_id)
+redis.call('HSET', KEYS[5], ARGV[6], agent_id)
+invitation.agent_id = agent_id
+invitation.used_ms = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], invitation_id, cjson.encode(invitation))
+redis.call('HSET', KEYS[2], ARGV[1], invitation_id)
+return {'registered', agent_id, tostring(current + 1)}
+"""
+
+# KEYS: invites. ARGV: invitation_id, now_ms. Revoke an unused invitation.
+_REVOKE_INVITATION_LUA = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 'missing' end
+local invitation = cjson.decode(raw)
+if invitation.agent_id ~= '' then return 'used' end
+if invitation.revoked_ms == 0 then
+  invitation.revoked_ms = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(invitation))
+end
+return 'ok'
+"""
+
+# KEYS: contrib hash, per-agent count hash, round hash. ARGV: agent_id, cap, then
+# sample_id, text pairs. A path for a sample the agent already contributed replaces it;
+# new ones are recorded while the agent is under its cap. Returns {accepted, over_cap}.
+_ADD_CONTRIBUTIONS_LUA = """
+local count = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local cap = tonumber(ARGV[2])
+local accepted, over = 0, 0
+for i = 3, #ARGV, 2 do
+  local field = ARGV[1] .. '|' .. ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], field) == 1 then
+    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
+    accepted = accepted + 1
+  elseif count < cap then
+    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
+    count = count + 1
+    accepted = accepted + 1
+  else
+    over = over + 1
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], count)
+redis.call('HINCRBY', KEYS[3], 'contrib_accepted', accepted)
+redis.call('HINCRBY', KEYS[3], 'contrib_rejected_over_cap', over)
+return {accepted, over}
+"""
+
+CONTRIBUTION_COUNTERS = ("accepted", "rejected_incorrect", "rejected_unsound", "rejected_over_cap")
+INVITATION_SECRET_PREFIX = "lada-inv-"
+MIN_OPEN_ENROLLMENT_SECRET = 16
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -228,6 +329,57 @@ class PermissionDenied(StateError):
 
 class Unauthenticated(StateError):
     pass
+
+
+class InvalidArgument(StateError):
+    """A request field is malformed (INVALID_ARGUMENT); the message names the field."""
+
+
+class AlreadyExists(StateError):
+    """Something of that name exists already (ALREADY_EXISTS)."""
+
+
+class RunOver(StateError):
+    """The run has no round left for the request (OUT_OF_RANGE)."""
+
+
+class InvitationState(StrEnum):
+    PENDING = "PENDING"
+    USED = "USED"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+
+
+@dataclass
+class InvitationRecord:
+    """An invitation as operators see it (its secret is never stored, only its hash)."""
+
+    invitation_id: str
+    name: str
+    created_ms: int
+    expires_ms: int
+    agent_id: str
+    revoked_ms: int
+    open_enrollment: bool
+
+    def state(self, at_ms: int) -> InvitationState:
+        if self.agent_id:
+            return InvitationState.USED
+        if self.revoked_ms:
+            return InvitationState.REVOKED
+        if self.expires_ms and at_ms >= self.expires_ms:
+            return InvitationState.EXPIRED
+        return InvitationState.PENDING
+
+
+@dataclass
+class Enrollment:
+    """The outcome of a registration: the agent, its fresh token, and whether the secret
+    had registered it before (a retried call)."""
+
+    record: AgentRecord
+    token: str
+    resumed: bool
 
 
 @dataclass
@@ -286,6 +438,9 @@ class StateStore:
         self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
         self._finish_run = client.register_script(_FINISH_RUN_LUA)
         self._apply_report = client.register_script(_APPLY_REPORT_LUA)
+        self._register = client.register_script(_REGISTER_LUA)
+        self._revoke_invitation = client.register_script(_REVOKE_INVITATION_LUA)
+        self._add_contributions = client.register_script(_ADD_CONTRIBUTIONS_LUA)
 
     # ---- keys ----------------------------------------------------------------------
     def key(self, *parts: object) -> str:
@@ -296,9 +451,12 @@ class StateStore:
         return sorted(_s(k) for k in self.redis.scan_iter(match=self.prefix + "*", count=1000))
 
     def snapshot(self) -> dict[str, object]:
-        """A comparable dump of the run's state (stream IDs excluded: they carry times)."""
+        """A comparable dump of the run's state (stream IDs excluded: they carry times;
+        leases excluded: they come and go with the replicas, not with requests)."""
         dump: dict[str, object] = {}
         for key in self.all_keys():
+            if key.startswith(self.key("lock")):
+                continue
             kind = _s(self.redis.type(key))
             if kind == "hash":
                 dump[key] = {_s(k): v for k, v in self.redis.hgetall(key).items()}
@@ -307,7 +465,7 @@ class StateStore:
             elif kind == "zset":
                 dump[key] = self.redis.zrange(key, 0, -1, withscores=True)
             elif kind == "string":
-                dump[key] = self.redis.get(key) if not key.startswith(self.key("lock")) else "lease"
+                dump[key] = self.redis.get(key)
             elif kind == "stream":
                 dump[key] = [fields for _, fields in self.redis.xrange(key)]
             elif kind == "list":
@@ -327,6 +485,7 @@ class StateStore:
         run_key = self.key("run")
         self.redis.hsetnx(run_key, "created_ms", now_ms())
         self.redis.hsetnx(run_key, "current_round", 0)
+        self.redis.hsetnx(run_key, "total_rounds", total_rounds)  # then only SetTotalRounds
         existing = self.run_info()
         stored = existing.get("pool_fingerprint")
         if stored and stored != pool_fingerprint:
@@ -338,7 +497,6 @@ class StateStore:
             run_key,
             mapping={
                 "policy": policy,
-                "total_rounds": total_rounds,
                 "pool_fingerprint": pool_fingerprint,
                 "pool_size": pool_size,
             },
@@ -351,34 +509,141 @@ class StateStore:
     def current_round(self) -> int:
         return int(_s(self.redis.hget(self.key("run"), "current_round")) or 0)
 
+    def total_rounds(self) -> int:
+        """Rounds planned for the run (0: until stopped)."""
+        return int(_s(self.redis.hget(self.key("run"), "total_rounds")) or 0)
+
+    def set_total_rounds(self, total: int) -> int:
+        """Extend or shorten the run; never below the current round, never after it ended."""
+        run_key = self.key("run")
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(run_key)
+                    if pipe.hexists(run_key, "finished_ms"):
+                        raise Conflict("total_rounds: the run has finished; start a new run")
+                    current = int(_s(pipe.hget(run_key, "current_round")) or 0)
+                    if total and total < current:
+                        raise InvalidArgument(
+                            f"total_rounds: {total} is below the current round {current}"
+                        )
+                    pipe.multi()
+                    pipe.hset(run_key, "total_rounds", total)
+                    pipe.execute()
+                    return current
+                except redis.WatchError:
+                    continue
+
     # ---- registry ------------------------------------------------------------------
-    def register_agent(self, record: AgentRecord) -> tuple[AgentRecord, str]:
-        """Register a new agent under a unique name; returns the record and a fresh token."""
+    def register_agent(
+        self, record: AgentRecord, enrollment_secret: str, *, open_enrollment: bool = False
+    ) -> Enrollment:
+        """Register an agent with an invitation's secret, atomically (one Lua script).
+
+        The same secret again returns the same agent with a fresh token, so a lost reply
+        never locks an organisation out. With `open_enrollment`, a secret no invitation
+        holds becomes the agent's own invitation for `record.name`.
+        """
+        if not enrollment_secret:
+            raise Unauthenticated(
+                "enrollment_secret: required (an operator issues one: lada agent invite NAME)"
+            )
+        if open_enrollment and len(enrollment_secret) < MIN_OPEN_ENROLLMENT_SECRET:
+            raise InvalidArgument(
+                f"enrollment_secret: at least {MIN_OPEN_ENROLLMENT_SECRET} characters"
+            )
         token = secrets.token_urlsafe(32)
-        record.agent_id = record.agent_id or "agent-" + secrets.token_hex(6)
-        record.last_heartbeat_ms = now_ms()
-        names_key = self.key("agent_names")
-        if not self.redis.hsetnx(names_key, record.name, record.agent_id):
-            raise Conflict(f"name: an agent named {record.name!r} is already registered")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            self.key("agent", record.agent_id),
-            mapping={
-                "name": record.name,
-                "model_description": record.model_description,
-                "tokenizer_name": record.tokenizer_name,
-                "domain_tags": json.dumps(record.domain_tags),
-                "capacity": record.capacity,
-                "first_round": record.first_round,
-                "status": record.status.value,
-                "token_hash": hash_token(token),
-                "last_heartbeat_ms": record.last_heartbeat_ms,
-            },
+        agent_id = "agent-" + secrets.token_hex(6)
+        stamp = now_ms()
+        reply = self._register(
+            keys=[
+                self.key("invites"),
+                self.key("invite_secrets"),
+                self.key("agent_names"),
+                self.key("agents"),
+                self.key("tokens"),
+                self.key("run"),
+            ],
+            args=[
+                hash_token(enrollment_secret),
+                record.name,
+                stamp,
+                int(open_enrollment),
+                agent_id,
+                hash_token(token),
+                "inv-" + secrets.token_hex(6),
+                self.prefix,
+                record.model_description,
+                record.tokenizer_name,
+                json.dumps(record.domain_tags),
+                record.capacity,
+            ],
         )
-        pipe.zadd(self.key("agents"), {record.agent_id: self.redis.zcard(self.key("agents"))})
-        pipe.hset(self.key("tokens"), hash_token(token), record.agent_id)
+        verdict = _s(reply[0])
+        if verdict in ("registered", "resumed"):
+            return Enrollment(self.get_agent(_s(reply[1])), token, verdict == "resumed")
+        parts = [_s(part) for part in reply[1:]]
+        if verdict == "run_over":
+            current, total = int(parts[0]), int(parts[1])
+            phase = self.round_phase(current) if current else None
+            state = "finished" if self.run_finished() else f"round {current} is {phase}"
+            raise RunOver(
+                f"round: the run has no round left for a new agent: {state}, last round "
+                f"{total} (an operator can extend it: lada run extend --rounds N)"
+            )
+        raise _enrollment_refusal(verdict, parts, record.name)
+
+    # ---- invitations ---------------------------------------------------------------
+    def create_invitation(self, name: str, expires_ms: int = 0) -> tuple[str, str]:
+        """A new invitation for `name`; returns (invitation_id, secret). Only the secret's
+        hash is stored."""
+        secret = INVITATION_SECRET_PREFIX + secrets.token_urlsafe(24)
+        invitation_id = "inv-" + secrets.token_hex(6)
+        entry = {
+            "name": name,
+            "secret_hash": hash_token(secret),
+            "created_ms": now_ms(),
+            "expires_ms": expires_ms,
+            "agent_id": "",
+            "used_ms": 0,
+            "revoked_ms": 0,
+            "open": False,
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key("invites"), invitation_id, json.dumps(entry))
+        pipe.hset(self.key("invite_secrets"), entry["secret_hash"], invitation_id)
         pipe.execute()
-        return record, token
+        return invitation_id, secret
+
+    def invitations(self) -> list[InvitationRecord]:
+        """Every invitation of the run, oldest first."""
+        rows = []
+        for invitation_id, raw in self.redis.hgetall(self.key("invites")).items():
+            entry = json.loads(raw)
+            rows.append(
+                InvitationRecord(
+                    _s(invitation_id),
+                    entry["name"],
+                    int(entry["created_ms"]),
+                    int(entry["expires_ms"]),
+                    entry["agent_id"],
+                    int(entry["revoked_ms"]),
+                    bool(entry.get("open")),
+                )
+            )
+        return sorted(rows, key=lambda row: (row.created_ms, row.invitation_id))
+
+    def revoke_invitation(self, invitation_id: str) -> None:
+        """Revoke an unused invitation (revoking twice is a no-op)."""
+        verdict = _s(
+            self._revoke_invitation(keys=[self.key("invites")], args=[invitation_id, now_ms()])
+        )
+        if verdict == "missing":
+            raise NotFound(f"invitation_id: no invitation {invitation_id!r}")
+        if verdict == "used":
+            raise Conflict(
+                f"invitation_id: {invitation_id} was used already; revoke the agent instead"
+            )
 
     def agent_id_by_name(self, name: str) -> str | None:
         found = self.redis.hget(self.key("agent_names"), name)
@@ -561,12 +826,38 @@ class StateStore:
         }
 
     # ---- contributions and absorption ----------------------------------------------
-    def add_contributions(self, round_number: int, agent_id: str, paths: Mapping[str, str]) -> int:
+    def add_contributions(
+        self, round_number: int, agent_id: str, paths: Mapping[str, str], cap: int
+    ) -> tuple[int, int]:
+        """Record paths up to the agent's per-round cap; returns (accepted, over the cap)."""
         if not paths:
-            return 0
-        mapping = {f"{agent_id}|{sample_id}": text for sample_id, text in paths.items()}
-        self.redis.hset(self.key("contrib", round_number), mapping=mapping)
-        return len(mapping)
+            return 0, 0
+        args: list[object] = [agent_id, cap]
+        for sample_id, text in paths.items():
+            args += [sample_id, text]
+        accepted, over = self._add_contributions(
+            keys=[
+                self.key("contrib", round_number),
+                self.key("contrib", round_number, "counts"),
+                self.key("round", round_number),
+            ],
+            args=args,
+        )
+        return int(accepted), int(over)
+
+    def count_rejected_contributions(self, round_number: int, incorrect: int, unsound: int) -> None:
+        """Add to a round's counters of paths refused before they were recorded."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(self.key("round", round_number), "contrib_rejected_incorrect", incorrect)
+        pipe.hincrby(self.key("round", round_number), "contrib_rejected_unsound", unsound)
+        pipe.execute()
+
+    def contribution_counts(self, round_number: int) -> dict[str, int]:
+        """Accepted and rejected contributions of a round (CONTRIBUTION_COUNTERS)."""
+        values = self.redis.hmget(
+            self.key("round", round_number), [f"contrib_{c}" for c in CONTRIBUTION_COUNTERS]
+        )
+        return {c: int(_s(v) or 0) for c, v in zip(CONTRIBUTION_COUNTERS, values, strict=True)}
 
     def contributions(self, round_number: int) -> Iterator[tuple[str, str, str]]:
         """(agent_id, sample_id, text) for a round's contributions."""
@@ -776,3 +1067,23 @@ class StateStore:
     def put_blob_once(self, name: str, data: bytes) -> bool:
         """Store a blob unless one exists (replicas racing to fit the same artefact)."""
         return bool(self.redis.set(self.key("blob", name), data, nx=True))
+
+
+def _enrollment_refusal(verdict: str, parts: list[str], name: str) -> StateError:
+    """The refusal for a registration the script turned down (nothing was written)."""
+    if verdict == "unknown":
+        return Unauthenticated("enrollment_secret: no invitation matches this secret")
+    if verdict == "other_name":
+        return PermissionDenied(f"name: the invitation is for {parts[0]!r}, not {name!r}")
+    if verdict == "inactive":
+        return PermissionDenied(
+            f"enrollment_secret: the agent registered with it ({parts[0]}) is {parts[1]}"
+        )
+    if verdict == "revoked":
+        return Unauthenticated(f"enrollment_secret: the invitation for {parts[0]!r} was revoked")
+    if verdict == "expired":
+        return Unauthenticated(
+            f"enrollment_secret: the invitation for {parts[0]!r} expired at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(int(parts[1]) / 1000))}"
+        )
+    return AlreadyExists(f"name: an agent named {name!r} is already registered")

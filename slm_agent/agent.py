@@ -8,6 +8,7 @@ It talks to the allocator and the LLM service only through `AllocatorPort` / `LL
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from slm_agent.ports import (
     Registration,
     RoundEventView,
     RoundGone,
+    RunOver,
     ServiceError,
     StreamEnded,
     Unavailable,
@@ -88,6 +90,7 @@ class AgentPlan:
     llm_max_tokens: int = 128
     heartbeat_interval_s: float = 5.0
     retry_deadline_s: float = 60.0
+    enrollment_secret: str = ""  # the invitation's; empty: saved or self-chosen (open enrollment)
 
     @property
     def domain_tags(self) -> list[str]:
@@ -102,8 +105,13 @@ def domain_tags(private: Sequence[Problem]) -> list[str]:
     return tags or [d for d, _ in counts.most_common(1)]
 
 
+class NoRoundLeft(Exception):
+    """The run ended (or will end) before this agent's first round."""
+
+
 class Agent:
-    """The loop; `run()` returns when the run is finished or `stop()` is called."""
+    """The loop; `run()` returns when the run is finished or `stop()` is called, and raises
+    NoRoundLeft when the agent joined a run with no round left for it."""
 
     def __init__(
         self,
@@ -166,20 +174,33 @@ class Agent:
         return identity
 
     def _register(self) -> Identity:
+        """Register with the enrollment secret, saved first: a retry (lost reply) or a
+        restart after a crash mid-call presents the same secret and gets the same agent."""
+        name = self.plan.name
+        secret = (
+            self.plan.enrollment_secret
+            or self.store.load_enrollment(name)
+            or secrets.token_urlsafe(24)
+        )
+        self.store.save_enrollment(name, secret)
         registration = Registration(
-            name=self.plan.name,
+            name=name,
             model_description=self.plan.model_description,
             tokenizer_name=self.plan.tokenizer_name,
             domain_tags=self.plan.domain_tags,
             capacity=self.plan.capacity,
             pool_fingerprint=self.plan.pool_fingerprint,
+            enrollment_secret=secret,
         )
         self.status.update(activity="registering")
-        registered = with_retries(
-            lambda: self.allocator.register(registration),
-            "RegisterAgent",
-            self.plan.retry_deadline_s,
-        )
+        try:
+            registered = with_retries(
+                lambda: self.allocator.register(registration),
+                "RegisterAgent",
+                self.plan.retry_deadline_s,
+            )
+        except RunOver as exc:
+            raise NoRoundLeft(exc.details) from exc
         identity = Identity(
             registered.agent_id,
             registered.token,
@@ -190,7 +211,12 @@ class Agent:
         )
         self.store.save_identity(identity)
         log.info(
-            "registered", extra={"agent_id": identity.agent_id, "first_round": identity.first_round}
+            "registered",
+            extra={
+                "agent_id": identity.agent_id,
+                "first_round": identity.first_round,
+                "resumed": registered.resumed,
+            },
         )
         return identity
 
@@ -230,6 +256,11 @@ class Agent:
                 self._mark_skipped(
                     event.round, f"round reached {event.phase} before the agent worked it"
                 )
+        if event.run_finished and event.round < first:
+            raise NoRoundLeft(
+                f"the run finished at round {event.round}, before this agent's first round "
+                f"{first} (an operator can extend a running federation: lada run extend)"
+            )
         if event.run_finished:
             log.info(
                 "run finished", extra={"last_reported_round": self.progress.last_reported_round}

@@ -4,6 +4,8 @@ Every write goes to a temporary path first and is renamed into place, so a kill 
 moment leaves either the old state or the new one, never half of either.
 
 Layout of `state_dir`:
+  enrollment.json          name and enrollment secret (mode 0600), written before the
+                           agent registers, so a crash mid-registration resumes the same agent
   identity.json            agent ID, token (mode 0600), name, first round, allocator
   progress.json            last trained / reported / contributed round, last accuracy
   checkpoints/round-<r>/   weights after round r, outcome.json (stats to report)
@@ -83,6 +85,20 @@ class CheckpointStore:
 
     def save_identity(self, identity: Identity) -> None:
         write_atomic(self.root / "identity.json", _dump(asdict(identity)), mode=0o600)
+
+    # ---- enrollment ----------------------------------------------------------------
+    def load_enrollment(self, name: str) -> str:
+        """The enrollment secret this agent registered (or was about to) with, if any."""
+        path = self.root / "enrollment.json"
+        if not path.is_file():
+            return ""
+        saved = json.loads(path.read_text())
+        return str(saved["secret"]) if saved.get("name") == name else ""
+
+    def save_enrollment(self, name: str, secret: str) -> None:
+        write_atomic(
+            self.root / "enrollment.json", _dump({"name": name, "secret": secret}), mode=0o600
+        )
 
     # ---- progress ------------------------------------------------------------------
     def load_progress(self) -> Progress:

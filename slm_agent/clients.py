@@ -31,6 +31,7 @@ from slm_agent.ports import (
     Registration,
     RoundEventView,
     RoundGone,
+    RunOver,
     ServiceError,
     StreamEnded,
     Unavailable,
@@ -64,6 +65,8 @@ def service_error(exc: grpc.RpcError, round_scoped: bool = False) -> ServiceErro
         return StreamEnded(name, details)
     if round_scoped and code in ROUND_GONE:
         return RoundGone(name, details)
+    if code is grpc.StatusCode.OUT_OF_RANGE:
+        return RunOver(name, details)
     return Refused(name, details)
 
 
@@ -123,9 +126,10 @@ class GrpcAllocator:
             domain_tags=registration.domain_tags,
             capacity=registration.capacity,
             pool_fingerprint=registration.pool_fingerprint,
+            enrollment_secret=registration.enrollment_secret,
         )
         reply = _call(lambda: self.stub.RegisterAgent(request, timeout=self.timeout_s))
-        return Registered(reply.agent_id, reply.token, int(reply.first_round))
+        return Registered(reply.agent_id, reply.token, int(reply.first_round), reply.resumed)
 
     def heartbeat(self) -> int:
         request = allocator_pb2.HeartbeatRequest(agent_id=self.agent_id)
@@ -186,7 +190,7 @@ class GrpcAllocator:
             ),
             round_scoped=True,
         )
-        return int(reply.accepted), int(reply.rejected_incorrect)
+        return int(reply.accepted), len(paths) - int(reply.accepted)  # rejected, every reason
 
     def cluster_model(self) -> ClusterModel | None:
         request = allocator_pb2.GetClusterModelRequest()

@@ -1,8 +1,10 @@
 """`lada agent run`: validate inputs, serve lada.v1.Agent, connect, then run the round loop.
 
 Exit codes: 0 the run finished (or SIGTERM); 1 bad input (private data, pool, model,
-loss), found before registering; 3 the allocator or the LLM service stayed unreachable
-for `connect_deadline_s`; 4 the allocator refused the agent (token, pool, request).
+loss, enrollment secret file), found before registering; 3 the allocator or the LLM
+service stayed unreachable for `connect_deadline_s`; 4 the allocator refused the agent
+(invitation, token, pool, request); 5 the run has no round left for the agent (it joined
+while the last round was closing, or after the run ended).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lada.server import (
 )
 from lada.tasks import DatasetSpecError, Problem, load_dataset, pool_fingerprint
 from lada.v1 import agent_pb2_grpc
-from slm_agent.agent import Agent, AgentPlan, StatusBoard
+from slm_agent.agent import Agent, AgentPlan, NoRoundLeft, StatusBoard
 from slm_agent.audit import AuditLog, audited_channel
 from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import GrpcAllocator, GrpcLLM, wait_ready
@@ -44,6 +46,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
+EXIT_NO_ROUND_LEFT = 5
 
 
 class BadInput(ValueError):
@@ -59,6 +62,7 @@ class Inputs:
     fingerprint: str
     loss: DistillationLoss
     state_dir: Path
+    enrollment_secret: str = ""
 
 
 def load_private_data(spec: str) -> list[Problem]:
@@ -95,8 +99,27 @@ def validate_inputs(config: AgentConfig, settings: AgentSettings) -> Inputs:
         raise BadInput(str(exc)) from exc
     state_dir = Path(config.state_dir) if config.state_dir else lada_home() / "agents" / config.name
     return Inputs(
-        private, {p.id: p for p in pool_list}, pool_fingerprint(pool_list), loss, state_dir
+        private,
+        {p.id: p for p in pool_list},
+        pool_fingerprint(pool_list),
+        loss,
+        state_dir,
+        enrollment_secret(config),
     )
+
+
+def enrollment_secret(config: AgentConfig) -> str:
+    """The invitation's secret: `enrollment_secret`, else the file `enrollment_secret_file`."""
+    if config.enrollment_secret or not config.enrollment_secret_file:
+        return config.enrollment_secret.strip()
+    path = Path(config.enrollment_secret_file)
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise BadInput(f"enrollment_secret_file: cannot read {path}: {exc.strerror}") from exc
+    if not secret:
+        raise BadInput(f"enrollment_secret_file: {path} is empty")
+    return secret
 
 
 def run(config: AgentConfig) -> int:
@@ -188,6 +211,9 @@ def _run_agent(
         _SIGNAL_TARGET["agent"] = agent
         agent.run()
         return EXIT_OK
+    except NoRoundLeft as exc:
+        log.error(f"no round left for this agent: {exc}")
+        return EXIT_NO_ROUND_LEFT
     except Unreachable as exc:
         log.error(f"giving up: {exc}")
         return EXIT_UNREACHABLE
@@ -219,6 +245,7 @@ def agent_plan(
         llm_max_tokens=settings.llm_max_tokens,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         retry_deadline_s=config.connect_deadline_s,
+        enrollment_secret=inputs.enrollment_secret,
     )
 
 

@@ -44,6 +44,10 @@ class Refused(ServiceError):
     """The service refused the agent or its request for good (token, pool, arguments)."""
 
 
+class RunOver(Refused):
+    """The run has no round left for this agent (OUT_OF_RANGE on RegisterAgent)."""
+
+
 class StreamEnded(ServiceError):
     """The round stream was cut (server restart); resubscribe."""
 
@@ -62,6 +66,7 @@ class Registration:
     domain_tags: list[str]
     capacity: int
     pool_fingerprint: str
+    enrollment_secret: str
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Registered:
     agent_id: str
     token: str
     first_round: int
+    resumed: bool = False
 
 
 @dataclass

@@ -91,6 +91,9 @@ def default_settings(run_id: str, **overrides: Any) -> dict[str, Any]:
         "min_agents": 3,
         "round_deadline_s": 120.0,
         "operator_token": OPERATOR_TOKEN,
+        # Tests about something else join like local experiments do; tests of enrollment
+        # itself pass open_enrollment=False.
+        "open_enrollment": True,
         "seed": 0,
         "lada": {"num_clusters": TEST_CLUSTERS},
         "server": {"metrics_port": -1, "log_level": "INFO"},

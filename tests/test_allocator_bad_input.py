@@ -238,13 +238,13 @@ def test_registration_with_another_pool_fingerprint_fails_precondition(
     assert message.startswith("pool_fingerprint:")
 
 
-def test_registering_a_taken_name_fails_precondition(
+def test_registering_a_taken_name_already_exists(
     open_round: OpenRound, test_pool_fingerprint: str
 ) -> None:
     message = refused_unchanged(
         open_round,
         lambda: AgentClient(open_round.address).register("agent-0", 5, test_pool_fingerprint),
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
     )
     assert message.startswith("name:")
 

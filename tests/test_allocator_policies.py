@@ -237,7 +237,8 @@ def test_the_llm_absorbs_the_most_novel_contributions_where_it_is_weak(
 ) -> None:
     core = _core(store, test_problems, min_agents=1, rounds=1)
     core.config.lada.llm_budget = 1
-    record, _ = core.register("a", "", "", [], 3, core.fingerprint)
+    _, secret, _ = core.invite("a", 0)
+    record = core.register("a", "", "", [], 3, core.fingerprint, secret).record
     novel, familiar, strong = test_problems[0], test_problems[1], test_problems[2]
     llm = ScriptedLLM({novel.id: -2.0, familiar.id: -0.3, strong.id: -3.0})
     driver = RoundDriver(core, llm)
@@ -255,7 +256,7 @@ def test_the_llm_absorbs_the_most_novel_contributions_where_it_is_weak(
         1,
         [(novel.id, novel.reference), (familiar.id, familiar.reference), (strong.id, "#### -1")],
     )
-    assert accepted == (2, 1)
+    assert (accepted.accepted, accepted.rejected_incorrect) == (2, 1)
     while store.round_phase(1).value != "CLOSED":
         driver.step()
     assert [[c.sample_id for c in batch] for batch in llm.absorbed] == [[novel.id]]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from lada.v1 import allocator_pb2, allocator_pb2_grpc
@@ -156,6 +156,74 @@ def test_agent_queries_with_random_identity(fuzz_target, agent_id, round_number,
         code = _call(method, request, metadata)
         assert code is not grpc.StatusCode.OK
     assert deployment.store.snapshot() == before
+    assert health_status(replica.address) == "SERVING"
+
+
+@pytest.fixture(scope="module")
+def invitation_target(redis_handle, tmp_path_factory) -> Iterator[tuple]:
+    """An allocator that admits invited agents only, with one pending invitation."""
+    log_dir: Path = tmp_path_factory.mktemp("fuzz-invite")
+    with allocator_run(
+        redis_handle, "fuzz-invitations", log_dir, min_agents=1000, open_enrollment=False
+    ) as deployment:
+        replica = deployment.replicas[0]
+        fingerprint = deployment.store.run_info()["pool_fingerprint"]
+        with deployment.operator() as operator:
+            secret = operator.invite(INVITED).enrollment_secret
+        channel = grpc.insecure_channel(replica.address)
+        yield deployment, allocator_pb2_grpc.AllocatorStub(channel), replica, fingerprint, secret
+        channel.close()
+
+
+INVITED = "invited-org"
+
+
+@FUZZ
+@given(name=texts, secret=texts, use_invitation=st.booleans())
+def test_register_agent_without_a_matching_invitation_changes_nothing(
+    invitation_target, name, secret, use_invitation
+) -> None:
+    deployment, stub, replica, fingerprint, real_secret = invitation_target
+    assume(name != INVITED)
+    before = deployment.store.snapshot()
+    request = allocator_pb2.RegisterAgentRequest(
+        name=name,
+        capacity=4,
+        pool_fingerprint=fingerprint,
+        enrollment_secret=real_secret if use_invitation else secret,
+    )
+    code = _call(stub.RegisterAgent, request)
+    assert code is not grpc.StatusCode.OK
+    assert deployment.store.snapshot() == before
+    assert health_status(replica.address) == "SERVING"
+
+
+@FUZZ
+@given(
+    name=texts,
+    expires=ints,
+    invitation_id=texts,
+    total_rounds=rounds,
+    token=st.sampled_from(["", "wrong", OPERATOR_TOKEN]),
+)
+def test_invitation_rpcs_with_random_fields(
+    invitation_target, name, expires, invitation_id, total_rounds, token
+) -> None:
+    deployment, stub, replica, _fingerprint, _secret = invitation_target
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    for method, request in (
+        (stub.InviteAgent, allocator_pb2.InviteAgentRequest(name=name, expires_in_s=expires)),
+        (
+            stub.RevokeInvitation,
+            allocator_pb2.RevokeInvitationRequest(invitation_id=invitation_id + "-x"),
+        ),
+        (stub.SetTotalRounds, allocator_pb2.SetTotalRoundsRequest(total_rounds=total_rounds)),
+    ):
+        before = deployment.store.snapshot()
+        code = _call(method, request, metadata)
+        if token != OPERATOR_TOKEN:
+            assert code is grpc.StatusCode.UNAUTHENTICATED
+        _assert_rejection_changed_nothing(deployment, before, code)
     assert health_status(replica.address) == "SERVING"
 
 

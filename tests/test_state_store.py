@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from lada.state import (
     AgentRecord,
     AgentRoundState,
     AgentStatus,
+    AlreadyExists,
     Allocation,
     Conflict,
     PermissionDenied,
@@ -22,10 +24,13 @@ from lada.state import (
 
 
 def _register(store: StateStore, name: str = "clinic-a") -> tuple[str, str]:
-    record, token = store.register_agent(
-        AgentRecord(agent_id="", name=name, capacity=8, domain_tags=["rates"])
+    """Register under open enrollment with a fresh secret (a distinct organisation)."""
+    enrollment = store.register_agent(
+        AgentRecord(agent_id="", name=name, capacity=8, domain_tags=["rates"]),
+        secrets.token_urlsafe(24),
+        open_enrollment=True,
     )
-    return record.agent_id, token
+    return enrollment.record.agent_id, enrollment.token
 
 
 def test_every_key_carries_the_run_prefix(store: StateStore) -> None:
@@ -59,7 +64,7 @@ def test_revoked_agent_cannot_authenticate(store: StateStore) -> None:
 
 def test_duplicate_agent_name_is_refused(store: StateStore) -> None:
     _register(store)
-    with pytest.raises(Conflict, match="name"):
+    with pytest.raises(AlreadyExists, match="name"):
         _register(store)
 
 

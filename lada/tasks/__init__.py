@@ -1,6 +1,14 @@
 """Reasoning tasks: problems, the prompt template, verifier, dataset loaders and splits."""
 
-from lada.tasks.generator import DOMAINS, MAX_STEPS, MIN_STEPS, generate_problems, make_problem
+from lada.tasks.generator import (
+    ALL_DOMAINS,
+    CLIENT_DOMAINS,
+    DOMAINS,
+    MAX_STEPS,
+    MIN_STEPS,
+    generate_problems,
+    make_problem,
+)
 from lada.tasks.loaders import (
     SOURCES,
     DatasetFormatError,
@@ -27,7 +35,9 @@ from lada.tasks.verifier import (
 )
 
 __all__ = [
+    "ALL_DOMAINS",
     "ANSWER_MARK",
+    "CLIENT_DOMAINS",
     "DOMAINS",
     "MAX_STEPS",
     "MIN_STEPS",

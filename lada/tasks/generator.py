@@ -1,7 +1,11 @@
 """Seeded generator of multi-step arithmetic word problems with step-by-step references.
 
-Four domains, each with 1..6 reasoning steps (one equation line per step) and an operand
-`scale`. Same arguments -> same problems, same IDs, in the same order, on every machine.
+Four public domains (`DOMAINS`, what `domains=all` means) and one client-only domain
+(`CLIENT_DOMAINS`: `units`, counts given in dozens / pairs / weeks, whose factors 12 / 2 / 7
+appear nowhere in the question: knowledge that only the clients' data carries, never the
+LLM's training corpus). Each problem has 1..6 reasoning steps (one equation line per step)
+and an operand `scale`. Same arguments -> same problems, same IDs, in the same order, on
+every machine.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Callable, Sequence
 from lada.tasks.problem import ANSWER_MARK, Problem, content_id
 
 DOMAINS: tuple[str, ...] = ("purchases", "rates", "percentages", "comparisons")
+CLIENT_DOMAINS: tuple[str, ...] = ("units",)  # in clients' data and the pool, not the LLM's
+ALL_DOMAINS: tuple[str, ...] = DOMAINS + CLIENT_DOMAINS
 MIN_STEPS, MAX_STEPS = 1, 6
 
 _PEOPLE = (
@@ -169,11 +175,56 @@ def _comparisons(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
     return " ".join(lines) + " " + ask, steps
 
 
+# (unit, factor, things, gain verbs, loss verbs): "3 dozen eggs" = 3*12 eggs, never said.
+_UNITS = (
+    ("dozen", 12, ("cookies", "rolls", "muffins"), ("bakes", "buys"), ("sells", "gives away")),
+    ("pairs of", 2, ("socks", "gloves", "shoes"), ("buys", "gets"), ("loses", "gives away")),
+    ("weeks of", 7, ("holiday", "leave"), ("earns", "is given"), ("uses", "gives up")),
+)
+
+
+def _units(rng: random.Random, d: int, s: int) -> tuple[str, Steps]:
+    """Counts in dozens / pairs / weeks (implicit factor), then gains and losses."""
+    unit, factor, things, gains, losses = rng.choice(_UNITS)
+    thing = rng.choice(things)
+    name, pron = rng.choice(_PEOPLE)
+    days = factor == 7  # "weeks of holiday": counted in days
+
+    def amount(k: int, converted: bool) -> str:
+        if days:
+            return f"{k} weeks of {thing}" if converted else f"{k} days of {thing}"
+        return f"{k} {unit} {thing}" if converted else f"{k} {thing}"
+
+    k = rng.randint(2, (6 if factor == 12 else 9) * s)
+    lines, steps = [f"{name} has {amount(k, True)}."], []
+    total = _eq(steps, f"{k}*{factor}", k * factor)
+    left = d - 1
+    while left:
+        converted = left >= 2 and rng.random() < 0.5
+        k = rng.randint(2, (4 if factor == 12 else 6) * s) if converted else rng.randint(2, 15 * s)
+        value = k * factor if converted else k
+        lose = value < total and rng.random() < 0.5
+        verb = rng.choice(losses if lose else gains)
+        lines.append(f"{pron.capitalize()} {verb} {amount(k, converted)}.")
+        if converted:
+            _eq(steps, f"{k}*{factor}", value)
+        total = _eq(
+            steps,
+            f"{total}-{value}" if lose else f"{total}+{value}",
+            total - value if lose else total + value,
+        )
+        left -= 2 if converted else 1
+    ask = f"How many days of {thing}" if days else f"How many {thing}"
+    lines.append(f"{ask} does {name} have now?")
+    return " ".join(lines), steps
+
+
 _BUILDERS: dict[str, Callable[[random.Random, int, int], tuple[str, Steps]]] = {
     "purchases": _purchases,
     "rates": _rates,
     "percentages": _percentages,
     "comparisons": _comparisons,
+    "units": _units,
 }
 
 
@@ -207,7 +258,7 @@ def generate_problems(
     """
     unknown = [d for d in domains if d not in _BUILDERS]
     if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; valid: {list(DOMAINS)}")
+        raise ValueError(f"unknown domain(s) {unknown}; valid: {list(ALL_DOMAINS)}")
     lo, hi = steps
     if not MIN_STEPS <= lo <= hi <= MAX_STEPS:
         raise ValueError(f"steps must lie in {MIN_STEPS}..{MAX_STEPS}, got {lo}..{hi}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lada.tasks.generator import DOMAINS, MAX_STEPS, MIN_STEPS, generate_problems
+from lada.tasks.generator import ALL_DOMAINS, DOMAINS, MAX_STEPS, MIN_STEPS, generate_problems
 from lada.tasks.problem import ANSWER_MARK, Problem, content_id
 from lada.tasks.verifier import normalize_answer
 
@@ -67,16 +67,21 @@ def _steps(text: str, spec: str) -> tuple[int, int]:
 
 
 def _domains(text: str, spec: str) -> tuple[str, ...]:
+    """`all` = the public domains; `all+units` adds the client-only one; or named domains."""
     if text == "all":
         return DOMAINS
-    names = tuple(d for d in re.split(r"[+|;/]", text) if d)
-    unknown = [d for d in names if d not in DOMAINS]
+    names: list[str] = []
+    for d in re.split(r"[+|;/]", text):
+        for name in DOMAINS if d == "all" else (d,) if d else ():
+            if name not in names:
+                names.append(name)
+    unknown = [d for d in names if d not in ALL_DOMAINS]
     if unknown or not names:
         raise DatasetSpecError(
-            f"{spec}: unknown domain(s) {unknown}; valid: all or "
-            f"'+'-joined names from {', '.join(DOMAINS)}"
+            f"{spec}: unknown domain(s) {unknown}; valid: all (the public domains) or "
+            f"'+'-joined names from all, {', '.join(ALL_DOMAINS)}"
         )
-    return names
+    return tuple(names)
 
 
 def _load_synthetic(args: str, spec: str) -> list[Problem]:

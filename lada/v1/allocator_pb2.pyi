@@ -22,6 +22,14 @@ class AgentRoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_ROUND_STATE_TRAINING: _ClassVar[AgentRoundState]
     AGENT_ROUND_STATE_REPORTED: _ClassVar[AgentRoundState]
     AGENT_ROUND_STATE_LATE: _ClassVar[AgentRoundState]
+
+class InvitationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVITATION_STATE_UNSPECIFIED: _ClassVar[InvitationState]
+    INVITATION_STATE_PENDING: _ClassVar[InvitationState]
+    INVITATION_STATE_USED: _ClassVar[InvitationState]
+    INVITATION_STATE_EXPIRED: _ClassVar[InvitationState]
+    INVITATION_STATE_REVOKED: _ClassVar[InvitationState]
 AGENT_STATUS_UNSPECIFIED: AgentStatus
 AGENT_STATUS_ACTIVE: AgentStatus
 AGENT_STATUS_DEREGISTERED: AgentStatus
@@ -31,32 +39,43 @@ AGENT_ROUND_STATE_ALLOCATED: AgentRoundState
 AGENT_ROUND_STATE_TRAINING: AgentRoundState
 AGENT_ROUND_STATE_REPORTED: AgentRoundState
 AGENT_ROUND_STATE_LATE: AgentRoundState
+INVITATION_STATE_UNSPECIFIED: InvitationState
+INVITATION_STATE_PENDING: InvitationState
+INVITATION_STATE_USED: InvitationState
+INVITATION_STATE_EXPIRED: InvitationState
+INVITATION_STATE_REVOKED: InvitationState
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("name", "model_description", "tokenizer_name", "domain_tags", "capacity", "pool_fingerprint")
+    __slots__ = ("name", "model_description", "tokenizer_name", "domain_tags", "capacity", "pool_fingerprint", "enrollment_secret")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_NAME_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     POOL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_description: str
     tokenizer_name: str
     domain_tags: _containers.RepeatedScalarFieldContainer[str]
     capacity: int
     pool_fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., model_description: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., domain_tags: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., pool_fingerprint: _Optional[str] = ...) -> None: ...
+    enrollment_secret: str
+    def __init__(self, name: _Optional[str] = ..., model_description: _Optional[str] = ..., tokenizer_name: _Optional[str] = ..., domain_tags: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., pool_fingerprint: _Optional[str] = ..., enrollment_secret: _Optional[str] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
-    __slots__ = ("agent_id", "token", "first_round")
+    __slots__ = ("agent_id", "token", "first_round", "resumed", "total_rounds")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     token: str
     first_round: int
-    def __init__(self, agent_id: _Optional[str] = ..., token: _Optional[str] = ..., first_round: _Optional[int] = ...) -> None: ...
+    resumed: bool
+    total_rounds: int
+    def __init__(self, agent_id: _Optional[str] = ..., token: _Optional[str] = ..., first_round: _Optional[int] = ..., resumed: _Optional[bool] = ..., total_rounds: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id",)
@@ -197,12 +216,28 @@ class ContributePathsRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., round: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[ContributedPath, _Mapping]]] = ...) -> None: ...
 
 class ContributePathsResponse(_message.Message):
-    __slots__ = ("accepted", "rejected_incorrect")
+    __slots__ = ("accepted", "rejected_incorrect", "rejected_unsound", "rejected_over_cap")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_INCORRECT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_UNSOUND_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_OVER_CAP_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected_incorrect: int
-    def __init__(self, accepted: _Optional[int] = ..., rejected_incorrect: _Optional[int] = ...) -> None: ...
+    rejected_unsound: int
+    rejected_over_cap: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected_incorrect: _Optional[int] = ..., rejected_unsound: _Optional[int] = ..., rejected_over_cap: _Optional[int] = ...) -> None: ...
+
+class ContributionCounts(_message.Message):
+    __slots__ = ("accepted", "rejected_incorrect", "rejected_unsound", "rejected_over_cap")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_INCORRECT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_UNSOUND_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_OVER_CAP_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected_incorrect: int
+    rejected_unsound: int
+    rejected_over_cap: int
+    def __init__(self, accepted: _Optional[int] = ..., rejected_incorrect: _Optional[int] = ..., rejected_unsound: _Optional[int] = ..., rejected_over_cap: _Optional[int] = ...) -> None: ...
 
 class GetClusterModelRequest(_message.Message):
     __slots__ = ()
@@ -251,7 +286,7 @@ class AgentRoundStatus(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[AgentRoundState, str]] = ..., allocated: _Optional[int] = ..., reported: _Optional[int] = ...) -> None: ...
 
 class GetRoundStatusResponse(_message.Message):
-    __slots__ = ("round", "phase", "deadline_unix_ms", "policy", "total_rounds", "agents", "pool_fingerprint", "pool_size")
+    __slots__ = ("round", "phase", "deadline_unix_ms", "policy", "total_rounds", "agents", "pool_fingerprint", "pool_size", "contributions")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +295,7 @@ class GetRoundStatusResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     POOL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     round: int
     phase: _common_pb2.RoundPhase
     deadline_unix_ms: int
@@ -268,7 +304,8 @@ class GetRoundStatusResponse(_message.Message):
     agents: _containers.RepeatedCompositeFieldContainer[AgentRoundStatus]
     pool_fingerprint: str
     pool_size: int
-    def __init__(self, round: _Optional[int] = ..., phase: _Optional[_Union[_common_pb2.RoundPhase, str]] = ..., deadline_unix_ms: _Optional[int] = ..., policy: _Optional[str] = ..., total_rounds: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentRoundStatus, _Mapping]]] = ..., pool_fingerprint: _Optional[str] = ..., pool_size: _Optional[int] = ...) -> None: ...
+    contributions: ContributionCounts
+    def __init__(self, round: _Optional[int] = ..., phase: _Optional[_Union[_common_pb2.RoundPhase, str]] = ..., deadline_unix_ms: _Optional[int] = ..., policy: _Optional[str] = ..., total_rounds: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentRoundStatus, _Mapping]]] = ..., pool_fingerprint: _Optional[str] = ..., pool_size: _Optional[int] = ..., contributions: _Optional[_Union[ContributionCounts, _Mapping]] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
     __slots__ = ()
@@ -357,3 +394,73 @@ class RevokeAgentRequest(_message.Message):
 class RevokeAgentResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class InviteAgentRequest(_message.Message):
+    __slots__ = ("name", "expires_in_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expires_in_s: int
+    def __init__(self, name: _Optional[str] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+
+class InviteAgentResponse(_message.Message):
+    __slots__ = ("invitation_id", "enrollment_secret", "expires_unix_ms")
+    INVITATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    invitation_id: str
+    enrollment_secret: str
+    expires_unix_ms: int
+    def __init__(self, invitation_id: _Optional[str] = ..., enrollment_secret: _Optional[str] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
+
+class Invitation(_message.Message):
+    __slots__ = ("invitation_id", "name", "state", "created_unix_ms", "expires_unix_ms", "agent_id", "open_enrollment")
+    INVITATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ENROLLMENT_FIELD_NUMBER: _ClassVar[int]
+    invitation_id: str
+    name: str
+    state: InvitationState
+    created_unix_ms: int
+    expires_unix_ms: int
+    agent_id: str
+    open_enrollment: bool
+    def __init__(self, invitation_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[InvitationState, str]] = ..., created_unix_ms: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., agent_id: _Optional[str] = ..., open_enrollment: _Optional[bool] = ...) -> None: ...
+
+class ListInvitationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListInvitationsResponse(_message.Message):
+    __slots__ = ("invitations",)
+    INVITATIONS_FIELD_NUMBER: _ClassVar[int]
+    invitations: _containers.RepeatedCompositeFieldContainer[Invitation]
+    def __init__(self, invitations: _Optional[_Iterable[_Union[Invitation, _Mapping]]] = ...) -> None: ...
+
+class RevokeInvitationRequest(_message.Message):
+    __slots__ = ("invitation_id",)
+    INVITATION_ID_FIELD_NUMBER: _ClassVar[int]
+    invitation_id: str
+    def __init__(self, invitation_id: _Optional[str] = ...) -> None: ...
+
+class RevokeInvitationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetTotalRoundsRequest(_message.Message):
+    __slots__ = ("total_rounds",)
+    TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    total_rounds: int
+    def __init__(self, total_rounds: _Optional[int] = ...) -> None: ...
+
+class SetTotalRoundsResponse(_message.Message):
+    __slots__ = ("total_rounds", "current_round")
+    TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    total_rounds: int
+    current_round: int
+    def __init__(self, total_rounds: _Optional[int] = ..., current_round: _Optional[int] = ...) -> None: ...

@@ -94,13 +94,34 @@ class AllocatorStub:
                 request_serializer=lada_dot_v1_dot_allocator__pb2.RevokeAgentRequest.SerializeToString,
                 response_deserializer=lada_dot_v1_dot_allocator__pb2.RevokeAgentResponse.FromString,
                 _registered_method=True)
+        self.InviteAgent = channel.unary_unary(
+                '/lada.v1.Allocator/InviteAgent',
+                request_serializer=lada_dot_v1_dot_allocator__pb2.InviteAgentRequest.SerializeToString,
+                response_deserializer=lada_dot_v1_dot_allocator__pb2.InviteAgentResponse.FromString,
+                _registered_method=True)
+        self.ListInvitations = channel.unary_unary(
+                '/lada.v1.Allocator/ListInvitations',
+                request_serializer=lada_dot_v1_dot_allocator__pb2.ListInvitationsRequest.SerializeToString,
+                response_deserializer=lada_dot_v1_dot_allocator__pb2.ListInvitationsResponse.FromString,
+                _registered_method=True)
+        self.RevokeInvitation = channel.unary_unary(
+                '/lada.v1.Allocator/RevokeInvitation',
+                request_serializer=lada_dot_v1_dot_allocator__pb2.RevokeInvitationRequest.SerializeToString,
+                response_deserializer=lada_dot_v1_dot_allocator__pb2.RevokeInvitationResponse.FromString,
+                _registered_method=True)
+        self.SetTotalRounds = channel.unary_unary(
+                '/lada.v1.Allocator/SetTotalRounds',
+                request_serializer=lada_dot_v1_dot_allocator__pb2.SetTotalRoundsRequest.SerializeToString,
+                response_deserializer=lada_dot_v1_dot_allocator__pb2.SetTotalRoundsResponse.FromString,
+                _registered_method=True)
 
 
 class AllocatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RegisterAgent(self, request, context):
-        """Join the federation; returns an agent ID and a secret token (shown once).
+        """Join the federation with an invitation's enrollment secret; returns an agent ID and a
+        secret token. Idempotent per secret: a retry returns the same agent and a fresh token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +204,35 @@ class AllocatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InviteAgent(self, request, context):
+        """Operator: invite an organisation by name; returns a one-time enrollment secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvitations(self, request, context):
+        """Operator: every invitation and its state (secrets are never shown again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeInvitation(self, request, context):
+        """Operator: revoke an unused invitation; registering with it is then refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTotalRounds(self, request, context):
+        """Operator: change how many rounds the run has (0: until stopped), e.g. to let late
+        organisations join.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AllocatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +295,26 @@ def add_AllocatorServicer_to_server(servicer, server):
                     servicer.RevokeAgent,
                     request_deserializer=lada_dot_v1_dot_allocator__pb2.RevokeAgentRequest.FromString,
                     response_serializer=lada_dot_v1_dot_allocator__pb2.RevokeAgentResponse.SerializeToString,
+            ),
+            'InviteAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteAgent,
+                    request_deserializer=lada_dot_v1_dot_allocator__pb2.InviteAgentRequest.FromString,
+                    response_serializer=lada_dot_v1_dot_allocator__pb2.InviteAgentResponse.SerializeToString,
+            ),
+            'ListInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvitations,
+                    request_deserializer=lada_dot_v1_dot_allocator__pb2.ListInvitationsRequest.FromString,
+                    response_serializer=lada_dot_v1_dot_allocator__pb2.ListInvitationsResponse.SerializeToString,
+            ),
+            'RevokeInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeInvitation,
+                    request_deserializer=lada_dot_v1_dot_allocator__pb2.RevokeInvitationRequest.FromString,
+                    response_serializer=lada_dot_v1_dot_allocator__pb2.RevokeInvitationResponse.SerializeToString,
+            ),
+            'SetTotalRounds': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTotalRounds,
+                    request_deserializer=lada_dot_v1_dot_allocator__pb2.SetTotalRoundsRequest.FromString,
+                    response_serializer=lada_dot_v1_dot_allocator__pb2.SetTotalRoundsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -571,6 +641,114 @@ class Allocator:
             '/lada.v1.Allocator/RevokeAgent',
             lada_dot_v1_dot_allocator__pb2.RevokeAgentRequest.SerializeToString,
             lada_dot_v1_dot_allocator__pb2.RevokeAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lada.v1.Allocator/InviteAgent',
+            lada_dot_v1_dot_allocator__pb2.InviteAgentRequest.SerializeToString,
+            lada_dot_v1_dot_allocator__pb2.InviteAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lada.v1.Allocator/ListInvitations',
+            lada_dot_v1_dot_allocator__pb2.ListInvitationsRequest.SerializeToString,
+            lada_dot_v1_dot_allocator__pb2.ListInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lada.v1.Allocator/RevokeInvitation',
+            lada_dot_v1_dot_allocator__pb2.RevokeInvitationRequest.SerializeToString,
+            lada_dot_v1_dot_allocator__pb2.RevokeInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTotalRounds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lada.v1.Allocator/SetTotalRounds',
+            lada_dot_v1_dot_allocator__pb2.SetTotalRoundsRequest.SerializeToString,
+            lada_dot_v1_dot_allocator__pb2.SetTotalRoundsResponse.FromString,
             options,
             channel_credentials,
             insecure,
