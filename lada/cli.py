@@ -498,16 +498,26 @@ def models_group() -> None:
     default=None,
     help="Zoo directory (default $LADA_HOME/zoo).",
 )
-def models_build(profile: str, root: str | None) -> None:
+@click.option(
+    "--export",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also copy the weights and a key/sha256 manifest to EXPORT/<profile> (e.g. zoo/).",
+)
+def models_build(profile: str, root: str | None, export: str | None) -> None:
     """Pretrain the zoo's LLM and heterogeneous SLMs (cached by config hash).
 
-    Also links each model as <zoo>/<profile>/<name> so deployments can name stable paths.
+    Weights committed under zoo/<profile> are used instead of training when their
+    recorded spec key matches. Also links each model as <zoo>/<profile>/<name> so
+    deployments can name stable paths.
     """
     from lada.config import lada_home
-    from lada.zoo import build_zoo
+    from lada.zoo import build_zoo, export_zoo
 
     zoo_root = Path(root) if root else lada_home() / "zoo"
     manifest = build_zoo(profile, zoo_root, progress=True)
+    if export:
+        click.echo(f"exported to {export_zoo(manifest, Path(export))}")
     links = zoo_root / profile
     links.mkdir(parents=True, exist_ok=True)
     for name, path in {"llm": manifest.llm, **manifest.slms}.items():

@@ -160,6 +160,7 @@ def distill_probe(
     slm: str,
     path: Path,
     home: str,
+    foreign: str,
     private: Sequence[Problem],
     samples: Sequence[Problem],
     paths: dict[str, list[Any]],
@@ -170,7 +171,6 @@ def distill_probe(
     """One round on `samples` (foreign), then test accuracy on foreign and home."""
     trainer = _trainer(path, private, settings)
     outcome = _round(trainer, samples, paths)
-    foreign = samples[0].domain
     chosen = [p for p in test if p.domain in (home, foreign)]
     after = dict(zip([p.id for p in chosen], trainer.greedy_correct(chosen), strict=True))
     result: dict[str, Any] = {
@@ -203,6 +203,8 @@ def gap_probe(
     """One round on public samples of every domain; realised reward per gap quintile."""
     trainer = _trainer(path, private, settings)
     outcome = _round(trainer, samples, paths)
+    if len(samples) < 5:
+        return {"slm": slm, "samples": len(samples), "train_steps": 0, "quintiles": []}
     m = max(len(s.paths) for s in outcome.stats)
 
     def grid(get: Callable[[Any], float], fill: float) -> np.ndarray:
@@ -304,6 +306,9 @@ def _with_correct_path(
 
 def run_probe(settings: ProbeSettings, log: Log = print) -> dict[str, Any]:
     """Every measurement; returns a JSON-ready dict (see `render_markdown`)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     manifest = build_zoo(settings.profile, settings.root, progress=False)
@@ -354,7 +359,9 @@ def run_probe(settings: ProbeSettings, log: Log = print) -> dict[str, Any]:
         samples = _with_correct_path(wanted[foreign], paths, settings.distill_samples)
         log(f"distill: {name} <- {len(samples)} {foreign} samples")
         result["distill"].append(
-            distill_probe(name, path, home, private, samples, paths, test, correct[name], settings)
+            distill_probe(
+                name, path, home, foreign, private, samples, paths, test, correct[name], settings
+            )
         )
         mixed = [
             p
@@ -434,6 +441,8 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{tag}: <=+10 pts on 5-6 steps", f"{100 * hard:+.1f}", hard <= 0.1)
         add(f"{tag}: home -<=5 pts", f"{100 * home:+.1f}", home >= -0.05)
     for g in r.get("gaps", []):
+        if not g["quintiles"]:
+            continue
         q = [x["reward"] for x in g["quintiles"]]
         add(
             f"{g['slm']}: middle gap quintiles earn more than lowest and highest",
@@ -513,12 +522,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         "| SLM | Q1 | Q2 | Q3 | Q4 | Q5 | Q2-4 mean | middle > both ends |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for g in r["gaps"]:
+    for g in (g for g in r["gaps"] if g["quintiles"]):
         q = [f"{x['reward']:+.3f}" for x in g["quintiles"]]
         ok = "yes" if g["premise_holds"] else "no"
         lines.append(f"| `{g['slm']}` | " + " | ".join(q) + f" | {g['middle_mean']:+.3f} | {ok} |")
     lines += ["", "Gap range and home share per quintile:", ""]
-    for g in r["gaps"]:
+    for g in (g for g in r["gaps"] if g["quintiles"]):
         parts = [
             f"Q{x['quintile']} [{x['gap'][0]:.2f}, {x['gap'][1]:.2f}] "
             f"acc {_pct(x['correct_before'])}->{_pct(x['correct_after'])}"
@@ -562,3 +571,84 @@ def write_docs(markdown: str, doc: Path) -> None:
 def save(result: dict[str, Any], out: Path) -> None:
     """The full result as JSON."""
     out.write_text(json.dumps(result, indent=2))
+
+
+def dev_set(
+    manifest: ZooManifest, name: str, domains: Sequence[str], per_domain: int
+) -> list[Problem]:
+    """Problems for tuning (never the test set): a fresh seed minus the test set and minus
+    every problem of the model's own training corpus."""
+    from lada.zoo import profile_specs, training_corpus
+
+    spec = next(s for s in profile_specs(manifest.profile)[1] if s.name == name)
+    seen = {p.id for p in training_corpus(spec)} | {p.id for p in load_dataset(manifest.eval_spec)}
+    fresh = load_dataset(
+        f"synthetic:domains={'+'.join(domains)},n={per_domain * 3 * len(domains)},seed=9"
+    )
+    out: list[Problem] = []
+    for d in domains:
+        out += [p for p in fresh if p.domain == d and p.id not in seen][:per_domain]
+    return out
+
+
+def sweep_trainer(
+    settings: ProbeSettings,
+    configs: Sequence[dict[str, Any]],
+    slm: str = "slm-purchases",
+    allocation: int = 24,
+    dev_per_domain: int = 120,
+    log: Log = print,
+) -> list[dict[str, Any]]:
+    """Per-round trainer settings on a dev set: one round of `distill_samples` foreign
+    samples (change on foreign 1-2 / 5-6 steps and home), and one round of a default-size
+    allocation (`allocation` mixed public samples: accuracy on what it was given)."""
+    import dataclasses
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    manifest = build_zoo(settings.profile, settings.root, progress=False)
+    home = manifest.models[slm].domains[0]
+    foreign = FOREIGN[home]
+    test_ids = {p.id for p in load_dataset(settings.test_spec)}
+    pool = [p for p in load_dataset(settings.pool_spec) if p.id not in test_ids]
+    dev = dev_set(manifest, slm, (home, foreign), dev_per_domain)
+    dev_ids = {p.id for p in dev}
+    pool = [p for p in pool if p.id not in dev_ids]
+    by_domain = {d: [p for p in pool if p.domain == d] for d in ALL_DOMAINS}
+    private = by_domain[home][-settings.private_size :]
+    llm, ltok = load_causal_lm(manifest.llm)
+    foreign_pool = by_domain[foreign][: int(settings.distill_samples * 1.3) + 10]
+    mixed_pool = [p for d in DOMAINS for p in by_domain[d][-40:]]
+    paths = llm_paths(
+        llm, ltok, foreign_pool + mixed_pool, settings.paths_per_sample, settings.temperature, 0
+    )
+    samples = _with_correct_path(foreign_pool, paths, settings.distill_samples)
+    mixed = _with_correct_path(mixed_pool[::-1], paths, allocation)
+    model, tok = load_causal_lm(manifest.slms[slm])
+    base = dict(zip([p.id for p in dev], greedy_correct(model, tok, dev), strict=True))
+    rows = []
+    for config in configs:
+        trainer_settings = dataclasses.replace(settings.trainer, **config)
+        run = dataclasses.replace(settings, trainer=trainer_settings)
+        trainer = _trainer(manifest.slms[slm], private, run)
+        outcome = _round(trainer, samples, paths)
+        after = dict(zip([p.id for p in dev], trainer.greedy_correct(dev), strict=True))
+        small = _round(_trainer(manifest.slms[slm], private, run), mixed, paths)
+        row: dict[str, Any] = {
+            "config": config,
+            "steps": outcome.train.steps,
+            "seconds": round(outcome.train.seconds, 1),
+            "allocation_steps": small.train.steps,
+            "allocation_accuracy": [small.accuracy_before, small.accuracy_after],
+            "allocation_nlp": [small.correct_path_nlp_before, small.correct_path_nlp_after],
+        }
+        for label, d in (("foreign", foreign), ("home", home)):
+            items = [p for p in dev if p.domain == d]
+            row[label] = {
+                "before": _buckets([(p, base[p.id]) for p in items]),
+                "after": _buckets([(p, after[p.id]) for p in items]),
+            }
+        log(json.dumps(row))
+        rows.append(row)
+    return rows

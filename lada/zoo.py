@@ -52,6 +52,10 @@ ZOO_VERSION = "5"  # bump when the build code changes what a spec produces
 ZOO_EVAL_SPEC = "synthetic:domains=all+units,n=1000,seed=7"  # held out of every training corpus
 ZOO_VALID_SPEC = "synthetic:domains=all+units,n=250,seed=8"  # learning curves; held out too
 SPECIALS = ("<pad>", "<s>", "</s>")
+# Weights committed to the repository (`lada models build --export`): used instead of
+# training when their recorded key equals the spec's key and the weights' sha256 matches.
+COMMITTED_ZOO = Path(__file__).resolve().parent.parent / "zoo"
+COMMITTED_ENV = "LADA_COMMITTED_ZOO"  # another directory, or "off" to always train
 PROFILES = ("micro", "demo")
 
 
@@ -584,6 +588,11 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
         for s in specs
         if not (root / "models" / f"{s.name}-{keys[s.name]}" / "config.json").is_file()
     ]
+    for spec in list(todo):
+        source = committed_model(profile, spec.name, keys[spec.name])
+        if source is not None:
+            _install_committed(source, root / "models" / f"{spec.name}-{keys[spec.name]}")
+            todo.remove(spec)
     manifest = ZooManifest(profile=profile, key=_hash(sorted(keys.values())))
     tokenizers: dict[str, PreTrainedTokenizerFast] = {}
     bar = _progress(sum(s.train_steps for s in todo), progress)
@@ -607,6 +616,69 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
     manifest.build_seconds = time.perf_counter() - start
     manifest.save(root / f"manifest-{profile}.json")
     return manifest
+
+
+def _committed_root() -> Path | None:
+    value = os.environ.get(COMMITTED_ENV, "")
+    if value == "off":
+        return None
+    return Path(value) if value else COMMITTED_ZOO
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def committed_model(profile: str, name: str, key: str) -> Path | None:
+    """The committed directory of `name` if its manifest entry has this key and its
+    weights are intact (not a Git LFS pointer, not edited); else None (train instead)."""
+    base = _committed_root()
+    if base is None:
+        return None
+    try:
+        entry = json.loads((base / profile / "manifest.json").read_text())["models"][name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    weights = base / profile / name / "model.safetensors"
+    if entry.get("key") != key or not weights.is_file():
+        return None
+    return weights.parent if _sha256(weights) == entry.get("sha256") else None
+
+
+def _install_committed(source: Path, target: Path) -> None:
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    with contextlib.suppress(OSError):  # another process won the race: keep theirs
+        os.replace(tmp, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_zoo(manifest: ZooManifest, dest: Path) -> Path:
+    """Copy a built zoo to `dest/<profile>/` with a manifest of keys and weight hashes
+    (what `build_zoo` checks before using committed weights instead of training)."""
+    out = Path(dest) / manifest.profile
+    out.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    for name, info in manifest.models.items():
+        target = out / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(Path(info.path), target)
+        weights = target / "model.safetensors"
+        entries[name] = {
+            "key": info.key,
+            "sha256": _sha256(weights),
+            "bytes": weights.stat().st_size,
+            "params": info.params,
+            "train_seconds": info.train_seconds,
+        }
+    data = {"profile": manifest.profile, "key": manifest.key, "version": ZOO_VERSION}
+    (out / "manifest.json").write_text(json.dumps(data | {"models": entries}, indent=2) + "\n")
+    return out
 
 
 def resolve_zoo_model(name: str, root: Path | None = None) -> Path:

@@ -3,7 +3,9 @@
 - the LLM service is killed while an agent fetches paths, and comes back on the same
   port: the agent backs off, retries, and the round completes uncorrupted;
 - the network between an agent and the allocator is slow and drops connections (a small
-  local TCP proxy): the agent still finishes every round, every statistic stored once.
+  local TCP proxy): the agent still finishes every round, every statistic stored once;
+- the reply to RegisterAgent is lost after the allocator committed the registration: the
+  agent retries with the same invitation and finishes every round as the one agent.
 
 kill -9 of an agent (tests/test_agent_resume.py), of the allocator
 (tests/test_allocator_restart.py) and a restart of Redis with append-only persistence
@@ -147,3 +149,44 @@ def test_agent_finishes_through_a_slow_network_that_drops_connections(
         assert code == 0, log[-4000:]
         assert proxy.bytes_forwarded > 0
         assert_every_statistic_stored_once(deployment.store, "fault-net-agent")
+
+
+def test_a_lost_registration_reply_leaves_one_agent_that_finishes_every_round(
+    redis_handle, agents_llm: LLMServiceHandle, micro_zoo: ZooManifest, tmp_path: Path
+) -> None:
+    with allocator_run(
+        redis_handle,
+        "fault-lost-reply",
+        tmp_path,
+        public_pool=LLM_POOL,
+        rounds=ROUNDS,
+        min_agents=1,
+        round_deadline_s=RUN_TIMEOUT_S,
+        open_enrollment=False,
+    ) as deployment:
+        with deployment.operator() as operator:
+            secret = operator.invite("lost-reply-agent").enrollment_secret
+        proxy = TcpProxy(deployment.replicas[0].port, drop_first_reply=True).start()
+        agent = start_agent(
+            tmp_path,
+            "lost-reply-agent",
+            micro_zoo.slms["slm-rates"],
+            proxy.address,
+            agents_llm.address,
+            private_spec(tmp_path),
+            tmp_path / "agent",
+            capacity=CAPACITY,
+            env={"LADA_AGENT_ENROLLMENT_SECRET": secret},
+        )
+        try:
+            code = wait_exit(agent, RUN_TIMEOUT_S)
+            log = agent.log()
+        finally:
+            agent.stop(timeout=10)
+            proxy.close()
+        assert code == 0, log[-4000:]
+        assert proxy.replies_dropped == 1
+        assert '"resumed": true' in log
+        (registered,) = deployment.store.list_agents()
+        assert registered.name == "lost-reply-agent"
+        assert_every_statistic_stored_once(deployment.store, "lost-reply-agent")

@@ -7,7 +7,15 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lada.tasks import DOMAINS, format_prompt, generate_problems, is_correct, load_dataset
+from lada.tasks import (
+    ALL_DOMAINS,
+    CLIENT_DOMAINS,
+    DOMAINS,
+    format_prompt,
+    generate_problems,
+    is_correct,
+    load_dataset,
+)
 
 
 def test_same_seed_same_problems_and_ids() -> None:
@@ -34,7 +42,7 @@ def test_domains_and_difficulties_covered() -> None:
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), lo=st.integers(1, 6), scale=st.integers(1, 3))
 def test_reference_is_consistent(seed: int, lo: int, scale: int) -> None:
-    for p in generate_problems(8, seed=seed, steps=(lo, lo), scale=scale):
+    for p in generate_problems(10, seed=seed, domains=ALL_DOMAINS, steps=(lo, lo), scale=scale):
         lines = p.reference.splitlines()
         assert p.difficulty == lo == len(lines) - 1
         assert lines[-1] == f"#### {p.answer}" and is_correct(p.reference, p.answer)
@@ -44,3 +52,16 @@ def test_reference_is_consistent(seed: int, lo: int, scale: int) -> None:
             got = int(pct[1]) * int(pct[2]) / 100 if pct else eval(expr)  # noqa: S307
             assert got == int(value) and int(value) >= 0
         assert format_prompt(p.question).startswith("Q: ")
+
+
+def test_client_only_domain_is_outside_all() -> None:
+    assert set(ALL_DOMAINS) == set(DOMAINS) | set(CLIENT_DOMAINS) and "units" in CLIENT_DOMAINS
+    everything = load_dataset("synthetic:domains=all+units,n=100,seed=2")
+    assert {p.domain for p in everything} == set(ALL_DOMAINS)
+    assert load_dataset("synthetic:domains=all,n=100,seed=2") == generate_problems(100, seed=2)
+    units = generate_problems(60, seed=4, domains=("units",))
+    assert {p.difficulty for p in units} == set(range(1, 7))
+    for p in units:  # the conversion factor is knowledge, not text
+        first = p.reference.splitlines()[0]
+        factor = first.split("=")[0].split("*")[1]
+        assert factor in ("12", "2", "7") and f"*{factor}" not in p.question

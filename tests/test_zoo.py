@@ -104,3 +104,24 @@ def test_zoo_names_resolve(micro_zoo: ZooManifest, monkeypatch: pytest.MonkeyPat
     assert model.config.model_type == "gpt2"
     with pytest.raises(FileNotFoundError, match="available"):
         load_causal_lm("zoo:micro/nope")
+
+
+def test_committed_weights_replace_training(
+    micro_zoo: ZooManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lada.zoo import COMMITTED_ENV, export_zoo
+
+    exported = export_zoo(micro_zoo, tmp_path / "committed")
+    meta = json.loads((exported / "manifest.json").read_text())
+    assert set(meta["models"]) == set(micro_zoo.models)
+    monkeypatch.setenv(COMMITTED_ENV, str(tmp_path / "committed"))
+    used = build_zoo("micro", root=tmp_path / "fresh", progress=False)
+    for name, info in used.models.items():
+        assert info.train_seconds == 0.0  # copied, not trained
+        same = Path(info.path) / "model.safetensors"
+        assert same.read_bytes() == (Path(micro_zoo.models[name].path) / same.name).read_bytes()
+    weights = exported / "llm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # edited: sha256 mismatch
+    rebuilt = build_zoo("micro", root=tmp_path / "fresh2", progress=False)
+    assert rebuilt.models["llm"].train_seconds > 0
+    assert rebuilt.models["slm-rates"].train_seconds == 0.0
