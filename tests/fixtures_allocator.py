@@ -218,3 +218,13 @@ def play_round(
         reward = (rewards or {}).get(client.agent_id, lambda c: 0.0)
         client.report_stats(round_number, synthetic_stats(reply.samples, reward))
     return allocations
+
+
+def finish_one_round_run(deployment: AllocatorDeployment) -> None:
+    """Register one agent, play round 1, and wait until the (one-round) run is finished."""
+    client = AgentClient(deployment.replicas[0].address)
+    client.register("early", 4, deployment.store.run_info()["pool_fingerprint"])
+    with deployment.operator() as operator:
+        wait_phase(operator, 1, "ALLOCATED")
+        client.report_stats(1, synthetic_stats(client.get_allocation(1).samples))
+        wait_for(deployment.store.run_finished, 60, "the run to finish")

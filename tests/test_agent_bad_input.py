@@ -10,9 +10,9 @@ import pytest
 
 from lada.zoo import ZooManifest
 from slm_agent.audit import AuditLog
-from slm_agent.main import EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE
+from slm_agent.main import EXIT_BAD_INPUT, EXIT_NO_ROUND_LEFT, EXIT_REFUSED, EXIT_UNREACHABLE
 from tests.fixtures_agent import AGENT_POOL, PRIVATE_RATES, start_agent
-from tests.fixtures_allocator import AllocatorDeployment
+from tests.fixtures_allocator import AllocatorDeployment, finish_one_round_run
 from tests.procs import ServiceProcess, free_port
 
 FAST_GIVE_UP = {"LADA_AGENT_CONNECT_DEADLINE_S": "3"}
@@ -112,3 +112,46 @@ def test_a_public_pool_other_than_the_allocators_is_refused_with_exit_4(
     assert [r.rpc for r in AuditLog(tmp_path / "state" / "audit.jsonl").read()] == [
         "/lada.v1.Allocator/RegisterAgent"
     ]
+
+
+def test_an_agent_without_an_invitation_is_refused_with_exit_4(
+    allocator_deployment: Callable[..., AllocatorDeployment],
+    micro_zoo: ZooManifest,
+    tmp_path: Path,
+) -> None:
+    deployment = allocator_deployment(public_pool=AGENT_POOL, min_agents=1, open_enrollment=False)
+    address = deployment.replicas[0].address
+    code, process, _ = run_to_exit(tmp_path, micro_zoo, PRIVATE_RATES, address, address)
+    assert code == EXIT_REFUSED
+    assert (
+        "refused: UNAUTHENTICATED: enrollment_secret: no invitation matches this secret"
+        in process.log()
+    )
+    assert deployment.store.list_agents() == []
+
+
+def test_an_unreadable_enrollment_secret_file_is_bad_input(
+    micro_zoo: ZooManifest, tmp_path: Path
+) -> None:
+    code, process, _ = run_to_exit(
+        tmp_path, micro_zoo, PRIVATE_RATES,
+        env={"LADA_AGENT_ENROLLMENT_SECRET_FILE": str(tmp_path / "missing.secret")},
+    )  # fmt: skip
+    assert code == EXIT_BAD_INPUT
+    assert "bad input: enrollment_secret_file: cannot read" in process.log()
+    assert sent_nothing(tmp_path)
+
+
+def test_an_agent_joining_a_finished_run_says_so_and_exits_5(
+    allocator_deployment: Callable[..., AllocatorDeployment],
+    micro_zoo: ZooManifest,
+    tmp_path: Path,
+) -> None:
+    deployment = allocator_deployment(public_pool=AGENT_POOL, rounds=1, min_agents=1)
+    finish_one_round_run(deployment)
+    address = deployment.replicas[0].address
+    code, process, _ = run_to_exit(tmp_path, micro_zoo, PRIVATE_RATES, address, address)
+    assert code == EXIT_NO_ROUND_LEFT
+    (line,) = [line for line in process.log().splitlines() if "no round left" in line]
+    assert "finished, last round 1" in line and "lada run extend" in line
+    assert [a.name for a in deployment.store.list_agents()] == ["early"]

@@ -17,6 +17,7 @@ from lada.v1 import allocator_pb2
 from tests.fixtures_allocator import (
     OPERATOR_TOKEN,
     AllocatorDeployment,
+    finish_one_round_run,
     synthetic_stats,
     wait_for,
     wait_phase,
@@ -235,22 +236,11 @@ def test_two_agents_racing_for_one_name_leave_one_agent(
 
 
 # ---- the run's length ----------------------------------------------------------------------
-def finish_one_round_run(deployment: AllocatorDeployment, fingerprint: str) -> None:
-    """Register one agent, play round 1, and wait until the run is finished."""
-    client = AgentClient(deployment.replicas[0].address)
-    client.register("early", 4, fingerprint)
-    with deployment.operator() as operator:
-        wait_phase(operator, 1, "ALLOCATED")
-        samples = client.get_allocation(1).samples
-        client.report_stats(1, synthetic_stats(samples))
-        wait_for(deployment.store.run_finished, 60, "the run to finish")
-
-
 def test_joining_a_run_with_no_round_left_is_out_of_range_and_changes_nothing(
     allocator_deployment: Deploy, test_pool_fingerprint: str
 ) -> None:
     deployment = allocator_deployment(rounds=1, min_agents=1)
-    finish_one_round_run(deployment, test_pool_fingerprint)
+    finish_one_round_run(deployment)
     message = refused_unchanged(
         deployment,
         lambda: AgentClient(deployment.replicas[0].address).register(
@@ -289,7 +279,7 @@ def test_a_finished_run_cannot_be_extended(
     allocator_deployment: Deploy, test_pool_fingerprint: str
 ) -> None:
     deployment = allocator_deployment(rounds=1, min_agents=1)
-    finish_one_round_run(deployment, test_pool_fingerprint)
+    finish_one_round_run(deployment)
     with OperatorClient(deployment.replicas[0].address, OPERATOR_TOKEN) as operator:
         message = refused_unchanged(
             deployment, lambda: operator.set_total_rounds(5), grpc.StatusCode.FAILED_PRECONDITION
