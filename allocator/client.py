@@ -410,7 +410,7 @@ def render_invitations(rows: Sequence[dict[str, Any]]) -> str:
                 r["invitation_id"],
                 r["name"],
                 r["state"] + (" (open)" if r["open_enrollment"] else ""),
-                _utc(r["expires_unix_ms"]) if r["expires_unix_ms"] else "never",
+                utc_text(r["expires_unix_ms"]) if r["expires_unix_ms"] else "never",
                 r["agent_id"] or "-",
             )
             for r in rows
@@ -418,7 +418,8 @@ def render_invitations(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _utc(unix_ms: int) -> str:
+def utc_text(unix_ms: int) -> str:
+    """Unix milliseconds as a UTC minute, for tables."""
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix_ms / 1000))
 
 

@@ -314,62 +314,70 @@ def agent_revoke(allocator: str, agent_id: str, operator_token: str) -> None:
 
 
 @agent_group.command("invite")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True)
 @click.option(
     "--expires",
     default="",
     help="Expire the invitation if unused after this long (e.g. 90m, 24h, 7d; default never).",
 )
 @click.option(
-    "--secret-out",
-    type=click.Path(dir_okay=False),
+    "--secret-dir",
+    type=click.Path(file_okay=False),
     default=None,
-    help="Write the secret to this file (mode 0600) instead of printing it; an existing "
-    "file is kept and no new invitation is made.",
+    help="Write each secret to DIR/NAME.secret (mode 0600) instead of printing it; a name "
+    "whose file exists keeps it and gets no new invitation.",
 )
 @click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
 @click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def agent_invite(
-    name: str,
+    names: tuple[str, ...],
     expires: str,
-    secret_out: str | None,
+    secret_dir: str | None,
     allocator: str,
     operator_token: str,
     as_json: bool,
 ) -> None:
-    """Invite the organisation NAME: print a one-time enrollment secret for its agent."""
+    """Invite organisations by agent NAME: a one-time enrollment secret for each."""
     from allocator.client import OperatorClient
     from slm_agent.checkpoint import write_atomic
 
-    if secret_out and Path(secret_out).is_file():
-        click.echo(f"kept {secret_out}: {name} holds an invitation already")
-        return
     seconds = parse_duration(expires)
+    rows: list[dict[str, Any]] = []
     with OperatorClient(allocator, operator_token) as client:
-        reply = client.invite(name, seconds)
-    payload = {
-        "invitation_id": reply.invitation_id,
-        "name": name,
-        "expires_unix_ms": reply.expires_unix_ms,
-    }
-    if secret_out:
-        write_atomic(Path(secret_out), reply.enrollment_secret.encode(), mode=0o600)
-        payload["secret_file"] = secret_out
-    else:
-        payload["enrollment_secret"] = reply.enrollment_secret
-    _emit(payload, as_json, _render_invitation)
+        for name in names:
+            path = Path(secret_dir) / f"{name}.secret" if secret_dir else None
+            if path is not None and path.is_file():
+                rows.append({"name": name, "secret_file": str(path), "kept": True})
+                continue
+            reply = client.invite(name, seconds)
+            row: dict[str, Any] = {
+                "name": name,
+                "invitation_id": reply.invitation_id,
+                "expires_unix_ms": reply.expires_unix_ms,
+            }
+            if path is not None:
+                write_atomic(path, reply.enrollment_secret.encode(), mode=0o600)
+                row["secret_file"] = str(path)
+            else:
+                row["enrollment_secret"] = reply.enrollment_secret
+            rows.append(row)
+    _emit(rows, as_json, lambda items: "\n".join(_render_invitation(r) for r in items))
 
 
-def _render_invitation(payload: dict[str, Any]) -> str:
+def _render_invitation(row: dict[str, Any]) -> str:
+    from allocator.client import utc_text
+
+    if row.get("kept"):
+        return f"kept {row['secret_file']}: {row['name']} holds an invitation already"
     where = (
-        f"secret written to {payload['secret_file']}"
-        if "secret_file" in payload
-        else f"enrollment secret (shown once): {payload['enrollment_secret']}"
+        f"secret in {row['secret_file']}"
+        if "secret_file" in row
+        else f"enrollment secret (shown once): {row['enrollment_secret']}"
     )
-    expiry = payload["expires_unix_ms"]
-    until = "never expires" if not expiry else f"expires at unix ms {expiry} if unused"
-    return f"invited {payload['name']} ({payload['invitation_id']}, {until})\n{where}"
+    expiry = row["expires_unix_ms"]
+    until = f"expires {utc_text(expiry)} if unused" if expiry else "never expires"
+    return f"invited {row['name']} ({row['invitation_id']}, {until}); {where}"
 
 
 def parse_duration(text: str) -> int:
@@ -431,8 +439,8 @@ def run_extend(rounds: int, allocator: str, operator_token: str) -> None:
 
     with OperatorClient(allocator, operator_token) as client:
         reply = client.set_total_rounds(rounds)
-    total = reply.total_rounds or "until stopped"
-    click.echo(f"run: {total} rounds (now at round {reply.current_round})")
+    total = f"{reply.total_rounds} rounds" if reply.total_rounds else "until stopped"
+    click.echo(f"run: {total} (now at round {reply.current_round})")
 
 
 def _run_service(entry: Callable[[Any], Any], config: Any) -> None:

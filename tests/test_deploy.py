@@ -29,7 +29,8 @@ SECTIONS = {
     "llm": lada_config.LLMServiceConfig,
     "agent": lada_config.AgentConfig,
 }
-USER_PROVIDED_SECRETS = {"lada-agent-private-data"}  # each organisation's own private data
+# Each organisation's own private data; the operator token (created with kubectl).
+USER_PROVIDED_SECRETS = {"lada-agent-private-data", "lada-operator"}
 
 
 def parse_lada_args(args: list[str], mounts: dict[str, str] | None = None) -> click.Context:
@@ -84,8 +85,22 @@ def test_compose_named_volumes_and_dependencies_exist() -> None:
 
 def test_every_long_running_compose_service_has_a_healthcheck() -> None:
     for name, service in compose_services().items():
-        if name != "zoo":
+        if service.get("restart") != "no":  # one-shot jobs: the zoo build, the invitations
             assert service.get("healthcheck", {}).get("test"), name
+
+
+def test_compose_agents_enroll_with_the_invitations_the_job_writes() -> None:
+    services = compose_services()
+    job = parse_lada_args(services["invitations"]["command"]).params
+    for name, service in services.items():
+        if name.startswith("agent-"):
+            assert name in job["names"]
+            secret_file = parse_lada_args(service["command"]).params["enrollment_secret_file"]
+            assert secret_file == f"{job['secret_dir']}/{name}.secret"
+            assert "enrollment:/enrollment:ro" in service["volumes"]
+            assert service["depends_on"]["invitations"] == {
+                "condition": "service_completed_successfully"
+            }
 
 
 def test_compose_agents_reach_the_services_by_their_compose_names() -> None:
@@ -178,6 +193,18 @@ def test_k8s_command_lines_parse_against_the_cli(workload: str, tmp_path: Path) 
     by_name = {w["metadata"]["name"]: w for w in _workloads()}
     container = by_name[workload]["spec"]["template"]["spec"]["containers"][0]
     parse_lada_args(_container_lada_args(container), {"/etc/lada/": f"{tmp_path}/"})
+
+
+def test_k8s_agents_invite_themselves_into_the_file_they_enroll_with(tmp_path: Path) -> None:
+    (tmp_path / "lada.yaml").write_text(MANIFESTS[0]["data"]["lada.yaml"])  # the ConfigMap
+    by_name = {w["metadata"]["name"]: w for w in _workloads()}
+    pod = by_name["lada-agent"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    invite = parse_lada_args(_container_lada_args(init)).params
+    mounts = {"/etc/lada/": f"{tmp_path}/"}
+    agent = parse_lada_args(_container_lada_args(pod["containers"][0]), mounts).params
+    assert invite["names"] == ("pod",) and invite["secret_dir"] == "/state/enrollment"
+    assert agent["enrollment_secret_file"] == "/state/enrollment/$(POD_NAME).secret"
 
 
 def test_dockerfiles_exist_for_cpu_and_gpu() -> None:
