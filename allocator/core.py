@@ -211,6 +211,10 @@ class AllocatorCore:
             raise InvalidArgument("invitation_id: required")
         self.store.revoke_invitation(invitation_id)
 
+    def total_rounds(self) -> int:
+        """The run's rounds (0: until stopped); the config's when Redis has lost the run."""
+        return self.store.total_rounds(default=self.config.rounds)
+
     def set_total_rounds(self, total: int) -> tuple[int, int]:
         """Set the run's rounds (0: until stopped); returns (total, current round)."""
         if total < 0:
@@ -347,7 +351,7 @@ class AllocatorCore:
             "phase": "",
             "deadline_ms": 0,
             "policy": info.get("policy", self.config.policy),
-            "total_rounds": int(info.get("total_rounds") or 0),
+            "total_rounds": self.total_rounds(),
             "pool_fingerprint": self.fingerprint,
             "pool_size": len(self.problems),
             "agents": [],

@@ -82,7 +82,7 @@ class RoundDriver:
         return self._close(r)
 
     def _open_next(self, r: int) -> bool:
-        total = self.store.total_rounds()
+        total = self.core.total_rounds()
         if total and r >= total:
             if self.store.finish_run(r):
                 log.info("run finished", extra={"rounds": r})
@@ -167,7 +167,7 @@ class RoundDriver:
         closed = self.store.transition(r, Phase.CLOSED)
         if closed:
             log.info("round closed", extra={"round": r})
-        total = self.store.total_rounds()
+        total = self.core.total_rounds()
         if total and r >= total:
             self.store.finish_run(r)
         return closed

@@ -111,7 +111,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             token=enrollment.token,
             first_round=enrollment.record.first_round,
             resumed=enrollment.resumed,
-            total_rounds=self.core.store.total_rounds(),
+            total_rounds=self.core.total_rounds(),
         )
 
     @refusals_to_status
@@ -162,7 +162,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
                 round=event.round,
                 phase=phase_enum(event.phase),
                 timestamp_unix_ms=event.ts_ms,
-                total_rounds=self.core.store.total_rounds(),
+                total_rounds=self.core.total_rounds(),
                 run_finished=event.finished,
             )
 

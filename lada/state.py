@@ -509,9 +509,10 @@ class StateStore:
     def current_round(self) -> int:
         return int(_s(self.redis.hget(self.key("run"), "current_round")) or 0)
 
-    def total_rounds(self) -> int:
-        """Rounds planned for the run (0: until stopped)."""
-        return int(_s(self.redis.hget(self.key("run"), "total_rounds")) or 0)
+    def total_rounds(self, default: int = 0) -> int:
+        """Rounds planned for the run (0: until stopped; `default` when none is stored)."""
+        stored = _s(self.redis.hget(self.key("run"), "total_rounds"))
+        return int(stored) if stored else default
 
     def set_total_rounds(self, total: int) -> int:
         """Extend or shorten the run; never below the current round, never after it ended."""
