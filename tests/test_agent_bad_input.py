@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from allocator.client import AgentClient
 from lada.zoo import ZooManifest
 from slm_agent.audit import AuditLog
 from slm_agent.main import EXIT_BAD_INPUT, EXIT_NO_ROUND_LEFT, EXIT_REFUSED, EXIT_UNREACHABLE
 from tests.fixtures_agent import AGENT_POOL, PRIVATE_RATES, start_agent
-from tests.fixtures_allocator import AllocatorDeployment, finish_one_round_run
+from tests.fixtures_allocator import (
+    AllocatorDeployment,
+    finish_one_round_run,
+    synthetic_stats,
+    wait_for,
+    wait_phase,
+)
 from tests.procs import ServiceProcess, free_port
 
 FAST_GIVE_UP = {"LADA_AGENT_CONNECT_DEADLINE_S": "3"}
@@ -155,3 +162,28 @@ def test_an_agent_joining_a_finished_run_says_so_and_exits_5(
     (line,) = [line for line in process.log().splitlines() if "no round left" in line]
     assert "finished, last round 1" in line and "lada run extend" in line
     assert [a.name for a in deployment.store.list_agents()] == ["early"]
+
+
+def test_an_agent_whose_run_ends_before_its_first_round_says_so_and_exits_5(
+    allocator_deployment: Callable[..., AllocatorDeployment],
+    micro_zoo: ZooManifest,
+    tmp_path: Path,
+) -> None:
+    deployment = allocator_deployment(public_pool=AGENT_POOL, rounds=2, min_agents=1)
+    address = deployment.replicas[0].address
+    early = AgentClient(address)
+    early.register("early", 4, deployment.store.run_info()["pool_fingerprint"])
+    with deployment.operator() as operator:
+        wait_phase(operator, 1, "ALLOCATED")
+        process = start_agent(
+            tmp_path, "clinic", micro_zoo.slms["slm-rates"], address, address, PRIVATE_RATES,
+            tmp_path / "state",
+        )  # fmt: skip
+        joined = wait_for(lambda: deployment.store.agent_id_by_name("clinic"), 120, "clinic")
+        assert deployment.store.get_agent(joined).first_round == 2
+        operator.set_total_rounds(1)  # the operator shortens the run under the new agent
+        early.report_stats(1, synthetic_stats(early.get_allocation(1).samples))
+        code = process.proc.wait(120)
+    assert code == EXIT_NO_ROUND_LEFT
+    (line,) = [line for line in process.log().splitlines() if "no round left" in line]
+    assert "the run finished at round 1, before this agent's first round 2" in line
