@@ -218,6 +218,11 @@ def llm_group() -> None:
 )
 @click.option("--public-pool", default=None, help="Dataset spec of the public pool.")
 @click.option(
+    "--redis-url",
+    default=None,
+    help="Redis for the shared path cache (default $REDIS_URL; none: in-process cache only).",
+)
+@click.option(
     "--gpu-memory-utilization",
     type=float,
     default=None,
@@ -553,6 +558,14 @@ def models_build(profile: str, root: str | None, export: str | None) -> None:
 @click.option("--gap-samples", type=int, default=50, show_default=True, help="Per domain.")
 @click.option("--absorb-samples", type=int, default=200, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--loss", default="contrastive", show_default=True, help="Distillation loss.")
+@click.option("--slms", default="", help="Comma list: distillation/gap probes only for these.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Reuse greedy results and LLM paths from here (keyed by model hash).",
+)
 @click.option(
     "--doc",
     type=click.Path(dir_okay=False),
@@ -570,6 +583,9 @@ def models_probe(
     gap_samples: int,
     absorb_samples: int,
     threads: int,
+    loss: str,
+    slms: str,
+    cache: str | None,
     doc: str,
     json_out: str | None,
 ) -> None:
@@ -585,6 +601,9 @@ def models_probe(
         distill_samples=distill_samples,
         gap_samples_per_domain=gap_samples,
         absorb_samples=absorb_samples,
+        loss=loss,
+        slms=tuple(n for n in slms.split(",") if n),
+        cache_dir=Path(cache) if cache else None,
     )
     if test_spec:
         settings.test_spec = test_spec

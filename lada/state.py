@@ -35,6 +35,16 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 | `blob:{name}`                | string | large artefacts (cluster model, assignments)         |
 | `lock:{name}`                | string | leases (the round driver's leader lock)              |
 
+The LLM service's shared path cache (`PathCacheStore`) is not part of any run: its keys
+are prefixed `lada:pathcache:{model_id}:` instead, so every run and every LLM-service
+replica serving the same model (same weights, backend and dtype) shares them:
+
+| key                          | type   | holds                                               |
+|------------------------------|--------|-----------------------------------------------------|
+| `{version}:{entry_digest}`   | string | one serialized SampleResult (the paths of one        |
+|                              |        | sample or prompt under one sampling), with a TTL     |
+|                              |        | (`PATH_CACHE_TTL_S`, 7 days, by default)             |
+
 Round transitions are compare-and-set Lua scripts, so several allocator replicas can
 share one Redis; a registration (name, record, token, invitation use) and a report stream
 are each one Lua script that checks everything before its first write (all or nothing);
@@ -1088,3 +1098,65 @@ def _enrollment_refusal(verdict: str, parts: list[str], name: str) -> StateError
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(int(parts[1]) / 1000))}"
         )
     return AlreadyExists(f"name: an agent named {name!r} is already registered")
+
+
+# ---- the LLM service's shared path cache ---------------------------------------------
+PATH_CACHE_TTL_S = 7 * 24 * 3600  # an entry lives this long after it was (last) written
+
+
+class PathCacheStore:
+    """Generated paths shared by every LLM-service replica (and restart) on one Redis.
+
+    One string per entry at `lada:pathcache:{model_id}:{version}:{digest}`, where `digest`
+    is the sha256 of the entry's other key parts (sample or prompt, sampling) as canonical
+    JSON. `model_id` must identify the generating model (weights, backend, dtype), so two
+    models never share an entry; `version` the model version's weights (base, or a
+    version name plus its adapter's digest). Values are opaque bytes (the caller
+    serializes). Every entry expires `ttl_s` seconds after its last write: that TTL is the
+    size bound (a sample's entry is a few KiB; Redis can also evict them under
+    `maxmemory-policy volatile-ttl`, since every entry has a TTL).
+    """
+
+    def __init__(self, client: redis.Redis, model_id: str, ttl_s: int = PATH_CACHE_TTL_S):
+        if not model_id or ":" in model_id:
+            raise ValueError(f"model_id: must be non-empty and contain no ':' ({model_id!r})")
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s: must be positive, not {ttl_s}")
+        self.redis = client
+        self.model_id = model_id
+        self.ttl_s = int(ttl_s)
+        self.prefix = f"{KEY_ROOT}:pathcache:{model_id}:"
+
+    def key(self, version: str, entry: object) -> str:
+        """The Redis key of one entry; `entry` is any JSON-serializable key part."""
+        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return f"{self.prefix}{version}:{digest}"
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The stored values of `keys` (None where absent), in order; one round trip."""
+        if not keys:
+            return []
+        return list(self.redis.mget(keys))
+
+    def put_many(self, values: Mapping[str, bytes]) -> None:
+        """Store each key's value with the TTL; one round trip."""
+        if not values:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(key, value, ex=self.ttl_s)
+        pipe.execute()
+
+    def wipe(self) -> int:
+        """Delete every entry of this model (all versions); returns how many."""
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(self.redis.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(self.redis.delete(*batch))
+        return deleted

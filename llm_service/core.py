@@ -1,4 +1,4 @@
-"""The LLM service's logic, free of gRPC: validation, path cache, versions and absorbing.
+"""The LLM service's logic, free of gRPC: validation, path caches, versions and absorbing.
 
 `LLMCore` is what the servicer calls and what an in-process simulation calls directly.
 Every number it returns is finite (see backends.base.finite_logprobs).
@@ -18,7 +18,7 @@ from lada import metrics
 from lada.tasks import Problem, format_prompt, is_correct
 from llm_service.absorb import AbsorbDiverged, TrainingOptions, train_adapter
 from llm_service.backends.base import GeneratedPath, LLMBackend
-from llm_service.cache import LRUCache
+from llm_service.cache import LRUCache, SharedPathCache, directory_digest
 from llm_service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -73,6 +73,7 @@ class LLMCore:
         extras: LLMServiceExtras,
         state_dir: Path,
         seed: int = 0,
+        shared: SharedPathCache | None = None,
     ) -> None:
         self.backend = backend
         self.pool = {p.id: p for p in pool}
@@ -81,6 +82,9 @@ class LLMCore:
         self.state_dir = state_dir
         self.seed = seed
         self.cache: LRUCache[SampleResult] = LRUCache(extras.cache_entries)
+        self.shared = shared  # the Redis path cache behind the LRU (None: in-process only)
+        self.generate_calls = 0  # backend generation calls (cache misses that generated)
+        self._version_keys: dict[str, str] = {}
         self.versions = VersionRegistry(state_dir / "versions.json")
         self._absorbing = threading.Lock()
         for info in self.versions.adapters():
@@ -122,10 +126,13 @@ class LLMCore:
                 todo[item.key] = item
             else:
                 found[item.key] = _as_hit(cached)
+        shared_keys = self._shared_lookup(todo, found, sampling, version)
         if not todo:
             return found
         pending = list(todo.values())
+        self.generate_calls += 1
         raw = self.backend.generate([i.prompt for i in pending], sampling, version)
+        fresh: dict[str, SampleResult] = {}
         for item, paths in zip(pending, raw, strict=True):
             consistent = self._consistent(item.prompt, paths, version)
             result = SampleResult(
@@ -136,9 +143,77 @@ class LLMCore:
             )
             self.cache.put(item.key, result)
             found[item.key] = result
+            if item.key in shared_keys:
+                fresh[shared_keys[item.key]] = result
         generated = sum(len(p.token_ids) for paths in raw for p in paths)
         metrics.TOKENS_GENERATED.labels(self.backend.name).inc(generated)
+        log.info(
+            "generated",
+            extra={"samples": len(pending), "tokens": generated, "version": version},
+        )
+        if self.shared is not None:
+            self.shared.put_many(fresh)
         return found
+
+    def _shared_lookup(
+        self,
+        todo: dict[tuple[object, ...], _Item],
+        found: dict[tuple[object, ...], SampleResult],
+        sampling: Sampling,
+        version: str,
+    ) -> dict[tuple[object, ...], str]:
+        """Move the items the shared cache holds from `todo` to `found` (and the LRU).
+
+        Returns the Redis key of every item still to generate, for storing its result.
+        """
+        version_key = self._version_key(version) if self.shared is not None and todo else None
+        if self.shared is None or version_key is None:
+            return {}
+        keys = {
+            key: self.shared.key(
+                version_key,
+                [
+                    key[0],
+                    item.sample_id,
+                    item.prompt,
+                    [sampling.n, sampling.temperature, sampling.top_p],
+                    [sampling.max_tokens, sampling.seed],
+                ],
+            )
+            for key, item in todo.items()
+        }
+        cached = self.shared.get_many(list(keys.values()))
+        for key, result in zip(list(keys), cached, strict=True):
+            if result is None:
+                continue
+            stored = SampleResult(result.sample_id, result.prompt, result.paths, False)
+            self.cache.put(key, stored)
+            found[key] = _as_hit(stored)
+            del todo[key]
+            del keys[key]
+        return keys
+
+    def _version_key(self, version: str) -> str | None:
+        """`version` as the shared cache names it: base, or name-<adapter digest>.
+
+        Two replicas may each have trained their own `v1`; the digest keeps them apart.
+        None (skip the shared cache) when the adapter cannot be read.
+        """
+        if version not in self._version_keys:
+            info = self.versions.get(version)
+            adapter = info.adapter_dir if info is not None else ""
+            name = version
+            if adapter:
+                try:
+                    name = f"{version}-{directory_digest(Path(adapter))[:16]}"
+                except OSError as exc:
+                    log.warning(
+                        "cannot digest the adapter; shared path cache skipped for it",
+                        extra={"version": version, "error": str(exc)},
+                    )
+                    return None
+            self._version_keys[version] = name
+        return self._version_keys[version]
 
     def _consistent(
         self, prompt: str, paths: list[GeneratedPath], version: str

@@ -9,9 +9,11 @@ from pathlib import Path
 from lada.config import LLMServiceConfig
 from lada.logs import configure_logging
 from lada.modeling import ModelDirError, check_model_dir
+from lada.redis_conn import redact_url
 from lada.server import run_until_signalled, start_server
 from lada.tasks import DatasetSpecError, load_dataset
 from llm_service.backends.base import BackendSettings, create_backend
+from llm_service.cache import SharedPathCache, model_digest, model_identity
 from llm_service.core import Limits, LLMCore
 from llm_service.service import binding
 from llm_service.settings import LLMServiceExtras
@@ -41,7 +43,32 @@ def build_core(config: LLMServiceConfig, extras: LLMServiceExtras | None = None)
         max_lora_rank=extras.max_lora_rank,
     )
     state_dir = extras.resolved_state_dir(str(model))
-    return LLMCore(backend, pool, limits, extras, state_dir, seed=config.seed)
+    shared = None  # cache_entries = 0 turns path caching off, Redis included (benchmarks)
+    if config.redis_url and extras.path_cache_ttl_s > 0 and extras.cache_entries > 0:
+        try:
+            shared = _shared_cache(config, extras, model, backend.name, state_dir)
+        except Exception:
+            backend.close()
+            raise
+    return LLMCore(backend, pool, limits, extras, state_dir, seed=config.seed, shared=shared)
+
+
+def _shared_cache(
+    config: LLMServiceConfig, extras: LLMServiceExtras, model: Path, backend: str, state: Path
+) -> SharedPathCache:
+    """The Redis path cache for this model; the digest is hashed once per model files."""
+    digest = model_digest(model, memo=state / "model_digest.json")
+    model_id = model_identity(digest, backend, config.dtype)
+    shared = SharedPathCache.from_url(config.redis_url, model_id, extras.path_cache_ttl_s)
+    log.info(
+        "shared path cache",
+        extra={
+            "redis": redact_url(config.redis_url),
+            "model_id": model_id,
+            "ttl_s": extras.path_cache_ttl_s,
+        },
+    )
+    return shared
 
 
 def serve(config: LLMServiceConfig) -> int:

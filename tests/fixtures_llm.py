@@ -67,7 +67,10 @@ def start_llm_service(
         "--public-pool",
         pool_spec,
     ]
-    full_env = {"LADA_LLM_STATE_DIR": str(state_dir), **(env or {})}
+    # The Redis path cache is shared across processes and sessions; tests that are not
+    # about it keep each service to its own in-process cache (tests/test_llm_path_cache.py).
+    full_env = {"LADA_LLM_STATE_DIR": str(state_dir), "LADA_LLM_PATH_CACHE_TTL_S": "0"}
+    full_env.update(env or {})
     process = start_service(args, port, log_dir, name, env=full_env)
     try:
         process.wait_serving(timeout=ENGINE_START_TIMEOUT_S)
