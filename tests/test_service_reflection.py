@@ -82,6 +82,10 @@ def test_allocator_reflects_every_rpc_and_serves(reflection_of, redis_handle, tm
             "ListAgents",
             "GetLearnabilityGaps",
             "RevokeAgent",
+            "InviteAgent",
+            "ListInvitations",
+            "RevokeInvitation",
+            "SetTotalRounds",
         },
     )
     agents = client.call("lada.v1.Allocator", "ListAgents", {})

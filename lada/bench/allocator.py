@@ -155,6 +155,7 @@ def time_ingest(pool_size: int, agents: int, per_agent: int, batch: int) -> dict
                         "rounds": 1,
                         "min_agents": agents,
                         "round_deadline_s": 3600.0,
+                        "open_enrollment": True,  # simulated agents bring their own secrets
                         "server": {"metrics_port": -1, "log_level": "WARNING"},
                     }
                 }

@@ -153,6 +153,7 @@ def start_allocator(
                     "rounds": rounds,
                     "min_agents": agents,
                     "round_deadline_s": 120.0,
+                    "open_enrollment": True,  # simulated agents each bring their own secret
                     "redis_url": redis_url,
                     "lada": {"num_clusters": 16},
                     "server": {"metrics_port": -1, "max_workers": 64, "log_level": "WARNING"},
