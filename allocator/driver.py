@@ -88,7 +88,7 @@ class RoundDriver:
                 log.info("run finished", extra={"rounds": r})
                 return True
             return False
-        if len(self.store.active_agents(r + 1)) < self.core.config.min_agents:
+        if len(self._live(self.store.active_agents(r + 1))) < self.core.config.min_agents:
             return False
         opened = self.store.open_round(r + 1, deadline_ms=0)
         if opened:
@@ -96,7 +96,7 @@ class RoundDriver:
         return opened
 
     def _allocate(self, r: int) -> bool:
-        participants = self.store.active_agents(r)
+        participants = self._live(self.store.active_agents(r))
         request = self.allocation_request(r, participants)
         chosen = self.core.policy.allocate(request)
         version = self._llm_version()
@@ -153,11 +153,36 @@ class RoundDriver:
             if s in (AgentRoundState.ALLOCATED, AgentRoundState.TRAINING)
         ]
         if pending and now_ms() < record.deadline_ms:
-            return False
+            lost = self._lost(pending)
+            if lost and self.store.mark_lost(r, lost):
+                log.warning("agents lost", extra={"round": r, "agents": lost})
+            if set(pending) - set(lost):
+                return bool(lost)
         closed = self.store.close_reporting(r)
         if closed:
-            log.info("round reported", extra={"round": r, "late": pending})
+            log.info("round reported", extra={"round": r, "unreported": pending})
         return closed
+
+    # ---- liveness ----------------------------------------------------------------------------
+    def _silence_limit_ms(self) -> int:
+        """How long an agent may go without a heartbeat before it counts as LOST (0: never)."""
+        settings = self.core.settings
+        return int(settings.lost_after_missed_heartbeats * settings.heartbeat_interval_s * 1000)
+
+    def _live(self, agents: list[AgentRecord]) -> list[AgentRecord]:
+        """Agents heartbeating recently enough to take part (all of them without liveness)."""
+        limit = self._silence_limit_ms()
+        if not limit:
+            return agents
+        stamp = now_ms()
+        return [a for a in agents if stamp - a.last_heartbeat_ms <= limit]
+
+    def _lost(self, agent_ids: list[str]) -> list[str]:
+        limit = self._silence_limit_ms()
+        if not limit:
+            return []
+        stamp = now_ms()
+        return [a for a in agent_ids if stamp - self.store.get_agent(a).last_heartbeat_ms > limit]
 
     def _close(self, r: int) -> bool:
         """REPORTED -> CLOSED: fold rewards, run the LLM direction, close."""

@@ -26,6 +26,7 @@ DEFAULT_ALLOCATOR_PORT = 50051
 DEFAULT_LLM_PORT = 50052
 DEFAULT_AGENT_PORT = 50061
 DEFAULT_METRICS_PORT = 0  # 0 = pick a free port; -1 = no metrics endpoint
+HEARTBEAT_INTERVAL_S = 5.0  # agents heartbeat this often; the allocator judges liveness by it
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "LADA_HOME"
 
@@ -82,7 +83,7 @@ class AgentSettings:
     """Agent mechanics beyond AgentConfig, read from `LADA_AGENT_<FIELD>` variables."""
 
     public_pool: str = DEFAULT_PUBLIC_POOL  # must match the allocator's (fingerprint check)
-    heartbeat_interval_s: float = 5.0
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     rpc_timeout_s: float = 30.0
     llm_timeout_s: float = 900.0
     llm_max_tokens: int = 128  # max tokens of each LLM reasoning path
@@ -166,6 +167,8 @@ class AllocatorSettings:
 
     driver_tick_s: float = 0.2
     lease_ttl_s: float = 5.0
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S  # the agents' (AgentSettings)
+    lost_after_missed_heartbeats: int = 3  # then LOST for the round; 0: no liveness check
     watch_block_ms: int = 1000
     max_paths_per_sample: int = 64
     max_contribution_chars: int = 20_000

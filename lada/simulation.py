@@ -19,6 +19,7 @@ from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import ACCURACY_MAX_TOKENS, Contribution, LLMGateway
 from lada.config import (
+    AllocatorSettings,
     ClusterAgentConfig,
     ClusterConfig,
     LLMServiceConfig,
@@ -241,7 +242,10 @@ def simulate(
     run_id = f"sim-{config.run_id}-{int(time.time() * 1000)}"
     store = StateStore(redis.client, run_id)
     core = AllocatorCore(
-        store, allocator_for_cluster(config, run_id, data.public), load_dataset(data.public)
+        store,
+        allocator_for_cluster(config, run_id, data.public),
+        load_dataset(data.public),
+        AllocatorSettings(lost_after_missed_heartbeats=0),  # in-process agents never heartbeat
     )
     llm = build_llm(models[config.llm_model], data.public, workdir / "llm")
     agents = {

@@ -81,6 +81,7 @@ class AgentRoundState(StrEnum):
     TRAINING = "TRAINING"
     REPORTED = "REPORTED"
     LATE = "LATE"
+    LOST = "LOST"
 
 
 class AgentStatus(StrEnum):
@@ -147,14 +148,31 @@ end
 return 0
 """
 
+# KEYS: round agents hash. ARGV: agent IDs. Those still ALLOCATED or TRAINING become LOST.
+_MARK_LOST_LUA = """
+local marked = 0
+for i = 1, #ARGV do
+  local state = redis.call('HGET', KEYS[1], ARGV[i])
+  if state == 'ALLOCATED' or state == 'TRAINING' then
+    redis.call('HSET', KEYS[1], ARGV[i], 'LOST')
+    marked = marked + 1
+  end
+end
+return marked
+"""
+
 # KEYS: round hash, round agents hash, events stream. ARGV: round, now_ms.
-# Participants that have not reported become LATE; the round moves to REPORTED.
+# Participants that have not reported become LATE (LOST ones stay LOST); the round moves to
+# REPORTED.
 _CLOSE_REPORTING_LUA = """
 local phase = redis.call('HGET', KEYS[1], 'phase')
 if phase ~= 'ALLOCATED' and phase ~= 'TRAINING' then return 0 end
 local members = redis.call('HGETALL', KEYS[2])
 for i = 1, #members, 2 do
-  if members[i + 1] ~= 'REPORTED' then redis.call('HSET', KEYS[2], members[i], 'LATE') end
+  local state = members[i + 1]
+  if state ~= 'REPORTED' and state ~= 'LOST' then
+    redis.call('HSET', KEYS[2], members[i], 'LATE')
+  end
 end
 redis.call('HSET', KEYS[1], 'phase', 'REPORTED')
 redis.call('XADD', KEYS[3], '*', 'round', ARGV[1], 'phase', 'REPORTED', 'ts_ms', ARGV[2])
@@ -180,7 +198,8 @@ _APPLY_REPORT_LUA = """
 if ARGV[2] == '1' then
   local phase = redis.call('HGET', KEYS[3], 'phase')
   if phase ~= 'ALLOCATED' and phase ~= 'TRAINING' then return {'closed', phase or ''} end
-  if redis.call('HGET', KEYS[4], ARGV[1]) == 'LATE' then return {'late'} end
+  local state = redis.call('HGET', KEYS[4], ARGV[1])
+  if state == 'LATE' or state == 'LOST' then return {'late', state} end
 end
 local ids, payloads = {}, {}
 local id_at, payload_at, expect_id = 1, 1, true
@@ -446,6 +465,7 @@ class StateStore:
         self._lease = client.register_script(_LEASE_LUA)
         self._mark_training = client.register_script(_MARK_TRAINING_LUA)
         self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
+        self._mark_lost = client.register_script(_MARK_LOST_LUA)
         self._finish_run = client.register_script(_FINISH_RUN_LUA)
         self._apply_report = client.register_script(_APPLY_REPORT_LUA)
         self._register = client.register_script(_REGISTER_LUA)
@@ -826,7 +846,8 @@ class StateStore:
                 f"{round_number}: {', '.join(missing)}" + (f" (+{extra} more)" if extra else "")
             )
         if verdict == "late":
-            raise Conflict(f"round: {agent_id} missed the deadline of round {round_number} (LATE)")
+            why = "missed the deadline" if _s(reply[1]) == "LATE" else "stopped heartbeating in"
+            raise Conflict(f"round: {agent_id} {why} round {round_number} ({_s(reply[1])})")
         phase = _s(reply[1]) or "not open"
         raise Conflict(f"round: round {round_number} is {phase}, not taking reports")
 
@@ -970,6 +991,15 @@ class StateStore:
         """An agent fetched its allocation: ALLOCATED -> TRAINING for it and for the round."""
         self._mark_training(keys=[self.key("round", round_number, "agents")], args=[agent_id])
         self.transition(round_number, Phase.TRAINING)
+
+    def mark_lost(self, round_number: int, agent_ids: list[str]) -> int:
+        """Mark agents that stopped heartbeating LOST for the round, unless they reported
+        meanwhile (checked atomically with the write). Returns how many were marked."""
+        if not agent_ids:
+            return 0
+        return int(
+            self._mark_lost(keys=[self.key("round", round_number, "agents")], args=agent_ids)
+        )
 
     def close_reporting(self, round_number: int) -> bool:
         """Mark every participant that has not reported LATE and move the round to REPORTED,

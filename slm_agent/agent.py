@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from lada.config import LadaHyperParams
+from lada.config import HEARTBEAT_INTERVAL_S, LadaHyperParams
 from lada.learnability import assign_clusters, domain_weights
 from lada.tasks import Problem
 from slm_agent.checkpoint import CheckpointStore, Identity, Progress
@@ -88,7 +88,7 @@ class AgentPlan:
     contribute: bool = False
     allocator_target: str = ""
     llm_max_tokens: int = 128
-    heartbeat_interval_s: float = 5.0
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     retry_deadline_s: float = 60.0
     enrollment_secret: str = ""  # the invitation's; empty: saved or self-chosen (open enrollment)
 

@@ -97,6 +97,8 @@ def default_settings(run_id: str, **overrides: Any) -> dict[str, Any]:
         "seed": 0,
         "lada": {"num_clusters": TEST_CLUSTERS},
         "server": {"metrics_port": -1, "log_level": "INFO"},
+        # Synthetic agents here do not heartbeat; liveness has its own test.
+        "settings": {"lost_after_missed_heartbeats": 0},
     }
     settings.update(overrides)
     return settings

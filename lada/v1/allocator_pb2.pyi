@@ -22,6 +22,7 @@ class AgentRoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_ROUND_STATE_TRAINING: _ClassVar[AgentRoundState]
     AGENT_ROUND_STATE_REPORTED: _ClassVar[AgentRoundState]
     AGENT_ROUND_STATE_LATE: _ClassVar[AgentRoundState]
+    AGENT_ROUND_STATE_LOST: _ClassVar[AgentRoundState]
 
 class InvitationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ AGENT_ROUND_STATE_ALLOCATED: AgentRoundState
 AGENT_ROUND_STATE_TRAINING: AgentRoundState
 AGENT_ROUND_STATE_REPORTED: AgentRoundState
 AGENT_ROUND_STATE_LATE: AgentRoundState
+AGENT_ROUND_STATE_LOST: AgentRoundState
 INVITATION_STATE_UNSPECIFIED: InvitationState
 INVITATION_STATE_PENDING: InvitationState
 INVITATION_STATE_USED: InvitationState
