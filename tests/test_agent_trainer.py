@@ -28,7 +28,8 @@ torch_threads_one()
 def trainer_for(
     zoo: ZooManifest, name: str, loss: str, private: list[Problem], **settings: object
 ) -> LocalTrainer:
-    defaults: dict[str, object] = {"max_new_tokens": 48, "own_paths_per_sample": 1}
+    # One epoch unless a test asks for more, so step counts read directly off the batch sizes.
+    defaults: dict[str, object] = {"max_new_tokens": 48, "own_paths_per_sample": 1, "epochs": 1}
     return LocalTrainer.from_path(
         zoo.slms[name], make_loss(loss), private, TrainerSettings(**(defaults | settings))
     )
