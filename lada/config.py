@@ -27,6 +27,11 @@ DEFAULT_LLM_PORT = 50052
 DEFAULT_AGENT_PORT = 50061
 DEFAULT_METRICS_PORT = 0  # 0 = pick a free port; -1 = no metrics endpoint
 HEARTBEAT_INTERVAL_S = 5.0  # agents heartbeat this often; the allocator judges liveness by it
+# An agent's per-round training budget, measured in docs/zoo.md ("Trainer defaults"): 5e-4 x
+# 1 epoch cut the demo SLM's home accuracy 63% -> 23% in one round; 1e-4 x 3 epochs moves
+# the allocated samples (sft: greedy 21% -> 42%) at a cost of about 9 home points.
+AGENT_LEARNING_RATE = 1e-4
+AGENT_EPOCHS = 3
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "LADA_HOME"
 
@@ -61,11 +66,8 @@ class LadaHyperParams:
 class TrainerSettings:
     """How an agent trains and evaluates locally."""
 
-    # Per-round budget measured in docs/zoo.md ("Trainer defaults"): 5e-4 x 1 epoch cut the
-    # demo SLM's home accuracy 63% -> 23% in one round; 1e-4 x 3 epochs moves the allocated
-    # samples (sft: greedy 21% -> 42%) at a cost of about 9 home points.
-    learning_rate: float = 1e-4
-    epochs: int = 3
+    learning_rate: float = AGENT_LEARNING_RATE
+    epochs: int = AGENT_EPOCHS
     samples_per_step: int = 4  # allocated samples per optimiser step
     private_per_step: int = 4  # private examples per optimiser step (the L_sft(D_k) batch)
     max_grad_norm: float = 1.0
@@ -229,11 +231,8 @@ class AgentConfig:
     enrollment_secret_file: str = ""  # or a file holding it
     connect_deadline_s: float = 60.0
     tls: ClientTLS = field(default_factory=ClientTLS)
-    # Per-round budget measured in docs/zoo.md ("Trainer defaults"): 5e-4 x 1 epoch cut the
-    # demo SLM's home accuracy 63% -> 23% in one round; 1e-4 x 3 epochs moves the allocated
-    # samples (sft: greedy 21% -> 42%) at a cost of about 9 home points.
-    learning_rate: float = 1e-4
-    epochs: int = 3
+    learning_rate: float = AGENT_LEARNING_RATE
+    epochs: int = AGENT_EPOCHS
     lora_threshold_params: int = 50_000_000
     seed: int = 0
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)

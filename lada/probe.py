@@ -19,6 +19,7 @@ default to 1 (tiny models, shared machines).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -79,6 +80,10 @@ class ProbeSettings:
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     loss: str = "contrastive"
     seed: int = 0
+    slms: tuple[str, ...] = ()  # distillation and gap probes for these SLMs (empty: all)
+    absorb_learning_rate: float = 0.0  # 0: the LLM service's default (LLMServiceExtras)
+    absorb_epochs: int = 0  # 0: the LLM service's default
+    cache_dir: Path | None = None  # greedy results and LLM paths, keyed by model key
 
 
 Log = Callable[[str], None]
@@ -95,14 +100,23 @@ def _mean(values: Sequence[Any]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def greedy_correct(model: Any, tok: Any, problems: Sequence[Problem]) -> list[bool]:
-    """Greedy answer correctness per problem."""
+GEN_BATCH = 200  # prompts per generate call: tiny models on a CPU are overhead-bound
+
+
+def greedy_texts(model: Any, tok: Any, problems: Sequence[Problem]) -> list[str]:
+    """Greedy completion per problem."""
     if not problems:
         return []
     model.eval()
     budget = default_max_new_tokens(tok, problems)
-    texts = generate(model, tok, [format_prompt(p.question) for p in problems], budget)
-    return [is_correct(t[0], p.answer) for t, p in zip(texts, problems, strict=True)]
+    prompts = [format_prompt(p.question) for p in problems]
+    return [t[0] for t in generate(model, tok, prompts, budget, batch_size=GEN_BATCH)]
+
+
+def greedy_correct(model: Any, tok: Any, problems: Sequence[Problem]) -> list[bool]:
+    """Greedy answer correctness per problem."""
+    texts = greedy_texts(model, tok, problems)
+    return [is_correct(t, p.answer) for t, p in zip(texts, problems, strict=True)]
 
 
 def accuracy_table(
@@ -125,9 +139,20 @@ def llm_paths(
 
     prompts = [format_prompt(p.question) for p in problems]
     budget = default_max_new_tokens(tok, problems)
-    texts = generate(
-        model, tok, prompts, budget, greedy=False, temperature=temperature, n=m, seed=seed
-    )
+    if m == 1 and temperature == 0:
+        texts = [[t] for t in greedy_texts(model, tok, problems)]
+    else:
+        texts = generate(
+            model,
+            tok,
+            prompts,
+            budget,
+            greedy=False,
+            temperature=temperature,
+            n=m,
+            seed=seed,
+            batch_size=max(1, GEN_BATCH // m),
+        )
     flat_p = [pr for pr, row in zip(prompts, texts, strict=True) for _ in row]
     flat_t = [t if t.strip() else " " for row in texts for t in row]
     scores = score_completions(model, tok, flat_p, flat_t)
@@ -175,8 +200,8 @@ def distill_probe(
     after = dict(zip([p.id for p in chosen], trainer.greedy_correct(chosen), strict=True))
     result: dict[str, Any] = {
         "slm": slm,
-        "home": home,
-        "foreign": foreign,
+        "home_domain": home,
+        "foreign_domain": foreign,
         "samples": len(samples),
         "correct_llm_paths": sum(x.correct for p in samples for x in paths[p.id]),
         "train_steps": outcome.train.steps,
@@ -237,6 +262,8 @@ def gap_probe(
             }
         )
     middle = float(np.mean([q["reward"] for q in quintiles[1:4]]))
+    flips = [q["correct_after"] - q["correct_before"] for q in quintiles]
+    flip_middle = float(np.mean(flips[1:4]))
     return {
         "slm": slm,
         "samples": len(samples),
@@ -244,6 +271,8 @@ def gap_probe(
         "quintiles": quintiles,
         "middle_mean": middle,
         "premise_holds": middle > quintiles[0]["reward"] and middle > quintiles[4]["reward"],
+        "flip_middle_mean": flip_middle,
+        "premise_holds_greedy": flip_middle > flips[0] and flip_middle > flips[4],
     }
 
 
@@ -261,17 +290,16 @@ def absorb_probe(
     from llm_service.absorb import TrainingOptions, train_adapter
 
     model, tok = load_causal_lm(manifest.slms[client_slm])
-    budget = default_max_new_tokens(tok, samples)
-    texts = generate(model, tok, [format_prompt(p.question) for p in samples], budget)
+    texts = greedy_texts(model, tok, samples)
     sound = [
-        (format_prompt(p.question), t[0])
+        (format_prompt(p.question), t)
         for p, t in zip(samples, texts, strict=True)
-        if is_sound(t[0], p.answer)
+        if is_sound(t, p.answer)
     ][: settings.absorb_samples]
     extras = LLMServiceExtras()
     options = TrainingOptions(
-        epochs=extras.absorb_epochs,
-        learning_rate=extras.absorb_learning_rate,
+        epochs=settings.absorb_epochs or extras.absorb_epochs,
+        learning_rate=settings.absorb_learning_rate or extras.absorb_learning_rate,
         lora_rank=extras.absorb_lora_rank,
         batch_size=extras.absorb_batch_size,
         seed=settings.seed,
@@ -325,51 +353,62 @@ def run_probe(settings: ProbeSettings, log: Log = print) -> dict[str, Any]:
 
     log(f"accuracy table: {len(test)} test problems x {1 + len(manifest.slms)} models")
     correct: dict[str, dict[str, bool]] = {}
-    for name, path in {"llm": manifest.llm, **manifest.slms}.items():
+    for name in manifest.models:
         t0 = time.perf_counter()
-        model, tok = load_causal_lm(path)
-        correct[name] = dict(
-            zip([p.id for p in test], greedy_correct(model, tok, test), strict=True)
-        )
+        correct[name] = cached_correct(settings, manifest, name, test)
         log(f"  {name}: {time.perf_counter() - t0:.0f} s")
     result["accuracy"] = accuracy_table(correct, test)
     result["params"] = {n: manifest.models[n].params for n in manifest.models}
 
-    log("LLM paths on public samples")
-    llm, ltok = load_causal_lm(manifest.llm)
-    wanted = {d: by_domain[d][: int(settings.distill_samples * 1.3) + 10] for d in DOMAINS}
-    paths = llm_paths(
-        llm,
-        ltok,
-        [p for d in DOMAINS for p in wanted[d]],
+    n_distill = int(settings.distill_samples * 1.15) + 10
+    n_gap = int(settings.gap_samples_per_domain * 1.3) + 5
+    foreigns = [FOREIGN.get(homes[n], DOMAINS[0]) for n in manifest.slms if _selected(settings, n)]
+    distill_pool = {d: by_domain[d][:n_distill] for d in DOMAINS if d in foreigns}
+    gap_pool = {d: by_domain[d][n_distill : n_distill + n_gap] for d in DOMAINS}
+    log("LLM paths on public samples (greedy for distillation, sampled for the gaps)")
+    paths = cached_paths(settings, manifest, [p for v in distill_pool.values() for p in v], 1, 0.0)
+    sampled = cached_paths(
+        settings,
+        manifest,
+        [p for v in gap_pool.values() for p in v],
         settings.paths_per_sample,
         settings.temperature,
-        settings.seed,
     )
-    del llm
+    paths.update(sampled)
     result["llm_path_accuracy"] = {
-        d: float(np.mean([x.correct for p in wanted[d] for x in paths[p.id]])) for d in DOMAINS
+        "greedy": {
+            d: float(np.mean([x.correct for p in v for x in paths[p.id]]))
+            for d, v in distill_pool.items()
+        },
+        "sampled": {
+            d: float(np.mean([x.correct for p in v for x in paths[p.id]]))
+            for d, v in gap_pool.items()
+        },
     }
 
     result["distill"], result["gaps"] = [], []
     for name, path in manifest.slms.items():
+        if not _selected(settings, name):
+            continue
         home = homes[name]
         private = by_domain[home][-settings.private_size :]
         foreign = FOREIGN.get(home, DOMAINS[0])
-        samples = _with_correct_path(wanted[foreign], paths, settings.distill_samples)
-        log(f"distill: {name} <- {len(samples)} {foreign} samples")
+        samples = _with_correct_path(distill_pool[foreign], paths, settings.distill_samples)
+        t0 = time.perf_counter()
         result["distill"].append(
             distill_probe(
                 name, path, home, foreign, private, samples, paths, test, correct[name], settings
             )
         )
+        log(f"distill: {name} <- {len(samples)} {foreign} ({time.perf_counter() - t0:.0f} s)")
         mixed = [
             p
             for d in DOMAINS
-            for p in _with_correct_path(wanted[d], paths, settings.gap_samples_per_domain)
+            for p in _with_correct_path(gap_pool[d], paths, settings.gap_samples_per_domain)
         ]
-        log(f"gap quintiles: {name} on {len(mixed)} public samples")
+        t0 = time.perf_counter()
         result["gaps"].append(gap_probe(name, path, private, mixed, paths, settings))
+        log(f"gap quintiles: {name} on {len(mixed)} samples ({time.perf_counter() - t0:.0f} s)")
 
     client = [n for n, d in homes.items() if d in CLIENT_DOMAINS]
     if client:
@@ -386,9 +425,60 @@ def run_probe(settings: ProbeSettings, log: Log = print) -> dict[str, Any]:
     return result
 
 
+def _selected(settings: ProbeSettings, name: str) -> bool:
+    return not settings.slms or name in settings.slms
+
+
+def _cache_file(settings: ProbeSettings, kind: str, parts: Sequence[Any]) -> Path | None:
+    if settings.cache_dir is None:
+        return None
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:16]
+    return settings.cache_dir / f"{kind}-{digest}.json"
+
+
+def cached_correct(
+    settings: ProbeSettings, manifest: ZooManifest, name: str, problems: Sequence[Problem]
+) -> dict[str, bool]:
+    """Greedy correctness of zoo model `name` per problem ID (cached by model key)."""
+    ids = [p.id for p in problems]
+    file = _cache_file(settings, "correct", [manifest.models[name].key, ids])
+    if file is not None and file.is_file():
+        return json.loads(file.read_text())
+    model, tok = load_causal_lm(manifest.models[name].path)
+    out = dict(zip(ids, greedy_correct(model, tok, problems), strict=True))
+    if file is not None:
+        file.write_text(json.dumps(out))
+    return out
+
+
+def cached_paths(
+    settings: ProbeSettings,
+    manifest: ZooManifest,
+    problems: Sequence[Problem],
+    m: int,
+    temperature: float,
+) -> dict[str, list[Any]]:
+    """The LLM's paths per problem ID (cached by model key, problems and sampling)."""
+    from slm_agent.rounds import LLMPath
+
+    key = manifest.models["llm"].key
+    parts = [key, [p.id for p in problems], m, temperature, settings.seed]
+    file = _cache_file(settings, "paths", parts)
+    if file is not None and file.is_file():
+        raw = json.loads(file.read_text())
+        return {k: [LLMPath(**x) for x in v] for k, v in raw.items()}
+    model, tok = load_causal_lm(manifest.llm)
+    out = llm_paths(model, tok, problems, m, temperature, settings.seed)
+    if file is not None:
+        file.write_text(json.dumps({k: [asdict(x) for x in v] for k, v in out.items()}))
+    return out
+
+
 def _settings_json(settings: ProbeSettings) -> dict[str, Any]:
     data = asdict(settings)
     data["root"] = str(settings.root) if settings.root else None
+    data["cache_dir"] = str(settings.cache_dir) if settings.cache_dir else None
     return data
 
 
@@ -436,7 +526,7 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         easy = (f["after"]["1-2"] or 0) - (f["before"]["1-2"] or 0)
         hard = (f["after"]["5-6"] or 0) - (f["before"]["5-6"] or 0)
         home = (h["after"]["all"] or 0) - (h["before"]["all"] or 0)
-        tag = f"{d['slm']} <- {d['foreign']}"
+        tag = f"{d['slm']} <- {d['foreign_domain']} ({d['samples']} paths)"
         add(f"{tag}: +>=20 pts on 1-2 steps", f"{100 * easy:+.1f}", easy >= 0.2)
         add(f"{tag}: <=+10 pts on 5-6 steps", f"{100 * hard:+.1f}", hard <= 0.1)
         add(f"{tag}: home -<=5 pts", f"{100 * home:+.1f}", home >= -0.05)
@@ -448,6 +538,11 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{g['slm']}: middle gap quintiles earn more than lowest and highest",
             f"Q1 {q[0]:.3f}, Q2-4 {g['middle_mean']:.3f}, Q5 {q[4]:.3f}",
             g["premise_holds"],
+        )
+        add(
+            f"{g['slm']}: same, greedy-accuracy term only",
+            f"Q2-4 {100 * g.get('flip_middle_mean', 0.0):+.1f} pts",
+            g.get("premise_holds_greedy", False),
         )
     a = r.get("absorb")
     if a:
@@ -491,11 +586,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| `{name}` | {r['params'][name]:,} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "LLM path accuracy on the public samples (M=4, T=0.8): "
-        + ", ".join(f"{d} {_pct(v)}" for d, v in r["llm_path_accuracy"].items()),
+        "LLM path accuracy on the public samples: greedy (distillation) "
+        + ", ".join(f"{d} {_pct(v)}" for d, v in r["llm_path_accuracy"]["greedy"].items())
+        + f"; sampled (gaps, M={s['paths_per_sample']}, T={s['temperature']}) "
+        + ", ".join(f"{d} {_pct(v)}" for d, v in r["llm_path_accuracy"]["sampled"].items()),
         "",
-        f"**Distillation** of {s['distill_samples']} foreign public samples (LLM paths with at "
-        f"least one correct) in one round of the default trainer (`{s['loss']}` loss, "
+        f"**Distillation** of {s['distill_samples']} correct greedy LLM paths of foreign public "
+        f"samples in one round of the default trainer (`{s['loss']}` loss, "
         f"lr {s['trainer']['learning_rate']}, {s['trainer']['epochs']} epochs, "
         f"{s['trainer']['samples_per_step']} samples + {s['trainer']['private_per_step']} "
         "private per step); test accuracy before -> after",
@@ -509,7 +606,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         cells = [f"{_pct(f['before'][b])} -> {_pct(f['after'][b])}" for b in (*BUCKETS, "all")]
         home = f"{_pct(h['before']['all'])} -> {_pct(h['after']['all'])}"
         lines.append(
-            f"| `{d['slm']}` <- {d['foreign']} | {d['train_steps']} | "
+            f"| `{d['slm']}` <- {d['foreign_domain']} ({d['samples']}) | {d['train_steps']} | "
             + " | ".join(cells)
             + f" | {home} |"
         )
@@ -522,10 +619,23 @@ def render_markdown(r: dict[str, Any]) -> str:
         "| SLM | Q1 | Q2 | Q3 | Q4 | Q5 | Q2-4 mean | middle > both ends |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for g in (g for g in r["gaps"] if g["quintiles"]):
+    gaps = [g for g in r["gaps"] if g["quintiles"]]
+    for g in gaps:
         q = [f"{x['reward']:+.3f}" for x in g["quintiles"]]
         ok = "yes" if g["premise_holds"] else "no"
         lines.append(f"| `{g['slm']}` | " + " | ".join(q) + f" | {g['middle_mean']:+.3f} | {ok} |")
+    lines += [
+        "",
+        "The greedy term alone (change of greedy accuracy on the allocated samples, points):",
+        "",
+        "| SLM | Q1 | Q2 | Q3 | Q4 | Q5 | Q2-4 mean | middle > both ends |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for g in gaps:
+        q = [f"{100 * (x['correct_after'] - x['correct_before']):+.1f}" for x in g["quintiles"]]
+        ok = "yes" if g.get("premise_holds_greedy") else "no"
+        mid = 100 * g.get("flip_middle_mean", 0.0)
+        lines.append(f"| `{g['slm']}` | " + " | ".join(q) + f" | {mid:+.1f} | {ok} |")
     lines += ["", "Gap range and home share per quintile:", ""]
     for g in (g for g in r["gaps"] if g["quintiles"]):
         parts = [
@@ -620,17 +730,18 @@ def sweep_trainer(
     llm, ltok = load_causal_lm(manifest.llm)
     foreign_pool = by_domain[foreign][: int(settings.distill_samples * 1.3) + 10]
     mixed_pool = [p for d in DOMAINS for p in by_domain[d][-40:]]
-    paths = llm_paths(
-        llm, ltok, foreign_pool + mixed_pool, settings.paths_per_sample, settings.temperature, 0
-    )
+    paths = llm_paths(llm, ltok, foreign_pool + mixed_pool, 1, 0.0, 0)  # greedy, as the probe
     samples = _with_correct_path(foreign_pool, paths, settings.distill_samples)
     mixed = _with_correct_path(mixed_pool[::-1], paths, allocation)
     model, tok = load_causal_lm(manifest.slms[slm])
     base = dict(zip([p.id for p in dev], greedy_correct(model, tok, dev), strict=True))
     rows = []
     for config in configs:
-        trainer_settings = dataclasses.replace(settings.trainer, **config)
-        run = dataclasses.replace(settings, trainer=trainer_settings)
+        fields = {k: v for k, v in config.items() if k != "loss"}
+        trainer_settings = dataclasses.replace(settings.trainer, **fields)
+        run = dataclasses.replace(
+            settings, trainer=trainer_settings, loss=config.get("loss", settings.loss)
+        )
         trainer = _trainer(manifest.slms[slm], private, run)
         outcome = _round(trainer, samples, paths)
         after = dict(zip([p.id for p in dev], trainer.greedy_correct(dev), strict=True))

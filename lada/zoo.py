@@ -8,6 +8,7 @@ Every model directory is cached under a hash of everything that determines it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,6 +71,18 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """More training after the main run: fresh AdamW, its own warmup + cosine and data mix."""
+
+    steps: int
+    lr: float
+    domains: tuple[str, ...]
+    own_share: float
+    corpus_n: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Architecture, size, tokenizer and pretraining recipe of one zoo model."""
 
@@ -91,6 +104,29 @@ class ModelSpec:
     seed: int = 0
     max_positions: int = 1024
     drill_per_problem: float = 0.0  # extra one-equation drills (from the corpus' own steps)
+    stages: tuple[Stage, ...] = ()  # continuations, in order (the main run is cached alone)
+
+
+def spec_data(spec: ModelSpec) -> dict[str, Any]:
+    """The spec as hashed and recorded (no `stages` key when there are none, so adding the
+    field left every earlier key unchanged)."""
+    data = asdict(spec)
+    if not data["stages"]:
+        data.pop("stages")
+    return data
+
+
+def _stage_spec(spec: ModelSpec, stage: Stage) -> ModelSpec:
+    return dataclasses.replace(
+        spec,
+        domains=stage.domains,
+        own_share=stage.own_share,
+        corpus_n=stage.corpus_n,
+        seed=stage.seed,
+        train_steps=stage.steps,
+        lr=stage.lr,
+        stages=(),
+    )
 
 
 def _slm(
@@ -186,6 +222,9 @@ def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
             train_steps=6000,
             batch_size=32,
             corpus_n=40000,
+            # comparisons lag (the last step must find an earlier person's value, which the
+            # path does not name); a stage of 3000 steps at 3e-4 with half the mix on
+            # comparisons did not help on validation (73% -> 63%), so none (docs/zoo.md)
             **common,
         )
         slm_kw: dict[str, Any] = {**common, "own_share": 0.95}
@@ -201,7 +240,18 @@ def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
                 1,
                 **slm_kw,
             ),
-            _slm("slm-rates", "gpt2", "bpe-b", (128, 2, 4, 384), "rates", 2500, 8000, 2, **slm_kw),
+            _slm(
+                "slm-rates",
+                "gpt2",
+                "bpe-b",
+                (128, 2, 4, 384),
+                "rates",
+                2500,
+                8000,
+                2,
+                stages=(Stage(3000, 5e-4, ("rates",), 0.95, 8000, 12),),
+                **slm_kw,
+            ),
             _slm(
                 "slm-percentages",
                 "llama",
@@ -222,9 +272,21 @@ def profile_specs(profile: str) -> tuple[list[TokenizerSpec], list[ModelSpec]]:
                 2500,
                 8000,
                 4,
+                stages=(Stage(2500, 5e-4, ("comparisons",), 0.95, 8000, 14),),
                 **slm_kw,
             ),
-            _slm("slm-units", "llama", "bpe-a", (96, 3, 3, 256), "units", 2500, 8000, 5, **slm_kw),
+            _slm(
+                "slm-units",
+                "llama",
+                "bpe-a",
+                (96, 3, 3, 256),
+                "units",
+                2500,
+                8000,
+                5,
+                stages=(Stage(2000, 5e-4, ("units",), 0.95, 8000, 15),),
+                **slm_kw,
+            ),
         ]
         return toks, [llm, *slms]
     raise ValueError(f"unknown zoo profile {profile!r}; valid: {', '.join(PROFILES)}")
@@ -388,10 +450,14 @@ def training_corpus(spec: ModelSpec) -> list[Problem]:
     `own_share` of the corpus comes from `spec.domains`, the rest is spread over every other
     domain, the client-only ones included (the LLM has own_share 1: it never sees them).
     """
+    pool = DOMAINS if spec.role == "llm" else ALL_DOMAINS  # the LLM never sees client data
+    others = [d for d in pool if d not in spec.domains]
     weights = [
         spec.own_share / len(spec.domains)
         if d in spec.domains
-        else (1 - spec.own_share) / max(1, len(ALL_DOMAINS) - len(spec.domains))
+        else (1 - spec.own_share) / max(1, len(others))
+        if d in others
+        else 0.0
         for d in ALL_DOMAINS
     ]
     problems = generate_problems(
@@ -491,10 +557,36 @@ def _build_model(
     tick: Callable[[float], None],
 ) -> float:
     start = time.perf_counter()
-    torch.manual_seed(spec.seed)
-    model = _MODEL_CLASSES[spec.arch](_config(spec, tok))
     points = int(os.environ.get("LADA_ZOO_CURVE_POINTS", "0"))
     curve: list[dict[str, Any]] = []
+    main = dataclasses.replace(spec, stages=())
+    prefix = target.parent / f"{spec.name}-{model_key(main, tok_spec)}"
+    if spec.stages and (prefix / "config.json").is_file():  # main run already built
+        model = _MODEL_CLASSES[spec.arch].from_pretrained(str(prefix))
+        curve = json.loads((prefix / "lada_zoo.json").read_text()).get("curve", [])
+        for _ in range(spec.train_steps):
+            tick(float("nan"))
+    else:
+        torch.manual_seed(spec.seed)
+        model = _MODEL_CLASSES[spec.arch](_config(spec, tok))
+        _train_with_curve(model, tok, main, tick, points, curve, "main")
+        if spec.stages:
+            _save_model(model, tok, main, tok_spec, curve, prefix)
+    for index, stage in enumerate(spec.stages):
+        _train_with_curve(model, tok, _stage_spec(spec, stage), tick, points, curve, index + 1)
+    _save_model(model, tok, spec, tok_spec, curve, target)
+    return time.perf_counter() - start
+
+
+def _train_with_curve(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerFast,
+    spec: ModelSpec,
+    tick: Callable[[float], None],
+    points: int,
+    curve: list[dict[str, Any]],
+    stage: int | str,
+) -> None:
     done = 0
 
     def tick_and_validate(loss: float) -> None:
@@ -502,10 +594,21 @@ def _build_model(
         tick(loss)
         done += 1
         if points and (done * points) % spec.train_steps < points:
-            curve.append({"step": done, "loss": round(loss, 4), **validate(model, tok, spec)})
+            row = {"stage": stage, "step": done, "loss": round(loss, 4)}
+            curve.append(row | validate(model, tok, spec))
             model.train()
 
     train_lm(model, tok, training_corpus(spec), spec, tick_and_validate)
+
+
+def _save_model(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerFast,
+    spec: ModelSpec,
+    tok_spec: TokenizerSpec,
+    curve: list[dict[str, Any]],
+    target: Path,
+) -> None:
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -513,7 +616,7 @@ def _build_model(
     (tmp / "lada_zoo.json").write_text(
         json.dumps(
             {
-                "spec": asdict(spec),
+                "spec": spec_data(spec),
                 "tokenizer": asdict(tok_spec),
                 "version": ZOO_VERSION,
                 "curve": curve,
@@ -524,7 +627,11 @@ def _build_model(
     with contextlib.suppress(OSError):  # another process won the race: keep theirs
         os.replace(tmp, target)
     shutil.rmtree(tmp, ignore_errors=True)
-    return time.perf_counter() - start
+
+
+def model_key(spec: ModelSpec, tok_spec: TokenizerSpec) -> str:
+    """Hash of everything that determines a model's weights."""
+    return _hash([ZOO_VERSION, spec_data(spec), asdict(tok_spec), ZOO_EVAL_SPEC])
 
 
 def validate(
@@ -578,10 +685,7 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
     root = Path(root) if root is not None else lada_home() / "zoo"
     (root / "models").mkdir(parents=True, exist_ok=True)
     tok_by_name = {t.name: t for t in tok_specs}
-    keys = {
-        s.name: _hash([ZOO_VERSION, asdict(s), asdict(tok_by_name[s.tokenizer]), ZOO_EVAL_SPEC])
-        for s in specs
-    }
+    keys = {s.name: model_key(s, tok_by_name[s.tokenizer]) for s in specs}
     start = time.perf_counter()
     todo = [
         s
@@ -595,7 +699,7 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
             todo.remove(spec)
     manifest = ZooManifest(profile=profile, key=_hash(sorted(keys.values())))
     tokenizers: dict[str, PreTrainedTokenizerFast] = {}
-    bar = _progress(sum(s.train_steps for s in todo), progress)
+    bar = _progress(sum(s.train_steps + sum(x.steps for x in s.stages) for s in todo), progress)
     with bar:
         for spec in specs:
             target = root / "models" / f"{spec.name}-{keys[spec.name]}"
@@ -674,7 +778,6 @@ def export_zoo(manifest: ZooManifest, dest: Path) -> Path:
             "sha256": _sha256(weights),
             "bytes": weights.stat().st_size,
             "params": info.params,
-            "train_seconds": info.train_seconds,
         }
     data = {"profile": manifest.profile, "key": manifest.key, "version": ZOO_VERSION}
     (out / "manifest.json").write_text(json.dumps(data | {"models": entries}, indent=2) + "\n")

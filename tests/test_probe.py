@@ -19,7 +19,10 @@ def _reference_paths(
     from slm_agent.rounds import LLMPath
 
     return {
-        p.id: [LLMPath(format_target(p.reference), -0.1 * (1 + i % 3), True) for i in range(m - 1)]
+        p.id: [
+            LLMPath(format_target(p.reference), -0.1 * (1 + i % 3), True)
+            for i in range(max(1, m - 1))
+        ]
         + [LLMPath(" 1+1=2\n#### 2", -2.0, p.answer == "2")]
         for p in problems
     }
@@ -48,9 +51,12 @@ def test_probe_runs_on_micro_zoo(
         distill_samples=6,
         gap_samples_per_domain=3,
         private_size=8,
+        cache_dir=tmp_path / "cache",
     )
     settings.trainer.max_new_tokens = 8
     result = probe.run_probe(settings, log=lambda _line: None)
+    again = probe.run_probe(settings, log=lambda _line: None)  # from the cache
+    assert again["accuracy"] == result["accuracy"]
     assert set(result["accuracy"]) == {"llm", *micro_zoo.slms}
     assert all(len(d["foreign"]["after"]) == 4 and d["train_steps"] > 0 for d in result["distill"])
     assert all(len(g["quintiles"]) == 5 for g in result["gaps"])

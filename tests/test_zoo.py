@@ -125,3 +125,23 @@ def test_committed_weights_replace_training(
     rebuilt = build_zoo("micro", root=tmp_path / "fresh2", progress=False)
     assert rebuilt.models["llm"].train_seconds > 0
     assert rebuilt.models["slm-rates"].train_seconds == 0.0
+
+
+def test_stages_continue_the_cached_main_run(tmp_path: Path) -> None:
+    from lada.zoo import Stage, _build_model, model_key
+
+    toks, specs = profile_specs("micro")
+    tok_spec = dataclasses.replace(toks[0], corpus_n=100)
+    tok = build_tokenizer(tok_spec)
+    main = dataclasses.replace(specs[1], train_steps=3, batch_size=4, corpus_n=50)
+    staged = dataclasses.replace(main, stages=(Stage(2, 1e-4, ("rates",), 0.5, 40, 7),))
+    assert model_key(main, tok_spec) != model_key(staged, tok_spec)
+    ticks: list[float] = []
+    models = tmp_path / "models"
+    models.mkdir()
+    once = models / "once"
+    _build_model(staged, tok, tok_spec, once, ticks.append)
+    assert len(ticks) == 5 and (models / f"{main.name}-{model_key(main, tok_spec)}").is_dir()
+    again = models / "again"  # the main run comes from the cache: same weights
+    _build_model(staged, tok, tok_spec, again, ticks.append)
+    assert (once / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
