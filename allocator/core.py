@@ -32,6 +32,7 @@ from lada.state import (
     Enrollment,
     InvalidArgument,
     InvitationRecord,
+    InvitationState,
     NotFound,
     PermissionDenied,
     Phase,
@@ -203,8 +204,10 @@ class AllocatorCore:
         invitation_id, secret = self.store.create_invitation(name, expires_ms)
         return invitation_id, secret, expires_ms
 
-    def invitations(self) -> list[InvitationRecord]:
-        return self.store.invitations()
+    def invitations(self) -> list[tuple[InvitationRecord, InvitationState]]:
+        """Every invitation with its state as of now (expiry is decided here)."""
+        stamp = now_ms()
+        return [(i, i.state(stamp)) for i in self.store.invitations()]
 
     def revoke_invitation(self, invitation_id: str) -> None:
         if not invitation_id:
@@ -314,11 +317,12 @@ class AllocatorCore:
             rejected_incorrect=len(paths) - len(correct),
             rejected_unsound=len(correct) - len(sound),
         )
-        self.store.count_rejected_contributions(
-            r, outcome.rejected_incorrect, outcome.rejected_unsound
-        )
         outcome.accepted, outcome.rejected_over_cap = self.store.add_contributions(
-            r, agent_id, sound, self.settings.max_contributions_per_agent_round
+            r,
+            agent_id,
+            sound,
+            self.settings.max_contributions_per_agent_round,
+            (outcome.rejected_incorrect, outcome.rejected_unsound),
         )
         return outcome
 

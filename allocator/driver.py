@@ -182,7 +182,8 @@ class RoundDriver:
         if not limit:
             return []
         stamp = now_ms()
-        return [a for a in agent_ids if stamp - self.store.get_agent(a).last_heartbeat_ms > limit]
+        beats = self.store.last_heartbeats(agent_ids)
+        return [a for a in agent_ids if stamp - beats[a] > limit]
 
     def _close(self, r: int) -> bool:
         """REPORTED -> CLOSED: fold rewards, run the LLM direction, close."""

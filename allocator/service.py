@@ -17,13 +17,13 @@ from lada.state import (
     AlreadyExists,
     Conflict,
     InvitationRecord,
+    InvitationState,
     NotFound,
     PermissionDenied,
     Phase,
     RunOver,
     StateError,
     Unauthenticated,
-    now_ms,
 )
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
 
@@ -266,9 +266,8 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
     @refusals_to_status
     def ListInvitations(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context), required=True)
-        stamp = now_ms()
         return allocator_pb2.ListInvitationsResponse(
-            invitations=[invitation_info(i, stamp) for i in self.core.invitations()]
+            invitations=[invitation_info(i, state) for i, state in self.core.invitations()]
         )
 
     @refusals_to_status
@@ -298,13 +297,13 @@ def agent_info(record: AgentRecord) -> allocator_pb2.AgentInfo:
     )
 
 
-def invitation_info(invitation: InvitationRecord, at_ms: int) -> allocator_pb2.Invitation:
+def invitation_info(
+    invitation: InvitationRecord, state: InvitationState
+) -> allocator_pb2.Invitation:
     return allocator_pb2.Invitation(
         invitation_id=invitation.invitation_id,
         name=invitation.name,
-        state=allocator_pb2.InvitationState.Value(
-            f"INVITATION_STATE_{invitation.state(at_ms).value}"
-        ),
+        state=allocator_pb2.InvitationState.Value(f"INVITATION_STATE_{state.value}"),
         created_unix_ms=invitation.created_ms,
         expires_unix_ms=invitation.expires_ms,
         agent_id=invitation.agent_id,

@@ -69,6 +69,14 @@ def _server_options(default_port: int) -> Callable[[F], F]:
     return decorate
 
 
+def _operator_options(func: F) -> F:
+    """`--allocator` and `--operator-token` for the commands that call operator RPCs."""
+    func = click.option(
+        "--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token."
+    )(func)
+    return click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")(func)
+
+
 def _server_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     keys = ("host", "port", "metrics_port", "tls_cert", "tls_key", "tls_client_ca")
     return {f"server.{k}": kwargs.pop(k, None) for k in keys}
@@ -306,9 +314,8 @@ def agent_audit(state_dir: str, round_number: int, as_json: bool) -> None:
 
 
 @agent_group.command("revoke")
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@_operator_options
 @click.option("--agent-id", required=True, help="Agent to revoke.")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
 def agent_revoke(allocator: str, agent_id: str, operator_token: str) -> None:
     """Revoke an agent's token (its later RPCs are refused)."""
     from allocator.client import OperatorClient
@@ -332,8 +339,7 @@ def agent_revoke(allocator: str, agent_id: str, operator_token: str) -> None:
     help="Write each secret to DIR/NAME.secret (mode 0600) instead of printing it; a name "
     "whose file exists keeps it and gets no new invitation.",
 )
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@_operator_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def agent_invite(
     names: tuple[str, ...],
@@ -402,8 +408,7 @@ def parse_duration(text: str) -> int:
 
 
 @agent_group.command("invitations")
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@_operator_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def agent_invitations(allocator: str, operator_token: str, as_json: bool) -> None:
     """List invitations: name, state (PENDING, USED, EXPIRED, REVOKED), expiry, agent."""
@@ -416,8 +421,7 @@ def agent_invitations(allocator: str, operator_token: str, as_json: bool) -> Non
 
 @agent_group.command("uninvite")
 @click.argument("invitation_id")
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@_operator_options
 def agent_uninvite(invitation_id: str, allocator: str, operator_token: str) -> None:
     """Revoke an unused invitation; registering with its secret is then refused."""
     from allocator.client import OperatorClient
@@ -436,8 +440,7 @@ def run_group() -> None:
 @click.option(
     "--rounds", type=int, required=True, help="New total number of rounds (0: until stopped)."
 )
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
+@_operator_options
 def run_extend(rounds: int, allocator: str, operator_token: str) -> None:
     """Change how many rounds the run has, so organisations can still join."""
     from allocator.client import OperatorClient
@@ -461,9 +464,8 @@ def _run_service(entry: Callable[[Any], Any], config: Any) -> None:
 
 # ---- operator queries ----------------------------------------------------------------
 @cli.command()
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@_operator_options
 @click.option("--round", "round_number", type=int, default=0, help="Round (0: current).")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(allocator: str, round_number: int, operator_token: str, as_json: bool) -> None:
     """Show the round, its phase, and every agent's progress."""
@@ -475,10 +477,9 @@ def status(allocator: str, round_number: int, operator_token: str, as_json: bool
 
 
 @cli.command()
-@click.option("--allocator", default="127.0.0.1:50051", help="Allocator host:port.")
+@_operator_options
 @click.option("--agent-id", default="", help="One agent (default: all).")
 @click.option("--round", "round_number", type=int, default=0, help="Round (0: current).")
-@click.option("--operator-token", envvar="LADA_OPERATOR_TOKEN", default="", help="Operator token.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def allocation(
     allocator: str, agent_id: str, round_number: int, operator_token: str, as_json: bool

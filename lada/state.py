@@ -300,14 +300,15 @@ end
 return 'ok'
 """
 
-# KEYS: contrib hash, per-agent count hash, round hash. ARGV: agent_id, cap, then
-# sample_id, text pairs. A path for a sample the agent already contributed replaces it;
-# new ones are recorded while the agent is under its cap. Returns {accepted, over_cap}.
+# KEYS: contrib hash, per-agent count hash, round hash. ARGV: agent_id, cap, paths already
+# rejected as incorrect, as unsound, then sample_id, text pairs. A path for a sample the
+# agent already contributed replaces it; new ones are recorded while the agent is under its
+# cap. The round's counters take every outcome. Returns {accepted, over_cap}.
 _ADD_CONTRIBUTIONS_LUA = """
 local count = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 local cap = tonumber(ARGV[2])
 local accepted, over = 0, 0
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local field = ARGV[1] .. '|' .. ARGV[i]
   if redis.call('HEXISTS', KEYS[1], field) == 1 then
     redis.call('HSET', KEYS[1], field, ARGV[i + 1])
@@ -323,6 +324,8 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], count)
 redis.call('HINCRBY', KEYS[3], 'contrib_accepted', accepted)
 redis.call('HINCRBY', KEYS[3], 'contrib_rejected_over_cap', over)
+redis.call('HINCRBY', KEYS[3], 'contrib_rejected_incorrect', ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'contrib_rejected_unsound', ARGV[4])
 return {accepted, over}
 """
 
@@ -722,6 +725,13 @@ class StateStore:
         self.get_agent(agent_id)
         self.redis.hset(self.key("agent", agent_id), "status", status.value)
 
+    def last_heartbeats(self, agent_ids: list[str]) -> dict[str, int]:
+        """Each agent's last heartbeat, Unix ms, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.hget(self.key("agent", agent_id), "last_heartbeat_ms")
+        return {a: int(_s(v) or 0) for a, v in zip(agent_ids, pipe.execute(), strict=True)}
+
     def heartbeat(self, agent_id: str) -> int:
         stamp = now_ms()
         self.redis.hset(self.key("agent", agent_id), "last_heartbeat_ms", stamp)
@@ -859,12 +869,17 @@ class StateStore:
 
     # ---- contributions and absorption ----------------------------------------------
     def add_contributions(
-        self, round_number: int, agent_id: str, paths: Mapping[str, str], cap: int
+        self,
+        round_number: int,
+        agent_id: str,
+        paths: Mapping[str, str],
+        cap: int,
+        rejected: tuple[int, int] = (0, 0),
     ) -> tuple[int, int]:
-        """Record paths up to the agent's per-round cap; returns (accepted, over the cap)."""
-        if not paths:
-            return 0, 0
-        args: list[object] = [agent_id, cap]
+        """Record paths up to the agent's per-round cap and count the round's outcomes,
+        `rejected` being the (incorrect, unsound) paths dropped before; one script call.
+        Returns (accepted, over the cap)."""
+        args: list[object] = [agent_id, cap, *rejected]
         for sample_id, text in paths.items():
             args += [sample_id, text]
         accepted, over = self._add_contributions(
@@ -876,13 +891,6 @@ class StateStore:
             args=args,
         )
         return int(accepted), int(over)
-
-    def count_rejected_contributions(self, round_number: int, incorrect: int, unsound: int) -> None:
-        """Add to a round's counters of paths refused before they were recorded."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.key("round", round_number), "contrib_rejected_incorrect", incorrect)
-        pipe.hincrby(self.key("round", round_number), "contrib_rejected_unsound", unsound)
-        pipe.execute()
 
     def contribution_counts(self, round_number: int) -> dict[str, int]:
         """Accepted and rejected contributions of a round (CONTRIBUTION_COUNTERS)."""
