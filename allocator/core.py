@@ -20,7 +20,7 @@ from allocator.clustering import (
     model_to_json,
 )
 from allocator.folding import accuracy_of, decode_known_gaps
-from allocator.policies import LearnerState, PoolIndex, make_policy
+from allocator.policies import LearnerState, PolicyContext, PoolIndex, make_policy
 from lada.config import AllocatorConfig, AllocatorSettings
 from lada.learnability import ClusterModel, band_gap_bounds, ucb_scores
 from lada.state import (
@@ -112,6 +112,7 @@ class AllocatorCore:
         self.pool = PoolIndex(
             [p.id for p in self.problems], assignment, self.cluster_model.num_clusters
         )
+        self.policy.bind(PolicyContext(store, [p.domain for p in self.problems]))
 
     # ---- clustering ----------------------------------------------------------------------
     def _load_or_fit_clusters(self) -> tuple[ClusterModel, np.ndarray]:

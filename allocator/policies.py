@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from lada.learnability import (
     impute_unknown_gaps,
     skip_solved,
 )
+
+if TYPE_CHECKING:
+    from lada.state import StateStore
 
 
 @dataclass
@@ -119,6 +122,15 @@ def agent_rng(seed: int, round_number: int, agent_key: str) -> np.random.Generat
     return np.random.default_rng([seed, round_number, digest])
 
 
+@dataclass
+class PolicyContext:
+    """What a policy with state of its own may use beyond one request: the run's Redis
+    store (rewards, its own state) and each pool sample's domain tag, in pool order."""
+
+    store: StateStore
+    domains: list[str]
+
+
 class AllocationPolicy(ABC):
     """Chooses, per round, the public sample indices each participating agent gets."""
 
@@ -127,6 +139,10 @@ class AllocationPolicy(ABC):
     @abstractmethod
     def allocate(self, request: AllocationRequest) -> dict[str, np.ndarray]:
         """agent_id -> pool indices, no index twice for one agent."""
+
+    def bind(self, context: PolicyContext) -> None:
+        """Hand the policy the run's state once, at startup; stateless policies ignore it."""
+        del context
 
 
 POLICIES: dict[str, type[AllocationPolicy]] = {}
@@ -293,3 +309,30 @@ class _AgentPlan:
         start = pool.starts[cluster]
         members = pool.order[start : start + pool.sizes[cluster]]
         return members[~unlearnable[members] & ~np.isin(members, self.excluded_idx)]
+
+
+@register_policy
+class EENetPolicy(AllocationPolicy):
+    """EE-Net (method.md section 5): an exploitation MLP predicts each (agent, sample)
+    reward, an exploration MLP on its gradient predicts the error; top f1 + f2 per agent.
+
+    Round 1 (no reward yet) is `lada`'s cluster split. Its networks train on the rewards
+    stored in Redis and are kept there (`allocator.eenet`), so it must be bound to the run.
+    """
+
+    name = "eenet"
+
+    def __init__(self) -> None:
+        self.context: PolicyContext | None = None
+
+    def bind(self, context: PolicyContext) -> None:
+        self.context = context
+
+    def allocate(self, request: AllocationRequest) -> dict[str, np.ndarray]:
+        if self.context is None:
+            raise RuntimeError(
+                "policy eenet: not bound to the run's state (AllocatorCore calls policy.bind)"
+            )
+        from allocator.eenet import allocate_eenet  # torch is loaded only for this policy
+
+        return allocate_eenet(request, self.context, LadaPolicy())

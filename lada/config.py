@@ -58,8 +58,14 @@ class LadaHyperParams:
     tau: float = 1.0
     contrastive_lambda: float = 1.0
     align_beta: float = 0.5
+    anchor_gamma: float = 1.0  # weight of L_anchor, the likelihood of the correct paths
     domain_weight_min: float = 0.25
     domain_weight_max: float = 4.0
+    dpo_beta: float = 0.1  # beta_dpo of the `dpo` loss (method.md section 5)
+    eenet_hidden: int = 32  # width of the `eenet` policy's two MLPs
+    eenet_epochs: int = 30  # full-batch passes over all rewards so far, per allocation
+    eenet_learning_rate: float = 1e-2
+    eenet_score_threshold: float = 0.0  # keep samples whose min-max scaled f1 + f2 passes it
 
 
 @dataclass
@@ -106,6 +112,7 @@ class LLMServiceExtras:
     absorb_learning_rate: float = 1e-3  # 5e-3 cut the demo LLM's accuracy 26% -> 11%
     absorb_lora_rank: int = 8
     absorb_batch_size: int = 4
+    absorb_replay_ratio: float = 2.0  # own sound paths replayed per contributed path; 0: none
     max_absorb_contributions: int = 4096
 
     @classmethod

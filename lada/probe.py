@@ -280,14 +280,16 @@ def absorb_probe(
     manifest: ZooManifest,
     client_slm: str,
     samples: Sequence[Problem],
+    replay_pool: Sequence[Problem],
     test: Sequence[Problem],
     llm_before: dict[str, bool],
     settings: ProbeSettings,
 ) -> dict[str, Any]:
-    """The client-only SLM's sound greedy paths on public samples, absorbed by the LLM."""
+    """The client-only SLM's sound greedy paths on public samples, absorbed by the LLM with
+    the LLM's own sound paths on `replay_pool` replayed beside them (as the LLM service)."""
     from peft import PeftModel
 
-    from llm_service.absorb import TrainingOptions, train_adapter
+    from llm_service.absorb import TrainingOptions, replay_candidates, sound_replay, train_adapter
 
     model, tok = load_causal_lm(manifest.slms[client_slm])
     texts = greedy_texts(model, tok, samples)
@@ -297,6 +299,10 @@ def absorb_probe(
         if is_sound(t, p.answer)
     ][: settings.absorb_samples]
     extras = LLMServiceExtras()
+    count = round(extras.absorb_replay_ratio * len(sound))
+    base, ltok = load_causal_lm(manifest.llm)
+    candidates = replay_candidates(replay_pool, {p.id for p in samples}, count, settings.seed)
+    replay = sound_replay(candidates, lambda ps: greedy_texts(base, ltok, ps), count)
     options = TrainingOptions(
         epochs=settings.absorb_epochs or extras.absorb_epochs,
         learning_rate=settings.absorb_learning_rate or extras.absorb_learning_rate,
@@ -306,15 +312,15 @@ def absorb_probe(
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trained = train_adapter(manifest.llm, None, sound, options, Path(tmp) / "adapter")
+        trained = train_adapter(manifest.llm, None, sound + replay, options, Path(tmp) / "adapter")
         seconds = time.perf_counter() - started
-        base, ltok = load_causal_lm(manifest.llm)
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
     after = dict(zip([p.id for p in test], greedy_correct(merged, ltok, test), strict=True))
     return {
         "slm": client_slm,
         "offered": len(samples),
         "sound_paths": len(sound),
+        "replayed": len(replay),
         "absorb": asdict(options) | {"steps": trained.steps, "seconds": round(seconds, 1)},
         "llm": {
             d: {
@@ -415,8 +421,9 @@ def run_probe(settings: ProbeSettings, log: Log = print) -> dict[str, Any]:
         domain = homes[client[0]]
         offered = by_domain[domain][: int(settings.absorb_samples * 1.5)]
         log(f"absorb: {client[0]}'s sound paths on {len(offered)} public {domain} samples")
+        replay_pool = [p for d in DOMAINS for p in by_domain[d][-settings.absorb_samples :]]
         result["absorb"] = absorb_probe(
-            manifest, client[0], offered, test, correct["llm"], settings
+            manifest, client[0], offered, replay_pool, test, correct["llm"], settings
         )
     result["targets"] = check_targets(result)
     result["machine"] = machine()

@@ -32,7 +32,9 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 | `contrib:{r}`                | hash   | "{agent_id}|{sample_id}" -> path text                |
 | `contrib:{r}:counts`         | hash   | agent_id -> contributions recorded (the cap)         |
 | `absorbed`                   | set    | sample IDs the LLM has absorbed                      |
-| `blob:{name}`                | string | large artefacts (cluster model, assignments)         |
+| `blob:{name}`                | string | large artefacts (cluster model, assignments);        |
+|                              |        | `blob:policy_eenet`: the `eenet` policy's networks   |
+|                              |        | and optimisers (torch.save), with their round        |
 | `lock:{name}`                | string | leases (the round driver's leader lock)              |
 
 The LLM service's shared path cache (`PathCacheStore`) is not part of any run: its keys

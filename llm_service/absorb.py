@@ -4,12 +4,17 @@ The loss is the next-token loss of each path after its prompt, under THE tokeniz
 (lada.modeling.encode_pair), so what is trained is exactly what ScorePaths measures.
 A child version continues training its parent's adapter (same rank), so every version is
 base + one adapter and can be served by a single LoRARequest.
+
+Contributions alone make a small LLM forget what it knew (measured in docs/zoo.md: -31 to
+-80 points on the public domains); so each absorb also replays the serving version's own
+sound greedy paths on other public samples (`replay_ratio` of them per contribution).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 
 from lada.modeling import completion_logprobs, encode_pair, load_causal_lm
+from lada.tasks import Problem, format_prompt, is_sound
 from llm_service.backends.base import LORA_TARGET_MODULES
 
 
@@ -40,6 +46,35 @@ class TrainedAdapter:
     final_loss: float
     first_loss: float
     steps: int
+
+
+REPLAY_OVERDRAW = 2  # candidates per replayed path: some of the LLM's own paths are unsound
+
+Example = tuple[str, str]  # (prompt, path)
+
+
+def replay_candidates(
+    pool: Sequence[Problem], exclude: set[str], count: int, seed: int
+) -> list[Problem]:
+    """`REPLAY_OVERDRAW * count` public problems outside `exclude`, in a seeded order."""
+    if count <= 0:
+        return []
+    others = [p for p in pool if p.id not in exclude]
+    random.Random(seed).shuffle(others)
+    return others[: REPLAY_OVERDRAW * count]
+
+
+def sound_replay(
+    candidates: Sequence[Problem], write: Callable[[Sequence[Problem]], list[str]], count: int
+) -> list[Example]:
+    """Up to `count` (prompt, path) pairs of the LLM's own paths (from `write`) that are sound."""
+    texts = write(candidates) if candidates else []
+    pairs = [
+        (format_prompt(p.question), t)
+        for p, t in zip(candidates, texts, strict=True)
+        if is_sound(t, p.answer)
+    ]
+    return pairs[:count]
 
 
 class AbsorbDiverged(RuntimeError):

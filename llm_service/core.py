@@ -16,7 +16,14 @@ from pathlib import Path
 
 from lada import metrics
 from lada.tasks import Problem, format_prompt, is_correct
-from llm_service.absorb import AbsorbDiverged, TrainingOptions, train_adapter
+from llm_service.absorb import (
+    AbsorbDiverged,
+    Example,
+    TrainingOptions,
+    replay_candidates,
+    sound_replay,
+    train_adapter,
+)
 from llm_service.backends.base import GeneratedPath, LLMBackend
 from llm_service.cache import LRUCache, SharedPathCache, directory_digest
 from llm_service.errors import (
@@ -307,13 +314,14 @@ class LLMCore:
                 "a child version continues its parent's adapter at the same rank"
             )
         name = self.versions.next_name()
+        replay = self._replay(contributions, len(examples), parent.version)
         out_dir = self.state_dir / "adapters" / name
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             trained = train_adapter(
                 self.backend.settings.model,
                 Path(parent.adapter_dir) if parent.adapter_dir else None,
-                examples,
+                examples + replay,
                 options,
                 out_dir,
             )
@@ -335,6 +343,7 @@ class LLMCore:
             adapter_dir=str(out_dir),
             lora_rank=trained.lora_rank,
             absorbed_ids=absorbed,
+            samples_replayed=len(replay),
         )
         self.versions.add_and_serve(info)
         log.info(
@@ -343,13 +352,35 @@ class LLMCore:
                 "version": name,
                 "parent": parent.version,
                 "contributions": len(contributions),
+                "replayed": len(replay),
                 "first_loss": trained.first_loss,
                 "final_loss": trained.final_loss,
             },
         )
         return info
 
-    def _absorb_examples(self, contributions: Sequence[Contribution]) -> list[tuple[str, str]]:
+    def _replay(
+        self, contributions: Sequence[Contribution], contributed: int, version: str
+    ) -> list[Example]:
+        """The serving version's own sound greedy paths on other public samples."""
+        count = round(self.extras.absorb_replay_ratio * contributed)
+        exclude = {c.sample_id for c in contributions}
+        seed = self.seed + len(self.versions.all())  # a fresh draw for each version
+        sampling = Sampling(n=1, temperature=0.0)
+        context = self.backend.context_length - sampling.max_tokens
+        candidates = [
+            p
+            for p in replay_candidates(list(self.pool.values()), exclude, count, seed)
+            if len(self.backend.prompt_ids(format_prompt(p.question))) <= context
+        ]
+
+        def write(problems: Sequence[Problem]) -> list[str]:
+            found = self.generate([p.id for p in problems], [], sampling, version)
+            return [r.paths[0].text if r.paths else "" for r in found.results]
+
+        return sound_replay(candidates, write, count)
+
+    def _absorb_examples(self, contributions: Sequence[Contribution]) -> list[Example]:
         if not contributions:
             raise InvalidArgument("contributions: give at least one contribution")
         if len(contributions) > self.limits.max_absorb_contributions:

@@ -28,6 +28,7 @@ class VersionInfo:
     adapter_dir: str = ""
     lora_rank: int = 0
     absorbed_ids: list[str] = field(default_factory=list)
+    samples_replayed: int = 0  # the parent's own sound paths trained beside the contributions
 
 
 class VersionRegistry:

@@ -32,6 +32,10 @@ class StudentScorer(Protocol):
         """Mean next-token negative log-likelihood over all completion tokens (scalar)."""
         ...
 
+    def logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """lp_S(y|x), the joint (summed) log-probability per pair, shape [N] (for `dpo`)."""
+        ...
+
 
 @dataclass
 class PathSet:
@@ -107,6 +111,16 @@ def info_nce_loss(student_nlp: Tensor, positive: Tensor, tau: float) -> Tensor:
     return -log_p[positive].mean()
 
 
+def anchor_loss(student_nlp: Tensor, teacher_nlp: Tensor, correct: Tensor, tau: float) -> Tensor:
+    """-sum_y q(y) nlp_S(y): the teacher-weighted per-token NLL of the correct LLM paths.
+
+    NCE and KL only compare paths with each other, so on their own they can lower every
+    path's likelihood, the correct ones included; this term holds the correct ones up.
+    """
+    q = teacher_distribution(teacher_nlp, correct, tau)
+    return -(q * torch.where(correct, student_nlp, torch.zeros_like(student_nlp))).sum()
+
+
 def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     """sum_i w_i v_i / sum_i w_i (the domain-weighted average over samples)."""
     if values.numel() == 0:
@@ -120,13 +134,15 @@ def contrastive_sample_loss(
     teacher_nlp: Tensor,
     correct: Tensor,
     hyper: LadaHyperParams,
-) -> tuple[Tensor, Tensor]:
-    """(L_nce, L_align) for one sample: NCE over LLM paths + own negatives, KL over LLM paths."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(L_nce, L_align, L_anchor) for one sample: NCE over LLM paths + own negatives, KL and
+    the anchor over LLM paths."""
     everything = torch.cat([student_llm_nlp, student_own_nlp])
     positive = torch.cat([correct, torch.zeros_like(student_own_nlp, dtype=torch.bool)])
     nce = info_nce_loss(everything, positive, hyper.tau)
     align = align_loss(student_llm_nlp, teacher_nlp, correct, hyper.tau)
-    return nce, align
+    anchor = anchor_loss(student_llm_nlp, teacher_nlp, correct, hyper.tau)
+    return nce, align, anchor
 
 
 # ---- the plug-in interface -----------------------------------------------------------
@@ -143,6 +159,14 @@ class DistillationLoss(ABC):
         self, scorer: StudentScorer, path_sets: Sequence[PathSet], private: Sequence[PrivateExample]
     ) -> LossOutput:
         """Loss for one step: a batch of allocated samples plus a batch of private data."""
+
+    def begin_round(self, scorer: StudentScorer, path_sets: Sequence[PathSet]) -> None:
+        """Called once per round before the first optimiser step; most losses need nothing.
+
+        A loss that compares against the model as it starts the round (`dpo`'s frozen
+        reference) measures it here, so the trainer loop stays loss-agnostic.
+        """
+        del scorer, path_sets
 
     def private_sft(self, scorer: StudentScorer, private: Sequence[PrivateExample]) -> Tensor:
         """L_sft(D_k): the usual next-token loss on the agent's private data."""
@@ -203,7 +227,8 @@ class SftLoss(DistillationLoss):
 class ContrastiveLoss(DistillationLoss):
     """Domain-adaptive contrastive alignment of joint path probabilities (method.md s.3).
 
-    L = L_sft(D_k) + lambda * sum_i w_i (L_nce(i) + beta L_align(i)) / sum_i w_i.
+    L = L_sft(D_k) + lambda * sum_i w_i (gamma L_anchor(i) + L_nce(i) + beta L_align(i))
+    / sum_i w_i.
     """
 
     name = "contrastive"
@@ -213,27 +238,29 @@ class ContrastiveLoss(DistillationLoss):
     ) -> LossOutput:
         private_term = self.private_sft(scorer, private)
         usable = _usable(path_sets)
-        nce, align = self._per_sample(scorer, usable)
+        nce, align, anchor = self._per_sample(scorer, usable)
         weights = torch.tensor([s.weight for s in usable], dtype=nce.dtype)
-        distill = weighted_mean(nce + self.hyper.align_beta * align, weights)
+        per_sample = self.hyper.anchor_gamma * anchor + nce + self.hyper.align_beta * align
+        distill = weighted_mean(per_sample, weights)
         total = private_term + self.hyper.contrastive_lambda * distill
         parts = {
             "sft_private": _scalar(private_term),
             "nce": _scalar(weighted_mean(nce, weights)),
             "align": _scalar(weighted_mean(align, weights)),
+            "anchor": _scalar(weighted_mean(anchor, weights)),
             "distill": _scalar(distill),
         }
         return LossOutput(total, parts | {"total": _scalar(total)})
 
     def _per_sample(
         self, scorer: StudentScorer, usable: Sequence[PathSet]
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Score every path of every sample in one call, then split per sample."""
         if not usable:
-            return torch.zeros(0), torch.zeros(0)
+            return torch.zeros(0), torch.zeros(0), torch.zeros(0)
         prompts, completions = _flatten(usable)
         student = scorer.normalized_logprobs(prompts, completions)
-        nces, aligns = [], []
+        nces, aligns, anchors = [], [], []
         offset = 0
         for s in usable:
             n_llm, n_own = len(s.llm_paths), len(s.own_negatives)
@@ -242,10 +269,13 @@ class ContrastiveLoss(DistillationLoss):
             offset += n_llm + n_own
             teacher = torch.tensor(s.teacher_nlp, dtype=student.dtype)
             correct = torch.tensor(s.correct, dtype=torch.bool)
-            nce, align = contrastive_sample_loss(llm_part, own_part, teacher, correct, self.hyper)
+            nce, align, anchor = contrastive_sample_loss(
+                llm_part, own_part, teacher, correct, self.hyper
+            )
             nces.append(nce)
             aligns.append(align)
-        return torch.stack(nces), torch.stack(aligns)
+            anchors.append(anchor)
+        return torch.stack(nces), torch.stack(aligns), torch.stack(anchors)
 
 
 def _scalar(value: Tensor) -> float:
@@ -262,3 +292,95 @@ def _flatten(path_sets: Sequence[PathSet]) -> tuple[list[str], list[str]]:
         prompts.extend([s.prompt] * len(texts))
         completions.extend(texts)
     return prompts, completions
+
+
+def dpo_pair_loss(
+    policy_pos: Tensor, ref_pos: Tensor, policy_neg: Tensor, ref_neg: Tensor, beta: float
+) -> Tensor:
+    """-mean over every pair (y+, y-) of log sigmoid(beta [(lp - ref)(y+) - (lp - ref)(y-)])."""
+    chosen = policy_pos - ref_pos
+    rejected = policy_neg - ref_neg
+    margins = beta * (chosen[:, None] - rejected[None, :])
+    return -torch.nn.functional.logsigmoid(margins).mean()
+
+
+def _has_pair(path_set: PathSet) -> bool:
+    """A correct LLM path and something incorrect (an LLM path or an own negative) to pair."""
+    return path_set.has_correct_path and (not all(path_set.correct) or bool(path_set.own_negatives))
+
+
+@register_loss
+class DpoLoss(DistillationLoss):
+    """The paper's DPO-like loss on whole-path likelihoods (method.md section 5).
+
+    L = L_sft(D_k) + lambda * sum_i w_i L_dpo(i) / sum_i w_i, with L_dpo(i) the mean over
+    every pair (y+ a correct LLM path, y- an incorrect LLM path or an own negative) and the
+    reference the SLM as it starts the round. A sample lacking either kind of path has no
+    pair and is skipped; with no pair in the batch only the private term trains.
+    """
+
+    name = "dpo"
+
+    def __init__(self, hyper: LadaHyperParams) -> None:
+        super().__init__(hyper)
+        self.reference: dict[tuple[str, str], float] = {}  # (prompt, path) -> lp_ref
+
+    def begin_round(self, scorer: StudentScorer, path_sets: Sequence[PathSet]) -> None:
+        """Freeze the reference: lp of every path of the round before any optimiser step."""
+        self.reference = {}
+        self._remember(scorer, [s for s in path_sets if _has_pair(s)])
+
+    def compute_loss(
+        self, scorer: StudentScorer, path_sets: Sequence[PathSet], private: Sequence[PrivateExample]
+    ) -> LossOutput:
+        private_term = self.private_sft(scorer, private)
+        paired = [s for s in path_sets if _has_pair(s)]
+        self._remember(scorer, paired)  # a path first seen here: the model as it is now
+        losses, margins = self._per_sample(scorer, paired)
+        weights = torch.tensor([s.weight for s in paired], dtype=losses.dtype, device=losses.device)
+        distill = weighted_mean(losses, weights)
+        total = private_term + self.hyper.contrastive_lambda * distill
+        parts = {
+            "sft_private": _scalar(private_term),
+            "dpo": _scalar(distill),
+            "reward_margin": _scalar(weighted_mean(margins, weights)),
+        }
+        return LossOutput(total, parts | {"total": _scalar(total)})
+
+    def _remember(self, scorer: StudentScorer, path_sets: Sequence[PathSet]) -> None:
+        """Reference lp (no gradient) for every path not measured yet this round."""
+        pairs = list(zip(*_flatten(path_sets), strict=True))
+        missing = list(dict.fromkeys(p for p in pairs if p not in self.reference))
+        if not missing:
+            return
+        with torch.no_grad():
+            values = scorer.logprobs([p for p, _ in missing], [c for _, c in missing])
+        self.reference.update(zip(missing, values.detach().cpu().tolist(), strict=True))
+
+    def _per_sample(
+        self, scorer: StudentScorer, paired: Sequence[PathSet]
+    ) -> tuple[Tensor, Tensor]:
+        """(L_dpo(i), mean beta-scaled reward margin) per sample, from one scoring call."""
+        if not paired:
+            return torch.zeros(0), torch.zeros(0)
+        prompts, completions = _flatten(paired)
+        policy = scorer.logprobs(prompts, completions)
+        reference = torch.tensor(
+            [self.reference[p] for p in zip(prompts, completions, strict=True)],
+            dtype=policy.dtype,
+            device=policy.device,
+        )
+        losses, margins = [], []
+        offset = 0
+        for s in paired:
+            n_llm, n_all = len(s.llm_paths), len(s.llm_paths) + len(s.own_negatives)
+            positive = torch.zeros(n_all, dtype=torch.bool, device=policy.device)
+            positive[:n_llm] = torch.tensor(s.correct, dtype=torch.bool)
+            lp, ref = policy[offset : offset + n_all], reference[offset : offset + n_all]
+            offset += n_all
+            beta = self.hyper.dpo_beta
+            pos, neg = positive, ~positive
+            losses.append(dpo_pair_loss(lp[pos], ref[pos], lp[neg], ref[neg], beta))
+            gain = (lp - ref).detach()
+            margins.append(beta * (gain[pos].mean() - gain[neg].mean()))
+        return torch.stack(losses), torch.stack(margins)

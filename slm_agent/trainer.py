@@ -75,6 +75,11 @@ class ModelScorer:
         rows = self.token_logprobs(prompts, completions)
         return torch.stack([r.mean() if r.numel() else self._zero() for r in rows])
 
+    def logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """lp_S per path: the joint log-prob, summed over the path's tokens (0 when empty)."""
+        rows = self.token_logprobs(prompts, completions)
+        return torch.stack([r.sum() if r.numel() else self._zero() for r in rows])
+
     def token_nll(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """Mean next-token NLL over every completion token of the batch."""
         rows = [r for r in self.token_logprobs(prompts, completions) if r.numel()]
@@ -194,6 +199,7 @@ class LocalTrainer:
         private = _cycle(self.private, rng)
         sums: dict[str, float] = {}
         steps = 0
+        self.loss.begin_round(self.scorer, path_sets)  # e.g. dpo's frozen reference, in eval mode
         self.model.train()
         for _ in range(self.settings.epochs):
             order = list(path_sets)

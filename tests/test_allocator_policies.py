@@ -65,8 +65,8 @@ def _agent(
 
 
 def test_the_three_method_policies_are_registered_by_name() -> None:
-    assert {"full", "random", "lada"} <= set(POLICIES)
-    with pytest.raises(ValueError, match="policy: unknown policy 'best'; valid: full, lada"):
+    assert {"full", "random", "lada", "eenet"} <= set(POLICIES)
+    with pytest.raises(ValueError, match="policy: unknown policy 'best'; valid: eenet, full, lada"):
         make_policy("best")
 
 

@@ -87,3 +87,22 @@ def test_versions_survive_a_restart_of_the_core(micro_zoo, tmp_path: Path) -> No
     assert after.model_version == "v1"
     assert after.scores[0].joint_logprob == pytest.approx(before.scores[0].joint_logprob, abs=1e-4)
     second.close()
+
+
+DEMO_LLM = Path(__file__).resolve().parents[1] / "zoo" / "demo" / "llm"  # committed weights
+
+
+@pytest.mark.parametrize(("ratio", "replayed"), [(2.0, 8), (0.0, 0)])
+def test_absorb_replays_the_llms_own_sound_paths_beside_the_contributions(
+    tmp_path: Path, ratio: float, replayed: int
+) -> None:
+    """The demo LLM solves most public samples, so 2 replayed paths per contribution are
+    found among the 16 candidates drawn for 4 contributions (0: replay off)."""
+    extras = LLMServiceExtras(state_dir=str(tmp_path / "state"), absorb_replay_ratio=ratio)
+    config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
+    core = build_core(config, extras)
+    try:
+        info = core.absorb(_references(core, 4), AbsorbOverrides(epochs=1))
+    finally:
+        core.close()
+    assert (info.samples_absorbed, info.samples_replayed) == (4, replayed)

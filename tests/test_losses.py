@@ -127,14 +127,14 @@ def test_weighted_mean_of_nothing_is_zero() -> None:
 
 
 # ---- the registered losses ---------------------------------------------------------------
-def test_both_losses_are_registered_by_name() -> None:
-    assert set(LOSSES) == {"sft", "contrastive"}
+def test_every_loss_is_registered_by_name() -> None:
+    assert set(LOSSES) == {"sft", "contrastive", "dpo"}
     assert isinstance(make_loss("contrastive"), ContrastiveLoss)
     assert isinstance(make_loss("sft"), SftLoss)
 
 
 def test_unknown_loss_name_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown loss 'kd'; valid: contrastive, sft"):
+    with pytest.raises(ValueError, match="unknown loss 'kd'; valid: contrastive, dpo, sft"):
         make_loss("kd")
 
 
@@ -166,20 +166,22 @@ def test_contrastive_total_matches_hand_computation() -> None:
     out = ContrastiveLoss(LadaHyperParams()).compute_loss(
         scorer, sets, [PrivateExample("private Q", " private A")]
     )
-    # A: nce = log 3 (3 equal paths, 1 positive); align = KL((1,0) || (1/2,1/2)) = log 2.
-    # B: nce = 0, align = 0. Weighted: 1 * (log 3 + 0.5 log 2) / (1 + 3).
-    distill = (math.log(3) + 0.5 * math.log(2)) / 4
+    # A: nce = log 3 (3 equal paths, 1 positive); align = KL((1,0) || (1/2,1/2)) = log 2;
+    # anchor = -nlp_S(a+) = 1. B: nce = 0, align = 0, anchor = -nlp_S(b+) = 2.
+    # Weighted: (1 * (1 + log 3 + 0.5 log 2) + 3 * 2) / (1 + 3).
+    distill = (1 + math.log(3) + 0.5 * math.log(2) + 3 * 2) / 4
     assert out.parts["nce"] == pytest.approx(math.log(3) / 4)
     assert out.parts["align"] == pytest.approx(math.log(2) / 4)
+    assert out.parts["anchor"] == pytest.approx((1 + 3 * 2) / 4)
     assert out.parts["distill"] == pytest.approx(distill)
     assert out.parts["total"] == pytest.approx(0.25 + 1.0 * distill)
 
 
 def test_contrastive_scales_the_distillation_term_by_lambda_and_beta() -> None:
     scorer, sets = two_samples()
-    hyper = LadaHyperParams(contrastive_lambda=2.0, align_beta=0.0)
+    hyper = LadaHyperParams(contrastive_lambda=2.0, align_beta=0.0, anchor_gamma=0.5)
     out = ContrastiveLoss(hyper).compute_loss(scorer, sets, [])
-    assert out.parts["total"] == pytest.approx(2.0 * math.log(3) / 4)
+    assert out.parts["total"] == pytest.approx(2.0 * (math.log(3) + 0.5 * 7) / 4)
     assert out.parts["sft_private"] == 0.0
 
 
@@ -188,7 +190,7 @@ def test_contrastive_skips_samples_without_a_correct_path() -> None:
     sets.append(PathSet("C", ["c-"], [-0.1], [False], weight=100.0))
     scorer.keys.append(("C", "c-"))  # scored if used: it must not be
     out = ContrastiveLoss(LadaHyperParams()).compute_loss(scorer, sets, [])
-    assert out.parts["distill"] == pytest.approx((math.log(3) + 0.5 * math.log(2)) / 4)
+    assert out.parts["distill"] == pytest.approx((7 + math.log(3) + 0.5 * math.log(2)) / 4)
 
 
 def test_contrastive_with_nothing_to_learn_is_the_private_loss() -> None:
@@ -234,5 +236,23 @@ def test_contrastive_gradient_pushes_incorrect_paths_down() -> None:
     ContrastiveLoss(LadaHyperParams()).compute_loss(scorer, sets, []).total.backward()
     grad = scorer.values.grad
     assert grad is not None
-    # p = (1/2, 1/2); d nce/d s = p - onehot = (-1/2, 1/2); d align/d s = same; 1.5x total
-    assert grad.tolist() == pytest.approx([-0.75, 0.75])
+    # p = (1/2, 1/2); d nce/d s = p - onehot = (-1/2, 1/2); d align/d s = same (x 0.5);
+    # d anchor/d s = (-1, 0): the correct path is also pulled up on its own.
+    assert grad.tolist() == pytest.approx([-1.75, 0.75])
+
+
+def test_without_the_anchor_every_path_can_fall_together() -> None:
+    """NCE and KL see only differences: shifting all paths down costs them nothing, while
+    the anchor charges it (why docs/zoo.md measured a collapse without it)."""
+    sets = [PathSet("A", ["right", "wrong"], [-1.0, -1.0], [True, False])]
+
+    def loss_at(shift: float, gamma: float) -> float:
+        scorer = TableScorer({("A", "right"): -0.5 + shift, ("A", "wrong"): -1.5 + shift})
+        return (
+            ContrastiveLoss(LadaHyperParams(anchor_gamma=gamma))
+            .compute_loss(scorer, sets, [])
+            .parts["distill"]
+        )
+
+    assert loss_at(-3.0, gamma=0.0) == pytest.approx(loss_at(0.0, gamma=0.0))
+    assert loss_at(-3.0, gamma=1.0) == pytest.approx(loss_at(0.0, gamma=1.0) + 3.0)
