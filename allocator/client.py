@@ -260,6 +260,7 @@ class OperatorClient(_Client):
                     ),
                     "allocated": a.allocated,
                     "reported": a.reported,
+                    "requested": a.contribution_requests,
                 }
                 for a in reply.agents
             ],
@@ -316,6 +317,7 @@ class OperatorClient(_Client):
             row = progress.get(entry["agent_id"], {})
             entry["allocated"] = row.get("allocated", 0)
             entry["reported"] = row.get("reported", 0)
+            entry["requested"] = row.get("requested", 0)
             entry["state"] = row.get("state", "")
             if self.token and row:
                 reply = self._call(
@@ -327,6 +329,7 @@ class OperatorClient(_Client):
                 entry["samples"] = [
                     {"sample_id": s.sample_id, "cluster": s.cluster} for s in reply.samples
                 ]
+                entry["contribution_requests"] = list(reply.contribution_requests)
             entries.append(entry)
         return {"round": status["round"], "policy": status["policy"], "agents": entries}
 
@@ -394,10 +397,11 @@ def render_status(status: dict[str, Any]) -> str:
     if not status["agents"]:
         return head + "\n(no participants)"
     rows = [
-        (a["agent_id"], a["name"], a["state"], a["allocated"], a["reported"])
+        (a["agent_id"], a["name"], a["state"], a["allocated"], a["reported"], a["requested"])
         for a in status["agents"]
     ]
-    return head + "\n" + _table(("agent", "name", "state", "allocated", "reported"), rows)
+    headers = ("agent", "name", "state", "allocated", "reported", "requested")
+    return head + "\n" + _table(headers, rows)
 
 
 def render_invitations(rows: Sequence[dict[str, Any]]) -> str:
@@ -431,6 +435,7 @@ def render_allocation(payload: dict[str, Any]) -> str:
         parts.append(
             f"\n{entry['agent_id']}  state {entry.get('state') or '-'}  "
             f"allocated {entry.get('allocated', 0)}  reported {entry.get('reported', 0)}  "
+            f"requested {entry.get('requested', 0)}  "
             f"gaps known {entry['samples_with_gap']}  band q[{low:.2f}, {high:.2f}] = "
             f"gap[{gap_low:.3f}, {gap_high:.3f}]"
         )

@@ -6,13 +6,18 @@ of replicas, or a restarted process, see the same allocator.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 
 from allocator.clustering import (
     fit_cluster_model,
@@ -51,6 +56,8 @@ MAX_INVITATION_S = 366 * 86_400  # an invitation lives at most a year
 
 __all__ = ["AllocatorCore", "InvalidArgument"]
 
+log = logging.getLogger("lada.allocator.core")
+
 
 @dataclass
 class AllocationView:
@@ -58,6 +65,7 @@ class AllocationView:
     samples: list[Allocation]
     deadline_ms: int
     policy: str
+    contribution_requests: list[str] = field(default_factory=list)  # sample IDs (method 2)
 
 
 @dataclass
@@ -76,6 +84,83 @@ class RoundEventView:
     phase: Phase
     ts_ms: int
     finished: bool
+    total_rounds: int = 0  # the run's length when the event is delivered
+
+
+class RoundEventFeed:
+    """One reader of the round-event stream per process, shared by every WatchRounds.
+
+    Each subscriber used to block in its own XREAD: one Redis connection per watching agent
+    (redis-py's pool holds 100, so past ~90 agents every RPC failed with "Too many
+    connections") and one wake-up per agent per `block_ms`. Now one thread reads the stream
+    and wakes the subscribers when it grows; it stops when the last subscriber leaves.
+    """
+
+    def __init__(self, store: StateStore, block_ms: int, total_rounds: Callable[[], int]) -> None:
+        self._store = store
+        self._block_s = block_ms / 1000.0
+        self._total_rounds = total_rounds
+        self.total = 0  # the run's length, re-read by the reader at least every block_ms
+        self._events: list[RoundEventView] = []
+        self._after = "0-0"
+        self._changed = threading.Condition()
+        self._subscribers = 0
+        self._reader: threading.Thread | None = None
+
+    def subscribe(self, first: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
+        """Events of round >= `first` (and the run's end) from the stream's start on."""
+        with self._changed:
+            self._subscribers += 1
+            if self._reader is None:
+                self.total = self._total_rounds()
+                self._reader = threading.Thread(target=self._read, name="round-events", daemon=True)
+                self._reader.start()
+        try:
+            seen = 0
+            while not cancelled():
+                with self._changed:
+                    if seen >= len(self._events):
+                        self._changed.wait(self._block_s)
+                    fresh = self._events[seen:]
+                seen += len(fresh)
+                for event in fresh:
+                    if event.round >= first or event.finished:
+                        yield dataclasses.replace(event, total_rounds=self.total)
+                    if event.finished:
+                        return
+        finally:
+            with self._changed:
+                self._subscribers -= 1
+
+    def _read(self) -> None:
+        while True:
+            with self._changed:
+                if self._subscribers == 0:
+                    self._reader = None
+                    return
+            try:
+                entries = self._store.events(
+                    self._after, block_ms=int(self._block_s * 1000), count=500
+                )
+                self.total = self._total_rounds()  # once here, not per subscriber and event
+            except redis.RedisError:
+                log.exception("reading round events failed; retrying")
+                time.sleep(self._block_s)
+                continue
+            if not entries:
+                continue
+            with self._changed:
+                for entry_id, fields in entries:
+                    self._after = entry_id
+                    self._events.append(
+                        RoundEventView(
+                            int(fields["round"]),
+                            Phase(fields["phase"]),
+                            int(fields["ts_ms"]),
+                            fields.get("finished") == "1",
+                        )
+                    )
+                self._changed.notify_all()
 
 
 _LOGPROB_FIELDS = (
@@ -102,6 +187,7 @@ class AllocatorCore:
         self.by_id = {p.id: p for p in self.problems}
         self.fingerprint = pool_fingerprint(self.problems)
         self.policy = make_policy(config.policy)
+        self._event_feed = RoundEventFeed(store, self.settings.watch_block_ms, self.total_rounds)
         store.init_run(
             policy=config.policy,
             total_rounds=config.rounds,
@@ -224,12 +310,12 @@ class AllocatorCore:
         if total < 0:
             raise InvalidArgument(f"total_rounds: must not be negative, got {total}")
         current = self.store.set_total_rounds(total)
+        self._event_feed.total = total  # this replica's watchers see it at once
         return total, current
 
     def heartbeat(self, agent_id: str) -> tuple[int, Phase | None, int]:
-        stamp = self.store.heartbeat(agent_id)
-        current = self.store.current_round()
-        return current, self.store.round_phase(current) if current else None, stamp
+        stamp, current, phase = self.store.heartbeat_and_round(agent_id)
+        return current, phase, stamp
 
     def leave(self, agent_id: str, status: AgentStatus) -> None:
         """Deregister or revoke: the agent's unfinished allocation this round is released."""
@@ -250,16 +336,22 @@ class AllocatorCore:
 
     def allocation(self, agent_id: str, round_number: int, mark: bool = True) -> AllocationView:
         """An agent's allocation; fetching it moves the agent (and round) to TRAINING."""
-        r = self.resolve_round(round_number)
-        record = self.store.get_round(r)
-        if record.phase is Phase.OPEN:
+        if round_number < 0:
+            raise InvalidArgument(f"round: must not be negative, got {round_number}")
+        r = round_number or self.store.current_round()
+        # One read for the round, the agent's state and its samples: every agent fetches at
+        # once when the round is allocated, so each round trip here is paid N times.
+        phase, deadline_ms, state, samples = self.store.allocation_view(r, agent_id)
+        if r == 0 or phase is None:
+            raise NotFound(f"round: no round {round_number or 'open yet'}")
+        if phase is Phase.OPEN:
             raise Conflict(f"round: round {r} is OPEN; allocations are not recorded yet")
-        if agent_id not in record.agents:
+        if state is None:
             raise NotFound(f"agent_id: {agent_id} takes no part in round {r}")
-        if mark:
-            self.store.mark_training(r, agent_id)
-        samples = self.store.get_allocation(r, agent_id)
-        return AllocationView(r, samples, record.deadline_ms, self.config.policy)
+        if mark and (state is AgentRoundState.ALLOCATED or phase is Phase.ALLOCATED):
+            self.store.mark_training(r, agent_id, round_too=phase is Phase.ALLOCATED)
+        requests = self.store.contribution_requests(r, agent_id)
+        return AllocationView(r, samples, deadline_ms, self.config.policy, requests)
 
     def report(
         self, agent_id: str, round_number: int, stats: Sequence[allocator_pb2.SampleStats]
@@ -331,21 +423,7 @@ class AllocatorCore:
     def watch(self, from_round: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
         """Round events from `from_round` (0: the current round) until the run finishes."""
         first = from_round or max(self.store.current_round(), 1)
-        after = "0-0"
-        while not cancelled():
-            block = self.settings.watch_block_ms
-            for entry_id, fields in self.store.events(after, block_ms=block, count=500):
-                after = entry_id
-                event = RoundEventView(
-                    int(fields["round"]),
-                    Phase(fields["phase"]),
-                    int(fields["ts_ms"]),
-                    fields.get("finished") == "1",
-                )
-                if event.round >= first or event.finished:
-                    yield event
-                if event.finished:
-                    return
+        yield from self._event_feed.subscribe(first, cancelled)
 
     # ---- operator queries ------------------------------------------------------------------
     def round_status(self, round_number: int) -> dict[str, Any]:
@@ -376,6 +454,7 @@ class AllocatorCore:
                 "state": state.value,
                 "allocated": self.store.allocation_size(r, agent_id),
                 "reported": len(self.store.get_stats(r, agent_id)),
+                "requested": self.store.contribution_request_count(r, agent_id),
             }
             for agent_id, state in sorted(record.agents.items())
         ]

@@ -22,6 +22,7 @@ from allocator.folding import (
 )
 from allocator.llm_gateway import Contribution, LLMGateway
 from allocator.policies import AgentView, AllocationRequest, LearnerState
+from allocator.requests import round_requests, weak_samples
 from lada import metrics
 from lada.learnability import novelty_scores, select_novel
 from lada.state import AgentRecord, AgentRoundState, Allocation, Phase, now_ms
@@ -107,8 +108,12 @@ class RoundDriver:
             ]
             for agent_id, indices in chosen.items()
         }
+        requested = {
+            agent_id: [pool.sample_ids[i] for i in indices]
+            for agent_id, indices in self.contribution_requests(r, participants, chosen).items()
+        }
         deadline = self.core.deadline_for_new_round()
-        recorded = self.store.record_round_allocations(r, allocations, deadline)
+        recorded = self.store.record_round_allocations(r, allocations, deadline, requested)
         if recorded:
             total = sum(len(v) for v in allocations.values())
             metrics.SAMPLES_ALLOCATED.labels(self.core.config.policy).inc(total)
@@ -137,6 +142,26 @@ class RoundDriver:
             unlearnable=unlearnable_mask(self.store.llm_accuracy(), core.pool),
             params=core.config.lada,
             seed=core.config.seed,
+        )
+
+    def contribution_requests(
+        self, r: int, participants: list[AgentRecord], chosen: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Per participant, pool indices of its domains where the LLM is weak (method 2),
+        beside this round's allocation and never overlapping it."""
+        core = self.core
+        params = core.config.lada
+        if params.contribution_requests <= 0:
+            return {}
+        absorbed = self.store.absorbed()
+        weak = weak_samples(
+            [p.domain for p in core.problems],
+            accuracy_of(self.store.llm_accuracy(), core.pool.sample_ids),
+            np.array([s in absorbed for s in core.pool.sample_ids], bool),
+            params.novelty_max_llm_accuracy,
+        )
+        return round_requests(
+            core.config.seed, r, participants, chosen, weak, params.contribution_requests
         )
 
     def _llm_version(self) -> str:

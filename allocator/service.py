@@ -150,6 +150,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             ],
             deadline_unix_ms=view.deadline_ms,
             policy=view.policy,
+            contribution_requests=view.contribution_requests,
         )
 
     @streamed_refusals_to_status
@@ -162,7 +163,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
                 round=event.round,
                 phase=phase_enum(event.phase),
                 timestamp_unix_ms=event.ts_ms,
-                total_rounds=self.core.total_rounds(),
+                total_rounds=event.total_rounds,
                 run_finished=event.finished,
             )
 
@@ -224,6 +225,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
                     state=allocator_pb2.AgentRoundState.Value(f"AGENT_ROUND_STATE_{a['state']}"),
                     allocated=a["allocated"],
                     reported=a["reported"],
+                    contribution_requests=a["requested"],
                 )
                 for a in status["agents"]
             ],

@@ -69,6 +69,35 @@ def _server_options(default_port: int) -> Callable[[F], F]:
     return decorate
 
 
+class _RegistryChoice(click.Choice):
+    """The names of a plug-in registry, imported only when the option is used or shown
+    (the loss registry imports torch, which most commands never need)."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        return sorted(self._load())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass
+
+
+def _policy_names() -> Any:
+    from allocator.policies import POLICIES
+
+    return POLICIES
+
+
+def _loss_names() -> Any:
+    from slm_agent.losses import LOSSES
+
+    return LOSSES
+
+
 def _operator_options(func: F) -> F:
     """`--allocator` and `--operator-token` for the commands that call operator RPCs."""
     func = click.option(
@@ -155,7 +184,7 @@ def allocator_group() -> None:
 @click.option("--public-pool", default=None, help="Dataset spec of the public pool.")
 @click.option(
     "--policy",
-    type=click.Choice(["full", "random", "lada"]),
+    type=_RegistryChoice(_policy_names),
     default=None,
     help="Allocation policy.",
 )
@@ -263,9 +292,7 @@ def agent_group() -> None:
 )
 @click.option("--name", default=None, help="Agent name (unique in the run).")
 @click.option("--capacity", type=int, default=None, help="Samples per round.")
-@click.option(
-    "--loss", type=click.Choice(["sft", "contrastive"]), default=None, help="Distillation loss."
-)
+@click.option("--loss", type=_RegistryChoice(_loss_names), default=None, help="Distillation loss.")
 @click.option(
     "--contribute/--no-contribute",
     default=None,
@@ -703,13 +730,39 @@ def experiment_group() -> None:
     "out_dir",
     type=click.Path(file_okay=False),
     default="reports/experiment",
-    help="Output directory.",
+    help="Output directory (finished runs are kept in OUT/done: a rerun resumes).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to run on: auto (the one this machine joined), host:port or "
+    "ray://host:port (Ray Client). Default: a local Ray on this machine's cores.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs in parallel at most (default: one per core, or as the cluster's CPUs allow).",
+)
+@click.option(
+    "--cpus-per-run",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="CPUs Ray reserves for each run (its torch threads).",
 )
 def experiment_run(**kwargs: Any) -> None:
-    """Run policy x loss x scenario x seed in simulation; write tables and plots."""
-    from lada.experiment import run_experiment
+    """Run policy x loss x scenario x seed in simulation, as Ray tasks; write the tables.
 
-    sys.exit(run_experiment(**kwargs))
+    A killed sweep resumes: rerun the same command and finished runs are not run again.
+    """
+    from lada.experiment import SweepError, run_experiment
+
+    try:
+        code = run_experiment(**kwargs)
+    except (SweepError, ConfigError) as exc:
+        raise CliError(str(exc)) from exc
+    sys.exit(code)
 
 
 @cli.command()
@@ -722,11 +775,33 @@ def experiment_run(**kwargs: Any) -> None:
     help="Where results (JSON + Markdown) go.",
 )
 @click.option("--quick", is_flag=True, help="A short run (for CI smoke checks).")
-def bench(what: str, out_dir: str, quick: bool) -> None:
-    """Benchmarks: allocator speed, LLM throughput, load with simulated agents."""
+@click.option("--agents", type=click.IntRange(1), help="load: simulated agents (one scenario).")
+@click.option("--rounds", type=click.IntRange(1), help="load: rounds to run.")
+@click.option("--workers", type=click.IntRange(1), help="load: generator processes.")
+@click.option(
+    "--heartbeat-interval",
+    "heartbeat_interval_s",
+    type=click.FloatRange(0.05),
+    help="load: seconds between an agent's heartbeats (default: the real 5 s).",
+)
+@click.option(
+    "--train-s", type=click.FloatRange(0.0), help="load: max simulated training per round."
+)
+@click.option(
+    "--fetch-spread-s",
+    type=click.FloatRange(0.0),
+    help="load: agents fetch their allocation uniform(0, S) s after ALLOCATED (default 0).",
+)
+def bench(what: str, out_dir: str, quick: bool, **load_options: Any) -> None:
+    """Benchmarks: allocator speed, LLM throughput, load with simulated agents.
+
+    `lada bench load` alone runs the standard scenarios (200 and 1,000 agents); any of
+    --agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s runs one
+    custom scenario.
+    """
     from lada.bench import run_bench
 
-    sys.exit(run_bench(what, Path(out_dir), quick=quick))
+    sys.exit(run_bench(what, Path(out_dir), quick=quick, load_options=load_options))
 
 
 def main() -> None:

@@ -559,6 +559,45 @@ def add_offline_metrics(
     }
 
 
+def add_baseline_metrics(
+    metrics: dict[str, Any],
+    config: ClusterConfig,
+    models: dict[str, Path],
+    data: DataFiles,
+    workdir: Path,
+) -> None:
+    """The same federation (split, seed, budget) under `config.baseline_policy`, simulated in
+    this process, and its agents' test accuracy after it: what the policy is measured against."""
+    from lada.report import evaluate_agents
+    from lada.simulation import simulate
+
+    if not config.baseline_policy:
+        return
+    base = dataclasses.replace(config, policy=config.baseline_policy)
+    base_dir = workdir / "baseline"
+    print(f"baseline: the same federation under policy `{base.policy}` (simulated) ...")
+    with redis_for_cluster(base_dir) as handle:
+        run = simulate(base, base_dir, handle, models)
+    test_spec = write_jsonl(test_problems(data), base_dir / "test-all.jsonl")
+    after = evaluate_agents(config.agents, base_dir, models, test_spec, trained=True)
+    before = metrics.get("final_eval", {})
+    metrics["baseline"] = {
+        "policy": base.policy,
+        "mode": run["mode"],
+        "wall_seconds": run["wall_seconds"],
+        "llm_accuracy_by_domain": run["llm_accuracy_by_domain"],
+        "final_eval": {
+            name: {
+                "before": before.get(name, {}).get("before"),
+                "after": after[name]["all"],
+                "own_before": before.get(name, {}).get("own_before"),
+                "own_after": after[name]["own"],
+            }
+            for name in after
+        },
+    }
+
+
 def run_cluster(config_path: str, out_dir: str | None = None) -> int:
     """Run a federation from a YAML file; return a process exit code."""
     from lada.logs import configure_logging
@@ -585,6 +624,7 @@ def run_cluster(config_path: str, out_dir: str | None = None) -> int:
         finally:
             cluster.stop_all()
     add_offline_metrics(metrics, cluster, models, data)
+    add_baseline_metrics(metrics, config, models, data, workdir)
     write_report(report_dir, metrics)
     print(f"report: {report_dir / 'report.md'}")
     return 0

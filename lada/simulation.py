@@ -39,7 +39,13 @@ from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import _report_messages
 from slm_agent.main import agent_plan, validate_inputs
 from slm_agent.ports import Registered, Registration, RoundEventView
-from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat, ids_by_version
+from slm_agent.rounds import (
+    AllocatedSample,
+    LLMPath,
+    RoundAllocation,
+    SampleStat,
+    ids_by_version,
+)
 from slm_agent.settings import agent_settings
 from slm_agent.trainer import LocalTrainer
 
@@ -79,9 +85,12 @@ class InProcessAllocator:
     def stop_watching(self) -> None:
         return None
 
-    def get_allocation(self, round_number: int) -> list[AllocatedSample]:
+    def get_allocation(self, round_number: int) -> RoundAllocation:
         view = self.core.allocation(self.agent_id, round_number)
-        return [AllocatedSample(a.sample_id, a.cluster, a.version) for a in view.samples]
+        return RoundAllocation(
+            [AllocatedSample(a.sample_id, a.cluster, a.version) for a in view.samples],
+            view.contribution_requests,
+        )
 
     def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]:
         messages = _report_messages(self.agent_id, round_number, stats)

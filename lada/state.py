@@ -22,6 +22,8 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 | `events`                     | stream | round events: round, phase, ts_ms (+ finished=1 once |
 |                              |        | the last round closed)                               |
 | `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, pos}            |
+| `requests:{r}:{agent_id}`    | list   | sample IDs the agent is asked to contribute paths on |
+|                              |        | (method.md 2), written with `alloc:{r}:*`            |
 | `stats:{r}:{agent_id}`       | hash   | sample_id -> serialized lada.v1.SampleStats          |
 | `policy:{name}`              | hash   | policy-private state (bandit arms, bands), JSON;     |
 |                              |        | `policy:learners` holds agent_id -> {reward_sum,     |
@@ -452,6 +454,25 @@ class ReportOutcome:
     duplicates: int
 
 
+def _agent_record(agent_id: str, raw: dict[str, str]) -> AgentRecord:
+    return AgentRecord(
+        agent_id=agent_id,
+        name=raw["name"],
+        model_description=raw["model_description"],
+        tokenizer_name=raw["tokenizer_name"],
+        domain_tags=json.loads(raw["domain_tags"]),
+        capacity=int(raw["capacity"]),
+        first_round=int(raw["first_round"]),
+        status=AgentStatus(raw["status"]),
+        last_heartbeat_ms=int(raw["last_heartbeat_ms"]),
+    )
+
+
+def _allocation_rows(raw: Mapping[bytes, bytes]) -> list[Allocation]:
+    rows = sorted(((json.loads(v), _s(k)) for k, v in raw.items()), key=lambda r: r[0]["pos"])
+    return [Allocation(sample_id, meta["cluster"], meta["version"]) for meta, sample_id in rows]
+
+
 def _s(value: bytes | str | None) -> str:
     if value is None:
         return ""
@@ -689,17 +710,7 @@ class StateStore:
         raw = {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("agent", agent_id)).items()}
         if not raw:
             raise NotFound(f"agent_id: no agent {agent_id!r}")
-        return AgentRecord(
-            agent_id=agent_id,
-            name=raw["name"],
-            model_description=raw["model_description"],
-            tokenizer_name=raw["tokenizer_name"],
-            domain_tags=json.loads(raw["domain_tags"]),
-            capacity=int(raw["capacity"]),
-            first_round=int(raw["first_round"]),
-            status=AgentStatus(raw["status"]),
-            last_heartbeat_ms=int(raw["last_heartbeat_ms"]),
-        )
+        return _agent_record(agent_id, raw)
 
     def list_agents(self) -> list[AgentRecord]:
         ids = [_s(a) for a in self.redis.zrange(self.key("agents"), 0, -1)]
@@ -714,11 +725,13 @@ class StateStore:
         ]
 
     def authenticate(self, agent_id: str, token: str) -> AgentRecord:
-        """Check an agent's token; revoked or deregistered agents are refused."""
-        stored = _s(self.redis.hget(self.key("agent", agent_id), "token_hash"))
+        """Check an agent's token; revoked or deregistered agents are refused. One read: it
+        runs on every agent RPC."""
+        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("agent", agent_id)).items()}
+        stored = raw.get("token_hash", "")
         if not stored or not token or not secrets.compare_digest(stored, hash_token(token)):
             raise Unauthenticated("authorization: missing or wrong agent token")
-        record = self.get_agent(agent_id)
+        record = _agent_record(agent_id, raw)
         if record.status is not AgentStatus.ACTIVE:
             raise Unauthenticated(f"agent_id: agent {agent_id!r} is {record.status.value}")
         return record
@@ -738,6 +751,16 @@ class StateStore:
         stamp = now_ms()
         self.redis.hset(self.key("agent", agent_id), "last_heartbeat_ms", stamp)
         return stamp
+
+    def heartbeat_and_round(self, agent_id: str) -> tuple[int, int, Phase | None]:
+        """Record a heartbeat and read the current round and its phase: (stamp, round,
+        phase) in two round trips, as every agent sends one each interval."""
+        stamp = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key("agent", agent_id), "last_heartbeat_ms", stamp)
+        pipe.hget(self.key("run"), "current_round")
+        current = int(_s(pipe.execute()[1]) or 0)
+        return stamp, current, self.round_phase(current) if current else None
 
     # ---- rounds --------------------------------------------------------------------
     def open_round(self, round_number: int, deadline_ms: int) -> bool:
@@ -810,12 +833,35 @@ class StateStore:
         pipe.execute()
 
     def get_allocation(self, round_number: int, agent_id: str) -> list[Allocation]:
-        raw = self.redis.hgetall(self.key("alloc", round_number, agent_id))
-        rows = sorted(((json.loads(v), _s(k)) for k, v in raw.items()), key=lambda r: r[0]["pos"])
-        return [Allocation(sample_id, meta["cluster"], meta["version"]) for meta, sample_id in rows]
+        return _allocation_rows(self.redis.hgetall(self.key("alloc", round_number, agent_id)))
+
+    def allocation_view(
+        self, round_number: int, agent_id: str
+    ) -> tuple[Phase | None, int, AgentRoundState | None, list[Allocation]]:
+        """What GetAllocation reads, in one round trip: the round's phase and deadline, the
+        agent's state in it and its allocation (not the whole round: it has every agent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.key("round", round_number), "phase", "deadline_ms")
+        pipe.hget(self.key("round", round_number, "agents"), agent_id)
+        pipe.hgetall(self.key("alloc", round_number, agent_id))
+        (phase, deadline), state, raw = pipe.execute()
+        return (
+            Phase(_s(phase)) if phase else None,
+            int(_s(deadline) or 0),
+            AgentRoundState(_s(state)) if state else None,
+            _allocation_rows(raw),
+        )
 
     def allocation_size(self, round_number: int, agent_id: str) -> int:
         return int(self.redis.hlen(self.key("alloc", round_number, agent_id)))
+
+    def contribution_requests(self, round_number: int, agent_id: str) -> list[str]:
+        """Public samples the agent was asked to write paths for in a round, in draw order."""
+        key = self.key("requests", round_number, agent_id)
+        return [_s(s) for s in self.redis.lrange(key, 0, -1)]
+
+    def contribution_request_count(self, round_number: int, agent_id: str) -> int:
+        return int(self.redis.llen(self.key("requests", round_number, agent_id)))
 
     # ---- statistics ----------------------------------------------------------------
     def apply_report(
@@ -945,9 +991,14 @@ class StateStore:
         return _s(self.redis.hget(self.key("tokens"), hash_token(token))) or None
 
     def record_round_allocations(
-        self, round_number: int, allocations: Mapping[str, list[Allocation]], deadline_ms: int
+        self,
+        round_number: int,
+        allocations: Mapping[str, list[Allocation]],
+        deadline_ms: int,
+        requests: Mapping[str, list[str]] | None = None,
     ) -> bool:
-        """Record a round's allocations and move it OPEN -> ALLOCATED in one transaction.
+        """Record a round's allocations and contribution requests and move it OPEN ->
+        ALLOCATED in one transaction.
 
         Returns False (and writes nothing) if the round is not OPEN any more, so two
         replicas can never both dispatch a round.
@@ -962,6 +1013,7 @@ class StateStore:
                     stamp = now_ms()
                     pipe.multi()
                     self._queue_allocations(pipe, round_number, allocations)
+                    self._queue_requests(pipe, round_number, requests or {})
                     pipe.hset(
                         round_key,
                         mapping={
@@ -997,10 +1049,22 @@ class StateStore:
                 )
             pipe.hset(self.key("round", r, "agents"), agent_id, AgentRoundState.ALLOCATED.value)
 
-    def mark_training(self, round_number: int, agent_id: str) -> None:
-        """An agent fetched its allocation: ALLOCATED -> TRAINING for it and for the round."""
+    def _queue_requests(
+        self, pipe: redis.client.Pipeline, r: int, requests: Mapping[str, list[str]]
+    ) -> None:
+        """Replace each agent's requests of round r (kept for the run, like its allocation)."""
+        for agent_id, sample_ids in requests.items():
+            key = self.key("requests", r, agent_id)
+            pipe.delete(key)
+            if sample_ids:
+                pipe.rpush(key, *sample_ids)
+
+    def mark_training(self, round_number: int, agent_id: str, round_too: bool = True) -> None:
+        """An agent fetched its allocation: ALLOCATED -> TRAINING for it and for the round
+        (`round_too=False`: the caller saw the round past ALLOCATED already)."""
         self._mark_training(keys=[self.key("round", round_number, "agents")], args=[agent_id])
-        self.transition(round_number, Phase.TRAINING)
+        if round_too:
+            self.transition(round_number, Phase.TRAINING)
 
     def mark_lost(self, round_number: int, agent_ids: list[str]) -> int:
         """Mark agents that stopped heartbeating LOST for the round, unless they reported

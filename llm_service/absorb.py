@@ -92,7 +92,8 @@ def train_adapter(
     torch.manual_seed(options.seed)
     model, tokenizer = _trainable_model(base_model, parent_adapter, options.lora_rank)
     pairs = [encode_pair(tokenizer, p, c) for p, c in examples]
-    pairs = [(p, c) for p, c in pairs if c]
+    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pairs = [(p, c + end) for p, c in pairs if c]  # a path ends: the zoo trained EOS after it
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(options.seed)

@@ -296,7 +296,7 @@ class Agent:
             return None
         paths = self._retry(
             lambda: self.llm.reasoning_paths(
-                allocation,
+                allocation.samples,
                 self.plan.hyper.paths_per_sample,
                 self.plan.hyper.path_temperature,
                 self.plan.llm_max_tokens,
@@ -307,11 +307,12 @@ class Agent:
         outcome = run_round(
             self.trainer,
             round_number,
-            allocation,
+            allocation.samples,
             self.plan.pool,
             paths,
             self._domain_weights(),
             set(self.plan.domain_tags) if self.plan.contribute else None,
+            allocation.contribution_requests,
         )
         self.store.save_round(outcome, self.trainer.save)
         self.progress.last_trained_round = round_number

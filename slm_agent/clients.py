@@ -37,7 +37,13 @@ from slm_agent.ports import (
     Unavailable,
     Unreachable,
 )
-from slm_agent.rounds import AllocatedSample, LLMPath, SampleStat, ids_by_version
+from slm_agent.rounds import (
+    AllocatedSample,
+    LLMPath,
+    RoundAllocation,
+    SampleStat,
+    ids_by_version,
+)
 
 log = logging.getLogger("lada.agent.clients")
 
@@ -158,15 +164,19 @@ class GrpcAllocator:
         if self._watch is not None:
             self._watch.cancel()
 
-    def get_allocation(self, round_number: int) -> list[AllocatedSample]:
+    def get_allocation(self, round_number: int) -> RoundAllocation:
         request = allocator_pb2.GetAllocationRequest(agent_id=self.agent_id, round=round_number)
         reply = _call(
             lambda: self.stub.GetAllocation(request, metadata=self._auth(), timeout=self.timeout_s),
             round_scoped=True,
         )
-        return [
-            AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version) for s in reply.samples
-        ]
+        return RoundAllocation(
+            [
+                AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version)
+                for s in reply.samples
+            ],
+            list(reply.contribution_requests),
+        )
 
     def report_stats(self, round_number: int, stats: Sequence[SampleStat]) -> tuple[int, int]:
         messages = list(_report_messages(self.agent_id, round_number, stats))

@@ -30,6 +30,15 @@ class AllocatedSample:
     llm_version: str = ""
 
 
+@dataclass
+class RoundAllocation:
+    """What GetAllocation hands the agent: the samples it trains on and the public samples it
+    is asked to write its own paths for (contribution requests, method.md section 2)."""
+
+    samples: list[AllocatedSample]
+    contribution_requests: list[str] = field(default_factory=list)
+
+
 def ids_by_version(samples: Sequence[AllocatedSample]) -> dict[str, list[str]]:
     """Sample IDs grouped by the LLM version whose paths the allocator assigned to them."""
     grouped: dict[str, list[str]] = {}
@@ -74,6 +83,7 @@ class RoundOutcome:
     round: int
     stats: list[SampleStat]
     contributions: dict[str, str] = field(default_factory=dict)
+    requested: list[str] = field(default_factory=list)  # requested samples it wrote paths for
     accuracy_before: float = 0.0
     accuracy_after: float = 0.0
     correct_path_nlp_before: float = float("nan")
@@ -90,6 +100,8 @@ class RoundOutcome:
             "correct_path_nlp_before": _finite_or_none(self.correct_path_nlp_before),
             "correct_path_nlp_after": _finite_or_none(self.correct_path_nlp_after),
             "contributions": len(self.contributions),
+            "requested": len(self.requested),
+            "requested_contributions": len(set(self.requested) & set(self.contributions)),
             "train_steps": self.train.steps,
             "train_seconds": round(self.train.seconds, 3),
             "loss": self.train.mean_parts,
@@ -178,14 +190,15 @@ def pick_contributions(
     problems: Sequence[Problem],
     greedy_answers: Sequence[str],
     sampled: Sequence[Sequence[str]],
-    domains: set[str],
+    domains: set[str] | None,
 ) -> dict[str, str]:
-    """Per sample of the agent's domains, one sound path it wrote (right answer, every
-    arithmetic step true): its greedy answer after training, else the first such path it
-    sampled this round. A right answer after wrong steps would teach the LLM wrong steps."""
+    """Per sample of the agent's domains (every sample when `domains` is None), one sound path
+    it wrote (right answer, every arithmetic step true): its greedy answer after training, else
+    the first such path it sampled this round. A right answer after wrong steps would teach the
+    LLM wrong steps."""
     picked: dict[str, str] = {}
     for problem, greedy, paths in zip(problems, greedy_answers, sampled, strict=True):
-        if problem.domain not in domains:
+        if domains is not None and problem.domain not in domains:
             continue
         sound = [t for t in (greedy, *paths) if is_sound(t, problem.answer)]
         if sound:
@@ -201,11 +214,14 @@ def run_round(
     llm_paths: Mapping[str, Sequence[LLMPath]],
     cluster_weights: np.ndarray | None = None,
     contribute_domains: set[str] | None = None,
+    requested: Sequence[str] = (),
 ) -> RoundOutcome:
     """Score before, train, score after, greedy correctness before/after, contributions.
 
     `contribute_domains`: when given, correct paths the agent wrote for allocated public
-    samples of those domains become contributions (`pick_contributions`).
+    samples of those domains become contributions (`pick_contributions`), and so do its
+    sound greedy paths, after training, for the `requested` public samples (the allocator
+    chose those by domain already). Requested samples are neither trained on nor reported.
     """
     missing = [a.sample_id for a in allocation if a.sample_id not in pool]
     if missing:
@@ -237,19 +253,43 @@ def run_round(
             problems, path_sets, before, after, correct_before, correct_after, strict=True
         )
     ]
-    contributions = (
-        pick_contributions(problems, answers_after, own, contribute_domains)
-        if contribute_domains
-        else {}
-    )
+    contributions: dict[str, str] = {}
+    asked: list[Problem] = []
+    if contribute_domains:
+        contributions = pick_contributions(problems, answers_after, own, contribute_domains)
+        asked = requested_problems(requested, pool, allocation)
+        contributions.update(answer_requests(trainer, asked))
     count = max(len(problems), 1)
     return RoundOutcome(
         round=round_number,
         stats=stats,
         contributions=contributions,
+        requested=[p.id for p in asked],
         accuracy_before=sum(correct_before) / count,
         accuracy_after=sum(correct_after) / count,
         correct_path_nlp_before=_mean_correct_nlp(path_sets, before),
         correct_path_nlp_after=_mean_correct_nlp(path_sets, after),
         train=report,
     )
+
+
+def requested_problems(
+    requested: Sequence[str], pool: Mapping[str, Problem], allocation: Sequence[AllocatedSample]
+) -> list[Problem]:
+    """The requested public samples the agent can answer: in its pool, not allocated to it
+    (the allocator never overlaps them; a stale or foreign ID is skipped, not fatal)."""
+    allocated = {a.sample_id for a in allocation}
+    wanted = [s for s in dict.fromkeys(requested) if s not in allocated]
+    unknown = [s for s in wanted if s not in pool]
+    if unknown:
+        log.warning("requested samples not in the pool", extra={"sample_ids": unknown[:5]})
+    return [pool[s] for s in wanted if s in pool]
+
+
+def answer_requests(trainer: LocalTrainer, problems: Sequence[Problem]) -> dict[str, str]:
+    """Sound greedy paths the trained model writes for requested samples; only these public
+    paths ever leave, as for allocated samples."""
+    if not problems:
+        return {}
+    answers = trainer.greedy_answers([p.question for p in problems])
+    return pick_contributions(problems, answers, [()] * len(problems), None)

@@ -54,11 +54,19 @@ class ModelScorer:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
-    def token_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Tensor]:
-        """Per-token log-probs of each completion, with gradients; empty ones give []."""
+    def token_logprobs(
+        self, prompts: Sequence[str], completions: Sequence[str], end: bool = False
+    ) -> list[Tensor]:
+        """Per-token log-probs of each completion, with gradients; empty ones give [].
+
+        `end`: score EOS after each completion too (training targets: the zoo trained every
+        model to stop after `#### N`; path scores `nlp` never include it)."""
         pairs = [
             encode_pair(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)
         ]
+        eos = self.tokenizer.eos_token_id
+        if end and eos is not None:
+            pairs = [(a, b + [eos]) if b else (a, b) for a, b in pairs]
         out: list[Tensor] = [torch.zeros(0) for _ in pairs]
         live = [i for i, (_, c) in enumerate(pairs) if c]
         for start in range(0, len(live), self.batch_size):
@@ -81,8 +89,8 @@ class ModelScorer:
         return torch.stack([r.sum() if r.numel() else self._zero() for r in rows])
 
     def token_nll(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """Mean next-token NLL over every completion token of the batch."""
-        rows = [r for r in self.token_logprobs(prompts, completions) if r.numel()]
+        """Mean next-token NLL over every completion token of the batch, EOS included."""
+        rows = [r for r in self.token_logprobs(prompts, completions, end=True) if r.numel()]
         return -torch.cat(rows).mean() if rows else self._zero()
 
     def _zero(self) -> Tensor:

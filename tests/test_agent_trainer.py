@@ -228,3 +228,21 @@ def test_contributions_are_sound_paths_the_agent_wrote_for_its_own_domains() -> 
     sampled = [[" #### 4"], [" #### 4", " 1+3=4\n#### 4"], [" 5-2=4\n#### 4"], [" #### 4"]]
     picked = pick_contributions(problems, greedy, sampled, {"rates"})
     assert picked == {"greedy-right": " 2+2=4\n#### 4", "sampled-right": " 1+3=4\n#### 4"}
+
+
+def test_training_targets_end_with_eos_as_the_zoo_trained_them(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    """SFT targets include EOS after the path (else fine-tuning unlearns stopping); path
+    scores (nlp) stay EOS-free, as the LLM service computes them."""
+    trainer = trainer_for(micro_zoo, "slm-rates", "sft", private_rates)
+    scorer = trainer.scorer
+    prompt, path = format_prompt(private_rates[0].question), " " + private_rates[0].reference
+    with torch.no_grad():
+        (plain,) = scorer.token_logprobs([prompt], [path])
+        (ended,) = scorer.token_logprobs([prompt], [path], end=True)
+        nll = scorer.token_nll([prompt], [path])
+    assert ended.numel() == plain.numel() + 1
+    assert torch.allclose(ended[:-1], plain, atol=1e-5)
+    assert float(nll) == pytest.approx(-float(ended.mean()), abs=1e-5)
+    assert trainer.score([prompt], [path])[0] == pytest.approx(float(plain.mean()), abs=1e-5)

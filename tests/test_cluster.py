@@ -62,6 +62,25 @@ def test_report_compares_audited_bytes_with_logit_exchange(cluster_run) -> None:
     assert "logit exchange" in (cluster_run["out"] / "report.md").read_text()
 
 
+def test_report_sets_a_random_baseline_beside_each_agent(cluster_run) -> None:
+    baseline = cluster_run["metrics"]["baseline"]
+    assert (baseline["policy"], baseline["mode"]) == ("random", "simulation")
+    assert set(baseline["final_eval"]) == {"agent-rates", "agent-purchases"}
+    final = cluster_run["metrics"]["final_eval"]
+    for name, row in baseline["final_eval"].items():
+        assert row["before"] == final[name]["before"]  # the same starting models and test set
+        assert 0.0 <= row["after"] <= 1.0
+    assert (
+        "after a `random` run at the same budget" in (cluster_run["out"] / "report.md").read_text()
+    )
+
+
+def test_the_console_carries_no_weight_loading_bars_or_redis_shutdown_noise(cluster_run) -> None:
+    console = cluster_run["result"].stdout + cluster_run["result"].stderr
+    assert "Loading weights" not in console
+    assert "shutdown failed" not in console
+
+
 def test_every_process_is_stopped_at_the_end(cluster_run) -> None:
     workdir = str(cluster_run["out"] / "run")
     leftovers = []

@@ -1,15 +1,27 @@
-"""`lada experiment run`: a policy x loss x seed sweep in simulation mode, on micro models."""
+"""`lada experiment run`: a policy x loss x seed sweep in simulation mode, on micro models,
+its runs scheduled as Ray tasks (one local Ray shared by the module) and resumable."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from lada.experiment import run_experiment
+from lada.config import ClusterConfig, load_config
+from lada.experiment import SweepOutcome, ray_session, run_experiment, run_sweep
 from lada.zoo import ZooManifest
+from tests.procs import REPO_ROOT
 
 pytestmark = [pytest.mark.slow]
 
@@ -23,16 +35,37 @@ MICRO_SWEEP = {
         "lada": {"num_clusters": 4},
     }
 }
+OPTIONS: dict[str, Any] = {"profile": "micro", "address": None, "workers": 2, "cpus_per_run": 1.0}
 
 
 @pytest.fixture(scope="module")
-def sweep(micro_zoo: ZooManifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module (starting one costs seconds), shut down after it."""
+    import ray
+
+    with ray_session(None, workers=2, cpus_per_run=1.0):
+        yield
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    micro_zoo: ZooManifest, local_ray: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("sweep")
     config = out / "sweep.yaml"
     config.write_text(yaml.safe_dump(MICRO_SWEEP))
     code = run_experiment(str(config), "S1", "lada,random", "sft", 2, "micro", str(out))
     assert code == 0
     return out
+
+
+def sweep_base(out: Path) -> ClusterConfig:
+    return load_config(ClusterConfig, str(out / "sweep.yaml"), section="experiment")
+
+
+def resweep(base: ClusterConfig, out: Path, policies: list[str], seeds: int) -> SweepOutcome:
+    return run_sweep(base, (["S1"], policies, ["sft"], seeds), out, OPTIONS)
 
 
 def test_every_method_runs_once_per_seed(sweep: Path) -> None:
@@ -59,3 +92,85 @@ def test_the_table_gives_mean_and_spread_over_seeds_and_the_llm_columns(sweep: P
     assert set(rows) == {"lada+sft", "random+sft"}
     assert all(" | 2 | " in row and " ± " in row for row in rows.values())
     assert all(" -> " in row for row in rows.values())  # LLM accuracy before -> after
+
+
+def test_a_rerun_resumes_every_finished_run_and_writes_the_same_results(
+    sweep: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {name: (sweep / name).read_text() for name in ("results.json", "results.md")}
+    grid = ("S1", "lada,random", "sft", 2)
+    capsys.readouterr()
+    assert run_experiment(str(sweep / "sweep.yaml"), *grid, "micro", str(sweep)) == 0
+    printed = capsys.readouterr().out
+    assert "resumed 4 of 4 runs" in printed
+    assert "[" not in printed.split("resumed")[1].split("| scenario")[0]  # no run line
+    assert {name: (sweep / name).read_text() for name in before} == before
+    outcome = resweep(sweep_base(sweep), sweep, ["lada", "random"], 2)
+    assert (outcome.executed, outcome.resumed, outcome.failed) == (0, 4, 0)
+    assert outcome.runs == json.loads(before["results.json"])
+
+
+def test_a_changed_setting_reruns_and_a_subset_of_the_grid_resumes(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    base = sweep_base(sweep)
+    subset = resweep(base, tmp_path, ["lada"], 1)
+    assert (subset.executed, subset.resumed) == (0, 1)
+    changed = resweep(dataclasses.replace(base, public_size=41), tmp_path, ["lada"], 1)
+    assert (changed.executed, changed.resumed, changed.failed) == (1, 0, 0)
+    assert len(list((tmp_path / "done").glob("*.json"))) == 5  # the old four stay
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("[1/1]")]
+    assert line and " S1 lada sft s0  acc own " in line[0] and " ETA 00:00" in line[0]
+
+
+def test_a_failed_run_is_reported_saved_nowhere_and_retried_next_time(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = resweep(sweep_base(sweep), tmp_path, ["no-such-policy"], 1)
+    assert (outcome.executed, outcome.failed, outcome.runs) == (0, 1, [])
+    assert " FAILED " in capsys.readouterr().out
+    assert not list((tmp_path / "done").glob("*.json"))
+
+
+def test_a_sweep_killed_with_sigkill_loses_only_the_run_in_flight(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """The driver dies mid-sweep (one run done, one in flight); the rerun runs only one."""
+    args = ["--config", str(sweep / "sweep.yaml"), "--policies", "lada,random", "--losses"]
+    args += ["sft", "--seeds", "1", "--workers", "1", "--out", str(tmp_path)]
+    log = (tmp_path / "driver.log").open("w+")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lada.cli", "experiment", "run", *args],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 180
+    while "[1/2]" not in (tmp_path / "driver.log").read_text() and driver.poll() is None:
+        assert time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert "[1/2] S1 lada sft s0  acc own" in (tmp_path / "driver.log").read_text()
+    outcome = resweep(sweep_base(sweep), tmp_path, ["lada", "random"], 1)
+    assert (outcome.resumed, outcome.executed, outcome.failed) == (1, 1, 0)
+    assert [r["method"] for r in outcome.runs] == ["lada+sft", "random+sft"]
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [("not an address", "expected auto, host:port"), ("127.0.0.1:9", "cannot reach Ray")],
+)
+def test_a_bad_address_is_one_line_and_exit_1(address: str, says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lada.cli", "experiment", "run", "--address", address],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert result.stdout == ""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lada.redis_conn import RedisUnavailable, connect, shutdown_embedded, start_embedded
@@ -170,6 +172,17 @@ def test_embedded_redis_restart_loses_no_state(tmp_path: Path) -> None:
         assert store_after.authenticate(agent_id, token).agent_id == agent_id
     finally:
         shutdown_embedded(restarted)
+
+
+def test_embedded_redis_stops_cleanly_without_a_fallback_kill(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = start_embedded(tmp_path / "embedded" / "lada.rdb")
+    pid = handle.client.pid  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO):
+        shutdown_embedded(handle)
+    assert not psutil.pid_exists(pid)
+    assert "shutdown failed" not in caplog.text
 
 
 def test_redis_url_password_is_redacted_in_errors() -> None:

@@ -124,16 +124,18 @@ class AllocatedSample(_message.Message):
     def __init__(self, sample_id: _Optional[str] = ..., llm_model_version: _Optional[str] = ..., cluster: _Optional[int] = ...) -> None: ...
 
 class GetAllocationResponse(_message.Message):
-    __slots__ = ("round", "samples", "deadline_unix_ms", "policy")
+    __slots__ = ("round", "samples", "deadline_unix_ms", "policy", "contribution_requests")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     round: int
     samples: _containers.RepeatedCompositeFieldContainer[AllocatedSample]
     deadline_unix_ms: int
     policy: str
-    def __init__(self, round: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[AllocatedSample, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    contribution_requests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[AllocatedSample, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ..., policy: _Optional[str] = ..., contribution_requests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRoundsRequest(_message.Message):
     __slots__ = ("agent_id", "from_round")
@@ -274,18 +276,20 @@ class GetRoundStatusRequest(_message.Message):
     def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class AgentRoundStatus(_message.Message):
-    __slots__ = ("agent_id", "name", "state", "allocated", "reported")
+    __slots__ = ("agent_id", "name", "state", "allocated", "reported", "contribution_requests")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     REPORTED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     state: AgentRoundState
     allocated: int
     reported: int
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[AgentRoundState, str]] = ..., allocated: _Optional[int] = ..., reported: _Optional[int] = ...) -> None: ...
+    contribution_requests: int
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[AgentRoundState, str]] = ..., allocated: _Optional[int] = ..., reported: _Optional[int] = ..., contribution_requests: _Optional[int] = ...) -> None: ...
 
 class GetRoundStatusResponse(_message.Message):
     __slots__ = ("round", "phase", "deadline_unix_ms", "policy", "total_rounds", "agents", "pool_fingerprint", "pool_size", "contributions")

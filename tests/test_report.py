@@ -1,0 +1,78 @@
+"""The run report (report.md) says what a user came to see: per agent the change in test
+accuracy, beside it a baseline policy at the same budget, and the LLM per domain."""
+
+from __future__ import annotations
+
+from lada.report import llm_accuracy_of, render_markdown
+from lada.tasks import Problem, format_prompt
+
+METRICS = {
+    "run_id": "demo-1",
+    "policy": "lada",
+    "loss": "sft",
+    "rounds": 3,
+    "final_eval": {
+        "agent-units": {
+            "before": 0.25,
+            "after": 0.30,
+            "own_before": 0.70,
+            "own_after": 0.68,
+            "own_nlp_before": -0.03,
+            "own_nlp_after": -0.02,
+        }
+    },
+    "baseline": {
+        "policy": "random",
+        "mode": "simulation",
+        "wall_seconds": 80.0,
+        "final_eval": {
+            "agent-units": {"before": 0.25, "after": 0.24, "own_before": 0.70, "own_after": 0.66}
+        },
+    },
+    "llm_accuracy": {"base": 0.7, "v2": 0.75},
+    "llm_accuracy_by_domain": {
+        "base": {"all": 0.7, "purchases": 0.96, "units": 0.02},
+        "v2": {"all": 0.75, "purchases": 0.95, "units": 0.30},
+    },
+}
+
+
+def test_each_agent_row_shows_its_change_and_the_baseline_beside_it() -> None:
+    text = render_markdown(METRICS)
+    row = next(line for line in text.splitlines() if line.startswith("| agent-units"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        "agent-units",
+        "0.250 -> 0.300",
+        "+5.0 pts",
+        "0.700 -> 0.680",
+        "-2.0 pts",
+        "-0.030 -> -0.020",
+        "0.240",
+        "-1.0 pts",
+        "0.660",
+        "-4.0 pts",
+    ]
+    assert "after a `random` run at the same budget" in text
+
+
+def test_the_llm_table_shows_the_client_only_domain_per_version() -> None:
+    text = render_markdown(METRICS)
+    assert "| version | all | purchases | units (client-only) |" in text
+    assert "| v2 | 0.750 | 0.950 | 0.300 |" in text
+
+
+def test_llm_accuracy_is_measured_overall_and_per_domain() -> None:
+    problems = [
+        Problem("a", "2+2?", "2+2=4\n#### 4", "4", "purchases", 1),
+        Problem("b", "3+3?", "3+3=6\n#### 6", "6", "purchases", 1),
+        Problem("c", "1 dozen?", "1*12=12\n#### 12", "12", "units", 1),
+    ]
+    right = {format_prompt(p.question): f"#### {p.answer}" for p in problems}
+
+    def answers(prompts: list[str], version: str) -> list[str]:
+        return [right[p] if version == "v1" or "2+2" in p else "#### 0" for p in prompts]
+
+    accuracy = llm_accuracy_of(answers, ["base", "v1"], problems)
+    assert accuracy["base"] == {"all": 1 / 3, "purchases": 0.5, "units": 0.0}
+    assert accuracy["v1"] == {"all": 1.0, "purchases": 1.0, "units": 1.0}
