@@ -28,10 +28,12 @@ DEFAULT_AGENT_PORT = 50061
 DEFAULT_METRICS_PORT = 0  # 0 = pick a free port; -1 = no metrics endpoint
 HEARTBEAT_INTERVAL_S = 5.0  # agents heartbeat this often; the allocator judges liveness by it
 # An agent's per-round training budget, measured in docs/zoo.md ("Trainer defaults"): 5e-4 x
-# 1 epoch cut the demo SLM's home accuracy 63% -> 23% in one round; 1e-4 x 3 epochs moves
-# the allocated samples (sft: greedy 21% -> 42%) at a cost of about 9 home points.
+# 1 epoch cut the demo SLM's home accuracy 63% -> 23% in one round; at 1e-4, batches of 4 + 4
+# cost about 10 home points even on private data alone, batches of 16 + 16 (the zoo trained at
+# 32) cost none, and 6 epochs move the allocated samples (sft: greedy 21% -> 38%).
 AGENT_LEARNING_RATE = 1e-4
-AGENT_EPOCHS = 3
+AGENT_EPOCHS = 6
+AGENT_SAMPLES_PER_STEP = 16
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "LADA_HOME"
 
@@ -75,8 +77,8 @@ class TrainerSettings:
 
     learning_rate: float = AGENT_LEARNING_RATE
     epochs: int = AGENT_EPOCHS
-    samples_per_step: int = 4  # allocated samples per optimiser step
-    private_per_step: int = 4  # private examples per optimiser step (the L_sft(D_k) batch)
+    samples_per_step: int = AGENT_SAMPLES_PER_STEP  # allocated samples per optimiser step
+    private_per_step: int = AGENT_SAMPLES_PER_STEP  # private examples per step (L_sft(D_k))
     max_grad_norm: float = 1.0
     max_new_tokens: int = 128  # greedy answers and own paths
     score_batch_size: int = 16
