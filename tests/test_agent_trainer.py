@@ -197,9 +197,7 @@ def test_a_round_reports_every_path_of_every_allocated_sample(
     micro_zoo: ZooManifest, private_rates: list[Problem], local_llm: LocalLLM,
     agent_pool: dict[str, Problem],
 ) -> None:  # fmt: skip
-    trainer = trainer_for(
-        micro_zoo, "slm-rates", "contrastive", private_rates, samples_per_step=4
-    )
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates, samples_per_step=4)
     allocation = [AllocatedSample(i, 0, "base") for i in list(agent_pool)[:6]]
     paths = local_llm.reasoning_paths(allocation, n=2, temperature=0.8, max_tokens=48)
     outcome = run_round(trainer, 1, allocation, agent_pool, paths)
