@@ -43,12 +43,18 @@ AUTH_HINT = "a cluster with token auth also needs RAY_AUTH_MODE=token and its to
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # results are small JSON; Ray's default takes 30% of RAM
 
 DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
+LOCAL_ONLY_POLICIES = ("random", "full")  # runs that also evaluate the starting models
+BASELINE_METHOD = "random"  # every method's difference is taken to random+<same loss>
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 # name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data)
+# name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data).
+# Every scenario has one client whose home is the client-only domain, so the LLM direction
+# (contribution requests, novelty, Absorb) has something to learn.
 SCENARIOS: dict[str, tuple[str, list[tuple[str, str]], float]] = {
     "S1": (
         "same SLM architecture and size, domain-skewed private data",
-        [("slm-purchases", d) for d in DOMAIN_CYCLE[:3]],
+        [("slm-purchases", d) for d in ("purchases", "rates", "units")],
         10.0,
     ),
     "S2": (
@@ -56,7 +62,7 @@ SCENARIOS: dict[str, tuple[str, list[tuple[str, str]], float]] = {
         [
             ("slm-purchases", "purchases"),
             ("slm-comparisons", "rates"),
-            ("slm-percentages", "percentages"),
+            ("slm-units", "units"),
         ],
         10.0,
     ),
@@ -65,15 +71,18 @@ SCENARIOS: dict[str, tuple[str, list[tuple[str, str]], float]] = {
         [
             ("slm-purchases", "purchases"),
             ("slm-rates", "rates"),
-            ("slm-percentages", "percentages"),
+            ("slm-units", "units"),
         ],
         10.0,
     ),
     "S4": (
         "six agents, Dirichlet(0.3) domain skew",
         [
-            (m, DOMAIN_CYCLE[i % 4])
-            for i, m in enumerate(["slm-purchases", "slm-rates", "slm-percentages"] * 2)
+            (m, (*DOMAIN_CYCLE, "units")[i % 5])
+            for i, m in enumerate(
+                ["slm-purchases", "slm-rates", "slm-percentages", "slm-comparisons", "slm-units"]
+                + ["slm-rates"]
+            )
         ],
         0.3,
     ),
@@ -141,7 +150,7 @@ def run_combination(
     metrics["samples_distilled"] = sum(
         r["reported"] for rounds in metrics["agents_rounds"].values() for r in rounds
     )
-    if config.policy == "full" and config.loss == "sft":  # once per scenario and seed
+    if config.policy in LOCAL_ONLY_POLICIES:  # rows deduplicated per scenario and seed
         metrics["local_only"] = evaluate_agents(
             config.agents, workdir, models, test_spec, trained=False
         )
@@ -160,52 +169,102 @@ def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def interval95(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval); half-width nan with fewer than 2 values."""
+    n = len(values)
+    mean = float(np.mean(values)) if n else float("nan")
+    if n < 2:
+        return mean, float("nan")
+    t = T_975.get(n - 1, 1.96)
+    return mean, float(t * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def _agent_mean(run: dict[str, Any], key: str) -> float:
+    return float(np.mean([a[key] for a in run["final"].values()]))
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds of agent accuracy, per scenario x method."""
+    """Per scenario x method over seeds: accuracy mean and 95% interval, and the paired
+    (same scenario and seed) difference to `random` with the same loss, with its interval."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["scenario"], run["method"]), []).append(run)
     rows = []
     for (scenario, method), members in sorted(groups.items()):
-
-        def per_seed(key: str, runs: list[dict[str, Any]] = members) -> list[float]:
-            return [float(np.mean([a[key] for a in m["final"].values()])) for m in runs]
-
-        own, every, own_nlp = per_seed("own"), per_seed("all"), per_seed("own_nlp")
-        rows.append(
-            {
-                "scenario": scenario,
-                "method": method,
-                "seeds": len(members),
-                "own_mean": float(np.mean(own)),
-                "own_std": float(np.std(own)),
-                "all_mean": float(np.mean(every)),
-                "all_std": float(np.std(every)),
-                "own_nlp_mean": float(np.mean(own_nlp)),
-                "own_nlp_std": float(np.std(own_nlp)),
-                "samples": float(np.mean([m.get("samples_distilled", 0) for m in members])),
-                **llm_columns(members),
-                "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
-            }
-        )
+        own = [_agent_mean(m, "own") for m in members]
+        every = [_agent_mean(m, "all") for m in members]
+        own_nlp = [_agent_mean(m, "own_nlp") for m in members]
+        row = {
+            "scenario": scenario,
+            "method": method,
+            "seeds": len(members),
+            **_stat("own", own),
+            **_stat("all", every),
+            **_stat("own_nlp", own_nlp),
+            "samples": float(np.mean([m.get("samples_distilled", 0) for m in members])),
+            **llm_columns(members),
+            "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
+        }
+        row.update(_versus_random(scenario, method, members, groups))
+        rows.append(row)
     return rows
 
 
+def _stat(name: str, values: list[float]) -> dict[str, float]:
+    mean, half = interval95(values)
+    return {f"{name}_mean": mean, f"{name}_ci": half, f"{name}_std": float(np.std(values))}
+
+
+def _versus_random(
+    scenario: str,
+    method: str,
+    members: list[dict[str, Any]],
+    groups: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, float]:
+    """Paired by seed: this method minus random with the same loss (own and all domains)."""
+    if "+" not in method or method.startswith(BASELINE_METHOD + "+"):
+        return {}
+    loss = method.split("+", 1)[1]
+    base = {r["seed"]: r for r in groups.get((scenario, f"{BASELINE_METHOD}+{loss}"), [])}
+    pairs = [(m, base[m["seed"]]) for m in members if m["seed"] in base]
+    if not pairs:
+        return {}
+    out: dict[str, float] = {"vs_random_seeds": float(len(pairs))}
+    for key in ("own", "all"):
+        diffs = [_agent_mean(m, key) - _agent_mean(b, key) for m, b in pairs]
+        out[f"vs_random_{key}"], out[f"vs_random_{key}_ci"] = interval95(diffs)
+    return out
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
+    """Mean ± 95% half-interval over seeds; the difference to random (same loss, paired by
+    seed) in points; local-only is each agent's starting model."""
     lines = [
-        "| scenario | method | seeds | own-domain acc | all-domain acc | own-domain nlp of "
-        "references | samples distilled | LLM acc before -> after (absorbed) | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | method | seeds | own-domain acc | all-domain acc | own vs random (pts) "
+        "| all vs random (pts) | own-domain nlp of references | samples distilled "
+        "| LLM acc before -> after (absorbed) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['method']} | {r['seeds']} | "
-            f"{r['own_mean']:.3f} ± {r['own_std']:.3f} | "
-            f"{r['all_mean']:.3f} ± {r['all_std']:.3f} | "
-            f"{r['own_nlp_mean']:.3f} ± {r['own_nlp_std']:.3f} | {r['samples']:.0f} | "
+            f"{_pm(r['own_mean'], r['own_ci'])} | {_pm(r['all_mean'], r['all_ci'])} | "
+            f"{_diff(r, 'own')} | {_diff(r, 'all')} | "
+            f"{_pm(r['own_nlp_mean'], r['own_nlp_ci'])} | {r['samples']:.0f} | "
             f"{llm_cell(r)} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, half: float) -> str:
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def _diff(row: dict[str, Any], key: str) -> str:
+    if f"vs_random_{key}" not in row:
+        return "-"
+    mean, half = 100 * row[f"vs_random_{key}"], 100 * row[f"vs_random_{key}_ci"]
+    return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
 
 
 def llm_cell(row: dict[str, Any]) -> str:
@@ -519,6 +578,20 @@ def execute(
     return failed
 
 
+def first_local_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One local-only row per scenario and seed (several runs may measure the same models)."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for row in rows:
+        if row["method"] == "local-only":
+            tag = (row["scenario"], row["seed"])
+            if tag in seen:
+                continue
+            seen.add(tag)
+        kept.append(row)
+    return kept
+
+
 def result_rows(spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """A run's row, plus the local-only baseline row that a `full+sft` run measures."""
     tags = {"scenario": spec.scenario, "seed": spec.seed}
@@ -551,7 +624,8 @@ def run_sweep(
         home = None if options["address"] else str(lada_home())
         with ray_session(options["address"], options["workers"], options["cpus_per_run"]):
             failed = execute(todo, out, models, {**options, "home": home}, finished)
-    runs = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
+    rows = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
+    runs = first_local_only(rows)
     resumed = len(specs) - len(todo)
     return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
 

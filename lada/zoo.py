@@ -661,7 +661,8 @@ def validate(
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True)
+    # Nothing to train (every model cached or committed): no empty "0step" bar.
+    return tqdm(total=total, disable=not enabled or total == 0, unit="step", dynamic_ncols=True)
 
 
 def build_zoo(

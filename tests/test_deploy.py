@@ -120,6 +120,20 @@ def test_deploy_config_files_load_into_each_section() -> None:
         lada_config._from_dict(cls, embedded[section], where=f"k8s {section}")
 
 
+def test_the_experiment_config_is_at_the_papers_scale() -> None:
+    """Pool 1,000; 1,000 private and 500 test samples per client; 5 rounds; 15% budget."""
+    base = lada_config.load_config(
+        lada_config.ClusterConfig,
+        str(REPO_ROOT / "deploy/experiment.yaml"),
+        section="experiment",
+        env={},
+    )
+    agent = base.agents[0]
+    assert (base.public_size, base.test_size, base.rounds) == (1000, 500, 5)
+    assert (agent.private_size, agent.capacity) == (1000, 150)
+    assert "units" in base.source  # the client-only domain is in the split
+
+
 def _kind(kind: str) -> list[dict[str, Any]]:
     return [doc for doc in MANIFESTS if doc["kind"] == kind]
 

@@ -19,7 +19,14 @@ import pytest
 import yaml
 
 from lada.config import ClusterConfig, load_config
-from lada.experiment import SweepOutcome, ray_session, run_experiment, run_sweep
+from lada.experiment import (
+    SweepOutcome,
+    ray_session,
+    render_table,
+    run_experiment,
+    run_sweep,
+    summarise,
+)
 from lada.zoo import ZooManifest
 from tests.procs import REPO_ROOT
 
@@ -30,7 +37,7 @@ MICRO_SWEEP = {
         "rounds": 1,
         "public_size": 40,
         "test_size": 3,
-        "source": "synthetic:domains=all,n=400,seed=4",
+        "source": "synthetic:domains=all+units,n=400,seed=4",
         "agents": [{"private_size": 20, "capacity": 4}],
         "lada": {"num_clusters": 4},
     }
@@ -73,6 +80,8 @@ def test_every_method_runs_once_per_seed(sweep: Path) -> None:
     assert sorted((r["method"], r["seed"]) for r in runs) == [
         ("lada+sft", 0),
         ("lada+sft", 1),
+        ("local-only", 0),  # measured by the random runs: the starting models
+        ("local-only", 1),
         ("random+sft", 0),
         ("random+sft", 1),
     ]
@@ -80,8 +89,9 @@ def test_every_method_runs_once_per_seed(sweep: Path) -> None:
         assert set(run["final"]) == {
             "s1-agent0-purchases",
             "s1-agent1-rates",
-            "s1-agent2-percentages",
+            "s1-agent2-units",  # every scenario has a client-only member
         }
+    for run in (r for r in runs if r["method"] != "local-only"):
         assert run["samples_distilled"] == 3 * 4  # three agents, one round, capacity 4
         assert "base" in run["llm_accuracy"]
 
@@ -89,9 +99,9 @@ def test_every_method_runs_once_per_seed(sweep: Path) -> None:
 def test_the_table_gives_mean_and_spread_over_seeds_and_the_llm_columns(sweep: Path) -> None:
     table = (sweep / "results.md").read_text()
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| S1")}
-    assert set(rows) == {"lada+sft", "random+sft"}
+    assert set(rows) == {"lada+sft", "random+sft", "local-only"}
     assert all(" | 2 | " in row and " ± " in row for row in rows.values())
-    assert all(" -> " in row for row in rows.values())  # LLM accuracy before -> after
+    assert all(" -> " in row for m, row in rows.items() if m != "local-only")  # LLM before -> after
 
 
 def test_a_rerun_resumes_every_finished_run_and_writes_the_same_results(
@@ -174,3 +184,26 @@ def test_a_bad_address_is_one_line_and_exit_1(address: str, says: str) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def _run(method: str, seed: int, own: float, every: float) -> dict[str, Any]:
+    agent = {"own": own, "all": every, "own_nlp": -0.1}
+    return {"scenario": "S1", "method": method, "seed": seed, "final": {"a": agent}}
+
+
+def test_each_method_is_compared_with_random_seed_by_seed() -> None:
+    runs = [
+        _run("random+sft", 0, 0.50, 0.20),
+        _run("random+sft", 1, 0.60, 0.30),
+        _run("random+sft", 2, 0.40, 0.25),
+        _run("lada+sft", 0, 0.55, 0.22),
+        _run("lada+sft", 1, 0.64, 0.33),
+        _run("lada+sft", 2, 0.46, 0.27),
+    ]
+    lada = next(r for r in summarise(runs) if r["method"] == "lada+sft")
+    # paired own-domain differences 5, 4, 6 points: mean 5, sd 1, t(2) = 4.303 -> ±2.48
+    assert lada["vs_random_own"] == pytest.approx(0.05)
+    assert lada["vs_random_own_ci"] == pytest.approx(4.303 / 3**0.5 * 0.01, rel=1e-3)
+    assert lada["own_mean"] == pytest.approx(0.55)
+    row = next(line for line in render_table(summarise(runs)).splitlines() if "lada+sft" in line)
+    assert "| +5.0 ± 2.5 | +2.3 ± 1.4 |" in row

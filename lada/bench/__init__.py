@@ -32,10 +32,19 @@ def write_result(out_dir: Path, name: str, result: dict[str, Any], markdown: str
     (out_dir / f"{name}.md").write_text(header + markdown)
 
 
-def run_bench(what: str, out_dir: Path, quick: bool = False) -> int:
-    """Run one benchmark (or all); each lives in lada.bench.<name> with run(out_dir, quick)."""
+def run_bench(
+    what: str, out_dir: Path, quick: bool = False, load_options: dict[str, Any] | None = None
+) -> int:
+    """Run one benchmark (or all); each lives in lada.bench.<name> with run(out_dir, quick).
+
+    `load_options` (agents, rounds, ...) turn the load bench into one custom scenario.
+    """
     names = BENCHES if what == "all" else (what,)
     for name in names:
         module = importlib.import_module(f"lada.bench.{name}")
-        module.run(out_dir, quick=quick)
+        if name == "load":
+            plans = module.plan_from_options(quick, **(load_options or {}))
+            module.run(out_dir, quick=quick, plans=plans)
+        else:
+            module.run(out_dir, quick=quick)
     return 0

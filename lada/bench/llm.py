@@ -8,6 +8,7 @@ else the micro one. The path cache is off so every request really generates.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,9 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from lada.bench import write_result
 from lada.config import LLMServiceConfig
@@ -27,7 +30,7 @@ POOL = "synthetic:domains=all,n=240,seed=7"
 PATHS = 4
 CLIENTS = (1, 16)
 BACKENDS = ("vllm", "transformers")
-REPEATS = 2  # full runs: best of 2 per configuration
+REPEATS = 3  # full runs: every run shown, the best in "tokens/s"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,23 @@ class Measurement:
     op: str
     tokens: int
     seconds: float
+    # every repeat's tokens/s, and CPU seconds over all repeats per process role (bench:
+    # the calling process, which holds the engine's API side in-process; server: the `lada
+    # llm serve` process; engine: vLLM's engine-core processes)
+    rates: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_tokens: int = 0
+
+    @property
+    def median_rate(self) -> float:
+        return float(statistics.median(self.rates)) if self.rates else self.tokens_per_s
+
+    @property
+    def cpu_ms_per_token(self) -> float:
+        """CPU outside the engine (the API side and, over gRPC, both ends of the call) per
+        token; the engine's own CPU is left out: vLLM's CPU workers spin while they wait."""
+        outside = self.cpu_s.get("bench", 0.0) + self.cpu_s.get("server", 0.0)
+        return 1000 * outside / self.cpu_tokens if self.cpu_tokens else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -173,6 +193,22 @@ def _timed(clients: int, jobs: list[Callable[[], int]]) -> tuple[int, float]:
     return tokens, time.perf_counter() - started
 
 
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user+sys) so far of this process and its descendants, by role: where
+    the gRPC layer's cost shows up, whatever else the shared machine is running."""
+    me = psutil.Process()
+    out = {"bench": 0.0, "server": 0.0, "engine": 0.0}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            command = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        role = "bench" if proc.pid == me.pid else "server" if "llm serve" in command else "engine"
+        out[role] += times.user + times.system
+    return out
+
+
 def _jobs(target: Target, work: Workload, op: str, seed_base: int) -> list[Callable[[], int]]:
     """One call per sample: generate n paths, or score its 4 completions."""
     if op == "generate":
@@ -196,12 +232,25 @@ def measure(
     for clients in CLIENTS:
         for op in ("generate", "score"):
             jobs = _jobs(target, work, op, seed_base=1000 * clients)
+            before = _cpu_by_role()
             runs = [_timed(clients, jobs) for _ in range(repeats)]
+            after = _cpu_by_role()
             tokens, seconds = min(runs, key=lambda run: run[1] / max(1, run[0]))
-            out.append(Measurement(backend, transport, clients, op, tokens, seconds))
+            measured = Measurement(
+                backend,
+                transport,
+                clients,
+                op,
+                tokens,
+                seconds,
+                rates=[round(t / s, 1) for t, s in runs],
+                cpu_s={k: round(after[k] - before[k], 2) for k in after},
+                cpu_tokens=sum(t for t, _ in runs),
+            )
+            out.append(measured)
             print(
                 f"{backend:12} {transport:10} clients={clients:2} {op:8} "
-                f"{tokens / seconds:9.1f} tok/s",
+                f"{tokens / seconds:9.1f} tok/s (runs {measured.rates}; CPU s {measured.cpu_s})",
                 flush=True,
             )
     return out
@@ -248,7 +297,15 @@ def run(out_dir: Path, quick: bool) -> None:
         "max_tokens": max_tokens,
         "repeats": repeats,
         "quick": quick,
-        "measurements": [{**m.__dict__, "tokens_per_s": m.tokens_per_s} for m in results],
+        "measurements": [
+            {
+                **m.__dict__,
+                "tokens_per_s": m.tokens_per_s,
+                "median_tokens_per_s": m.median_rate,
+                "cpu_ms_per_token": m.cpu_ms_per_token,
+            }
+            for m in results
+        ],
         "summary": summary,
     }
     write_result(out_dir, "llm", payload, _markdown(results, summary, profile, count, max_tokens))
@@ -258,6 +315,13 @@ def _rate(results: list[Measurement], **where: Any) -> float:
     for m in results:
         if all(getattr(m, k) == v for k, v in where.items()):
             return m.tokens_per_s
+    return 0.0
+
+
+def _cpu_per_token(results: list[Measurement], **where: Any) -> float:
+    for m in results:
+        if all(getattr(m, k) == v for k, v in where.items()):
+            return m.cpu_ms_per_token
     return 0.0
 
 
@@ -278,6 +342,14 @@ def _summary(results: list[Measurement]) -> dict[str, float]:
                 out[f"grpc_over_inprocess_{backend}_{op}_{clients}"] = (
                     remote / local if local else 0.0
                 )
+                where = {"backend": backend, "clients": clients, "op": op}
+                cpu_local = _cpu_per_token(results, transport="in-process", **where)
+                cpu_remote = _cpu_per_token(results, transport="grpc", **where)
+                # the transport's extra CPU per token as a share of the in-process wall
+                # time per token: what it costs when the machine's cores are all busy
+                out[f"grpc_cpu_share_{backend}_{op}_{clients}"] = (
+                    (cpu_remote - cpu_local) * local / 1000 if local else 0.0
+                )
     return out
 
 
@@ -288,13 +360,16 @@ def _markdown(
         f"LLM throughput ({profile} zoo LLM; {count} samples x {PATHS} paths, "
         f"max_tokens {tokens}; path cache off; best of the repeats)",
         "",
-        "| backend | transport | clients | op | tokens | seconds | tokens/s |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| backend | transport | clients | op | tokens | seconds | tokens/s | every run tok/s "
+        "| CPU s bench / server / engine | CPU ms/token outside the engine |",
+        "|---|---|---:|---|---:|---:|---:|---|---|---:|",
     ]
     for m in results:
+        cpu = " / ".join(f"{m.cpu_s.get(k, 0.0):.2f}" for k in ("bench", "server", "engine"))
         lines.append(
             f"| {m.backend} | {m.transport} | {m.clients} | {m.op} | {m.tokens} | "
-            f"{m.seconds:.2f} | {m.tokens_per_s:.1f} |"
+            f"{m.seconds:.2f} | {m.tokens_per_s:.1f} | {', '.join(f'{r:.0f}' for r in m.rates)} "
+            f"| {cpu} | {m.cpu_ms_per_token:.3f} |"
         )
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in summary.items()]

@@ -1,78 +1,103 @@
-"""`lada bench load`: many simulated agents (no models) against one real allocator process.
+"""`lada bench load`: simulated agents (no models) against one real allocator process.
 
-Each simulated agent registers, follows rounds by heartbeat, takes its allocation and
-streams synthetic statistics; the run reports p50/p99 latency per RPC, errors, and checks
-that every statistic sent is in Redis exactly once.
+The generator is multi-process asyncio: `workers` spawned processes each run their share of
+the agents as grpc.aio coroutines, one channel (its own TCP connection) per agent. Every
+simulated agent does on the wire what slm_agent.agent does: RegisterAgent with its own
+enrollment secret, Heartbeat every `heartbeat_interval_s` (phase-shifted at random), follow
+WatchRounds, GetAllocation when its round is ALLOCATED, "train" for a random while, then
+stream its statistics (ReportStats, 32 samples per message). Latency is measured per RPC in
+the clients; each worker also reports its own CPU use (user+sys over wall, and the busiest
+second), so a saturated generator is visible instead of showing up as server latency. At the
+end every statistic sent is compared with what Redis holds (through StateStore), exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import multiprocessing
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import psutil
 import yaml
 
 from lada.bench import write_result
+from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES
 from lada.healthcheck import check
 from lada.redis_conn import connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import load_dataset, pool_fingerprint
-from lada.v1 import allocator_pb2
+from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
 
 POOL = "synthetic:domains=all,n=4000,seed=21"
+STATS_PER_MESSAGE = 32  # as slm_agent.clients sends them
+TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+RETRIES = 3
+BUSY_FLAG = 0.8  # a worker busier than this may be the bottleneck itself
+WORK_PHASES = {common_pb2.ROUND_PHASE_ALLOCATED, common_pb2.ROUND_PHASE_TRAINING}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """One load scenario; the defaults are a real agent's (5 s heartbeat)."""
+
+    agents: int
+    rounds: int
+    workers: int = 4
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    train_s: float = 2.0  # each agent "trains" uniform(0, train_s) between fetch and report
+    # 0: fetch the allocation as soon as ALLOCATED arrives, as slm_agent does (every agent at
+    # once); > 0: after uniform(0, fetch_spread_s), like agents that learn of the round by
+    # polling (the issue's probe: 1-s heartbeats).
+    fetch_spread_s: float = 0.0
+    ramp_s: float = -1.0  # registrations spread over this long; < 0: agents / 200 seconds
+    capacity: int = 16
+    round_deadline_s: float = 120.0
+    rpc_timeout_s: float = 30.0
+
+    @property
+    def ramp(self) -> float:
+        return self.ramp_s if self.ramp_s >= 0 else self.agents / 200.0
+
+    @property
+    def run_limit_s(self) -> float:
+        """A bound on the whole run, so a stuck allocator fails the bench instead of hanging."""
+        return 120.0 + self.ramp + self.rounds * (30.0 + self.train_s + self.agents / 50.0)
 
 
 @dataclass
-class LoadResult:
-    agents: int
-    rounds: int
+class WorkerSpec:
+    address: str
+    run_id: str
+    fingerprint: str
+    indices: list[int]
+    plan: LoadPlan
+
+
+@dataclass
+class WorkerResult:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    sent: dict[tuple[str, int], int] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def timed(self, rpc: str, call: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            with self.lock:
-                self.errors[f"{rpc}:{exc.code().name}"] += 1
-            raise
-        finally:
-            with self.lock:
-                self.latencies[rpc].append(time.perf_counter() - started)
-
-    def summary(self) -> dict[str, Any]:
-        per_rpc = {
-            rpc: {
-                "calls": len(values),
-                "p50_ms": round(float(np.percentile(values, 50)) * 1000, 2),
-                "p99_ms": round(float(np.percentile(values, 99)) * 1000, 2),
-            }
-            for rpc, values in sorted(self.latencies.items())
-        }
-        return {
-            "agents": self.agents,
-            "rounds": self.rounds,
-            "wall_seconds": round(self.wall_seconds, 1),
-            "rpcs": per_rpc,
-            "errors": dict(self.errors),
-            "stats_sent": sum(self.sent.values()),
-        }
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: dict[tuple[str, int], tuple[int, str]] = field(default_factory=dict)
+    duplicates: int = 0
+    agent_ids: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def synthetic_stats(sample_ids: list[str], rng: random.Random) -> list[allocator_pb2.SampleStats]:
@@ -102,43 +127,234 @@ def synthetic_stats(sample_ids: list[str], rng: random.Random) -> list[allocator
     return out
 
 
-def simulated_agent(
-    address: str, index: int, fingerprint: str, result: LoadResult, deadline: float
+def stats_digest(stats: dict[str, bytes]) -> str:
+    """Order-free digest of one (agent, round)'s statistics as stored: sample_id -> bytes."""
+    digest = hashlib.sha256()
+    for sample_id in sorted(stats):
+        digest.update(sample_id.encode() + b"\0" + stats[sample_id] + b"\0")
+    return digest.hexdigest()
+
+
+# ---- one worker process --------------------------------------------------------------------
+class _Recorder:
+    """Per-RPC latencies and errors of one worker, measured around each client call."""
+
+    def __init__(self, result: WorkerResult) -> None:
+        self.result = result
+
+    async def call(self, rpc: str, make: Callable[[], Awaitable[T]]) -> T:
+        """One RPC, retried on transient codes as slm_agent.ports.with_retries does."""
+        for attempt in range(RETRIES + 1):
+            started = time.perf_counter()
+            try:
+                reply = await make()
+            except grpc.aio.AioRpcError as exc:
+                self.result.errors[f"{rpc}:{exc.code().name}"] += 1
+                if exc.code().name not in TRANSIENT or attempt == RETRIES:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+                continue
+            self.result.latencies[rpc].append(time.perf_counter() - started)
+            return reply
+        raise AssertionError("unreachable")
+
+
+async def _heartbeats(
+    stub: allocator_pb2_grpc.AllocatorStub,
+    agent_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    plan: LoadPlan,
+    rec: _Recorder,
+    rng: random.Random,
 ) -> None:
-    from allocator.client import AgentClient
-
-    rng = random.Random(index)
-    with AgentClient(address) as client:
-        result.timed("RegisterAgent", lambda: client.register(f"load-{index}", 16, fingerprint))
-        for round_number in range(1, result.rounds + 1):
-            while time.monotonic() < deadline:
-                beat = result.timed("Heartbeat", client.heartbeat)
-                if beat.current_round >= round_number and beat.phase in (2, 3):
-                    break
-                time.sleep(0.2)
-            allocation = result.timed(
-                "GetAllocation", lambda r=round_number: client.get_allocation(r)
+    """Heartbeat at the plan's interval, phase-shifted so agents do not beat in lockstep."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(rng.uniform(0, plan.heartbeat_interval_s))
+    request = allocator_pb2.HeartbeatRequest(agent_id=agent_id)
+    while True:
+        started = loop.time()
+        with contextlib.suppress(grpc.aio.AioRpcError):  # counted; a real agent beats on
+            await rec.call(
+                "Heartbeat",
+                lambda: stub.Heartbeat(request, metadata=metadata, timeout=plan.rpc_timeout_s),
             )
-            ids = [s.sample_id for s in allocation.samples]
-            stats = synthetic_stats(ids, rng)
-            result.timed("ReportStats", lambda r=round_number, s=stats: client.report_stats(r, s))
-            with result.lock:
-                result.sent[(client.agent_id, round_number)] = len(ids)
+        await asyncio.sleep(max(0.0, plan.heartbeat_interval_s - (loop.time() - started)))
 
 
-def verify_exactly_once(store: StateStore, result: LoadResult) -> dict[str, int]:
-    """Compare what each agent sent per round with what Redis holds."""
-    missing = extra = 0
-    for (agent_id, round_number), count in result.sent.items():
-        held = len(store.get_stats(round_number, agent_id))
-        missing += max(0, count - held)
-        extra += max(0, held - count)
-    return {"missing": missing, "extra": extra}
+async def _work_round(
+    stub: allocator_pb2_grpc.AllocatorStub,
+    agent_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    round_number: int,
+    plan: LoadPlan,
+    rec: _Recorder,
+    rng: random.Random,
+) -> None:
+    """Fetch the allocation, train (sleep), stream the statistics; record what was sent."""
+    timeout = plan.rpc_timeout_s
+    request = allocator_pb2.GetAllocationRequest(agent_id=agent_id, round=round_number)
+    allocation = await rec.call(
+        "GetAllocation", lambda: stub.GetAllocation(request, metadata=metadata, timeout=timeout)
+    )
+    stats = synthetic_stats([s.sample_id for s in allocation.samples], rng)
+    await asyncio.sleep(rng.uniform(0, plan.train_s))
+    messages = [
+        allocator_pb2.ReportStatsRequest(
+            agent_id=agent_id, round=round_number, stats=stats[i : i + STATS_PER_MESSAGE]
+        )
+        for i in range(0, max(len(stats), 1), STATS_PER_MESSAGE)
+    ]
+    reply = await rec.call(
+        "ReportStats",
+        lambda: stub.ReportStats(iter(messages), metadata=metadata, timeout=timeout),
+    )
+    rec.result.duplicates += reply.duplicates
+    payload = {s.sample_id: s.SerializeToString() for s in stats}
+    rec.result.sent[(agent_id, round_number)] = (len(payload), stats_digest(payload))
 
 
+async def _agent(index: int, spec: WorkerSpec, rec: _Recorder) -> None:
+    """One simulated agent from registration to the end of the run."""
+    plan = spec.plan
+    rng = random.Random(index)
+    await asyncio.sleep(rng.uniform(0, plan.ramp))
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),  # its own connection, as a separate agent has
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
+        stub = allocator_pb2_grpc.AllocatorStub(channel)
+        register = allocator_pb2.RegisterAgentRequest(
+            name=f"load-{index:05d}",
+            model_description="simulated",
+            capacity=plan.capacity,
+            pool_fingerprint=spec.fingerprint,
+            enrollment_secret=f"load-secret-{spec.run_id}-{index:05d}",
+        )
+        registered = await rec.call(
+            "RegisterAgent", lambda: stub.RegisterAgent(register, timeout=plan.rpc_timeout_s)
+        )
+        agent_id = registered.agent_id
+        rec.result.agent_ids.append(agent_id)
+        metadata = (("authorization", f"Bearer {registered.token}"),)
+        beating = asyncio.create_task(_heartbeats(stub, agent_id, metadata, plan, rec, rng))
+        try:
+            await _follow_rounds(stub, agent_id, metadata, registered.first_round, spec, rec, rng)
+        finally:
+            beating.cancel()
+
+
+async def _follow_rounds(
+    stub: allocator_pb2_grpc.AllocatorStub,
+    agent_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    first_round: int,
+    spec: WorkerSpec,
+    rec: _Recorder,
+    rng: random.Random,
+) -> None:
+    """Consume WatchRounds, working each round once; resubscribe when the stream breaks."""
+    plan = spec.plan
+    done: set[int] = set()
+    for _attempt in range(RETRIES + 1):
+        from_round = max([first_round, *(r + 1 for r in done)])
+        watch = stub.WatchRounds(
+            allocator_pb2.WatchRoundsRequest(agent_id=agent_id, from_round=from_round),
+            metadata=metadata,
+            timeout=plan.run_limit_s,
+        )
+        events: asyncio.Queue[allocator_pb2.RoundEvent | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read_events(watch, events, rec))
+        try:
+            while (event := await events.get()) is not None:
+                fresh = event.round >= first_round and event.round not in done
+                if event.phase in WORK_PHASES and fresh:
+                    done.add(event.round)
+                    await asyncio.sleep(rng.uniform(0, plan.fetch_spread_s))
+                    await _work_round(stub, agent_id, metadata, event.round, plan, rec, rng)
+                if event.run_finished:
+                    return
+            await reader  # the stream ended early: raise its error, if any
+            return
+        except grpc.aio.AioRpcError as exc:
+            rec.result.errors[f"WatchRounds:{exc.code().name}"] += 1
+            if exc.code().name not in TRANSIENT and exc.code().name != "CANCELLED":
+                raise
+            await asyncio.sleep(1.0)
+        finally:
+            reader.cancel()
+            watch.cancel()
+    raise RuntimeError(f"{agent_id}: round stream lost {RETRIES + 1} times")
+
+
+async def _read_events(
+    watch: Any, events: asyncio.Queue[allocator_pb2.RoundEvent | None], rec: _Recorder
+) -> None:
+    """Take events off the stream as they arrive (the agent may be busy working a round), so
+    the lag measured is the allocator's: receipt time minus the event's timestamp."""
+    try:
+        async for event in watch:
+            lag = time.time() - event.timestamp_unix_ms / 1000.0
+            rec.result.latencies["WatchRounds (event lag)"].append(max(lag, 0.0))
+            await events.put(event)
+    finally:
+        await events.put(None)
+
+
+async def _sample_cpu(samples: list[float], period_s: float = 1.0) -> None:
+    """This process's busy fraction (all threads, user+sys) over each period."""
+    last_cpu, last_wall = _cpu_seconds(), time.perf_counter()
+    while True:
+        await asyncio.sleep(period_s)
+        cpu, wall = _cpu_seconds(), time.perf_counter()
+        samples.append((cpu - last_cpu) / (wall - last_wall))
+        last_cpu, last_wall = cpu, wall
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _worker(spec: WorkerSpec) -> WorkerResult:
+    result = WorkerResult()
+    rec = _Recorder(result)
+    samples: list[float] = []
+    sampler = asyncio.create_task(_sample_cpu(samples))
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    agents = [asyncio.create_task(_agent(i, spec, rec)) for i in spec.indices]
+    finished, stuck = await asyncio.wait(agents, timeout=spec.plan.run_limit_s)
+    for task in stuck:
+        task.cancel()
+    await asyncio.gather(*stuck, return_exceptions=True)
+    sampler.cancel()
+    wall = time.perf_counter() - wall0
+    result.failures = [repr(t.exception()) for t in finished if t.exception() is not None]
+    result.failures += [f"still running after {spec.plan.run_limit_s:.0f} s"] * len(stuck)
+    result.cpu = {
+        "cpu_s": round(_cpu_seconds() - cpu0, 2),
+        "wall_s": round(wall, 2),
+        "busy_mean": round((_cpu_seconds() - cpu0) / wall, 3),
+        "busy_max_1s": round(max(samples, default=0.0), 3),
+    }
+    return result
+
+
+def worker_main(spec: WorkerSpec) -> WorkerResult:
+    """Entry point of one generator process."""
+    return asyncio.run(_worker(spec))
+
+
+# ---- the allocator process -------------------------------------------------------------------
 def start_allocator(
-    workdir: Path, redis_url: str, run_id: str, agents: int, rounds: int
+    workdir: Path, redis_url: str, run_id: str, plan: LoadPlan
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`lada allocator serve` in its own process, open enrollment, waiting for every agent.
+
+    WatchRounds holds a server thread per subscriber in the threaded gRPC server, so the pool
+    gets one thread per agent plus headroom for the unary calls.
+    """
     from lada.cluster import free_port
 
     port = free_port()
@@ -150,30 +366,26 @@ def start_allocator(
                     "run_id": run_id,
                     "public_pool": POOL,
                     "policy": "lada",
-                    "rounds": rounds,
-                    "min_agents": agents,
-                    "round_deadline_s": 120.0,
+                    "rounds": plan.rounds,
+                    "min_agents": plan.agents,
+                    "round_deadline_s": plan.round_deadline_s,
                     "open_enrollment": True,  # simulated agents each bring their own secret
                     "redis_url": redis_url,
                     "lada": {"num_clusters": 16},
-                    "server": {"metrics_port": -1, "max_workers": 64, "log_level": "WARNING"},
+                    "settings": {"heartbeat_interval_s": plan.heartbeat_interval_s},
+                    "server": {
+                        "metrics_port": -1,
+                        "max_workers": plan.agents + 64,
+                        "log_level": "WARNING",
+                    },
                 }
             }
         )
     )
     log = open(workdir / "allocator.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lada.cli",
-            "allocator",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "lada.cli", "allocator", "serve", "--config", str(config)]
+        + ["--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -188,63 +400,238 @@ def start_allocator(
     raise RuntimeError(f"allocator did not start: {(workdir / 'allocator.log').read_text()}")
 
 
-def run_load(agents: int, rounds: int, redis_url: str = "") -> tuple[LoadResult, dict[str, int]]:
-    """Run the load and return the latency result plus the exactly-once check."""
+def _redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def verify_exactly_once(
+    store: StateStore, agent_ids: list[str], rounds: int, sent: dict[tuple[str, int], Any]
+) -> dict[str, int]:
+    """Every (agent, round) in Redis against what the agent sent: missing, extra, altered.
+
+    Every round of every agent is read, so statistics nobody sent count as extra too.
+    """
+    missing = extra = altered = 0
+    for agent_id in agent_ids:
+        for r in range(1, rounds + 1):
+            held = store.get_stats(r, agent_id)
+            count, digest = sent.get((agent_id, r), (0, ""))
+            missing += max(0, count - len(held))
+            extra += max(0, len(held) - count)
+            if count and len(held) == count and stats_digest(held) != digest:
+                altered += 1
+    return {"missing": missing, "extra": extra, "altered": altered}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    data = np.asarray(values) * 1000.0
+    return {
+        "calls": int(data.size),
+        "p50_ms": round(float(np.percentile(data, 50)), 2),
+        "p99_ms": round(float(np.percentile(data, 99)), 2),
+        "max_ms": round(float(data.max()), 2),
+    }
+
+
+def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
+    """Run one scenario and return its summary (latencies, errors, CPU, exactly-once)."""
     fingerprint = pool_fingerprint(load_dataset(POOL))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(os.environ.get("LADA_LOAD_WORKDIR") or tmp)
         handle = connect(redis_url) if redis_url else start_embedded(workdir / "load.rdb")
         run_id = f"load-{os.getpid()}-{int(time.time())}"
-        proc, address = start_allocator(workdir, handle.url, run_id, agents, rounds)
-        result = LoadResult(agents, rounds)
-        started = time.monotonic()
+        proc, address = start_allocator(workdir, handle.url, run_id, plan)
+        workers = max(1, min(plan.workers, plan.agents))
+        specs = [
+            WorkerSpec(address, run_id, fingerprint, list(range(w, plan.agents, workers)), plan)
+            for w in range(workers)
+        ]
         try:
-            with ThreadPoolExecutor(max_workers=agents) as pool:
-                futures = [
-                    pool.submit(
-                        simulated_agent, address, i, fingerprint, result, started + 60 * rounds
-                    )
-                    for i in range(agents)
-                ]
-                failures = [f.exception() for f in futures if f.exception() is not None]
-            if failures:
-                raise RuntimeError(
-                    f"{len(failures)} simulated agents failed; first: "
-                    f"{failures[0]!r}; errors by RPC: {dict(result.errors)}"
-                )
-            result.wall_seconds = time.monotonic() - started
+            allocator_ps = psutil.Process(proc.pid)
+            load_before = os.getloadavg()
+            machine0 = psutil.cpu_times()
+            alloc0, redis0 = allocator_ps.cpu_times(), _redis_cpu(handle.client)
+            started = time.perf_counter()
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                results = pool.map(worker_main, specs)
+            wall = time.perf_counter() - started
+            alloc1, redis1 = allocator_ps.cpu_times(), _redis_cpu(handle.client)
+            machine1 = psutil.cpu_times()
+            load_after = os.getloadavg()
+            sent = {k: v for r in results for k, v in r.sent.items()}
+            agent_ids = [a for r in results for a in r.agent_ids]
             store = StateStore(handle.client, run_id)
-            check_result = verify_exactly_once(store, result)
+            exactly_once = verify_exactly_once(store, agent_ids, plan.rounds, sent)
             store.wipe()
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
             if not redis_url:
                 shutdown_embedded(handle)
-    return result, check_result
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: Counter[str] = Counter()
+    for r in results:
+        for rpc, values in r.latencies.items():
+            latencies[rpc].extend(values)
+        errors.update(r.errors)
+    unary = sum(len(v) for k, v in latencies.items() if not k.startswith("WatchRounds"))
+    alloc_cpu = (alloc1.user + alloc1.system) - (alloc0.user + alloc0.system)
+    machine_busy = _busy(machine0, machine1)
+    worker_cpu = [r.cpu for r in results]
+    return {
+        "plan": asdict(plan),
+        "wall_seconds": round(wall, 1),
+        "throughput_rpc_per_s": round(unary / wall, 1),
+        "rpcs": {rpc: _percentiles(v) for rpc, v in sorted(latencies.items())},
+        "errors": dict(sorted(errors.items())),
+        "failed_agents": [f for r in results for f in r.failures][:10],
+        "agents_registered": len(agent_ids),
+        "agent_rounds_reported": len(sent),
+        "stats_sent": sum(count for count, _ in sent.values()),
+        "duplicates_reported_by_server": sum(r.duplicates for r in results),
+        "exactly_once": exactly_once,
+        "cpu": {
+            "generator_workers": worker_cpu,
+            "generator_saturated": any(c["busy_mean"] > BUSY_FLAG for c in worker_cpu),
+            "allocator_busy": round(alloc_cpu / wall, 3),
+            "redis_busy": round((redis1 - redis0) / wall, 3),
+            "machine_busy": round(machine_busy, 3),
+            "cores": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+        },
+    }
 
 
-def render(summary: dict[str, Any], exactly_once: dict[str, int]) -> str:
+def _busy(before: Any, after: Any) -> float:
+    """Share of the machine's CPU time (all cores) that was not idle between two samples."""
+    idle = (after.idle + getattr(after, "iowait", 0)) - (before.idle + getattr(before, "iowait", 0))
+    total = sum(after) - sum(before)
+    return 1.0 - idle / total if total else 0.0
+
+
+# ---- reports -------------------------------------------------------------------------------
+TARGETS = {  # (agents, rpc) -> p99 ms, from issue 16
+    (200, "GetAllocation"): 20.0,
+    (200, "Heartbeat"): 10.0,
+    (1000, "GetAllocation"): 50.0,
+}
+
+
+def targets_met(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets that apply to this scenario, each with its measured value."""
+    agents = summary["plan"]["agents"]
+    out = []
+    for (n, rpc), limit in TARGETS.items():
+        if n == agents and rpc in summary["rpcs"]:
+            p99 = summary["rpcs"][rpc]["p99_ms"]
+            out.append({"what": f"{rpc} p99 <= {limit:g} ms", "value": p99, "met": p99 <= limit})
+    if agents >= 1000:
+        clean = not summary["errors"] and not any(summary["exactly_once"].values())
+        out.append({"what": "zero errors, zero lost/duplicated stats", "value": "", "met": clean})
+    return out
+
+
+def render(summary: dict[str, Any]) -> str:
+    plan, cpu = summary["plan"], summary["cpu"]
+    eo = summary["exactly_once"]
+    workers = ", ".join(
+        f"{c['busy_mean']:.0%} (busiest second {c['busy_max_1s']:.0%})"
+        for c in cpu["generator_workers"]
+    )
     lines = [
-        f"# Load: {summary['agents']} simulated agents x {summary['rounds']} rounds",
+        f"## {plan['agents']} agents x {plan['rounds']} rounds, heartbeat every "
+        f"{plan['heartbeat_interval_s']:g} s",
         "",
-        f"wall time {summary['wall_seconds']} s, statistics sent {summary['stats_sent']}, "
-        f"missing in Redis {exactly_once['missing']}, extra {exactly_once['extra']}, "
-        f"errors {summary['errors'] or 'none'}",
+        f"- {len(cpu['generator_workers'])} generator processes; allocation fetched "
+        + (
+            f"uniform(0, {plan['fetch_spread_s']:g}) s after ALLOCATED"
+            if plan["fetch_spread_s"]
+            else "as soon as ALLOCATED arrives (all agents at once)"
+        )
+        + f"; training sleep uniform(0, {plan['train_s']:g}) s; registrations spread over "
+        f"{plan['ramp_s'] if plan['ramp_s'] >= 0 else plan['agents'] / 200:g} s",
+        f"- wall {summary['wall_seconds']} s, {summary['throughput_rpc_per_s']} unary RPCs/s",
+        f"- statistics sent {summary['stats_sent']} in {summary['agent_rounds_reported']} "
+        f"reports: missing in Redis {eo['missing']}, extra {eo['extra']}, altered "
+        f"{eo['altered']}; duplicates counted by the allocator "
+        f"{summary['duplicates_reported_by_server']}",
+        f"- errors: {summary['errors'] or 'none'}"
+        + (f"; failed agents: {summary['failed_agents']}" if summary["failed_agents"] else ""),
+        f"- CPU (share of one core): generator workers {workers}; allocator "
+        f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
+        f"{cpu['machine_busy']:.0%} of {cpu['cores']} cores busy; load average "
+        f"{cpu['loadavg_before'][0]} before, {cpu['loadavg_after'][0]} after"
+        + ("; **a generator worker was over 80% busy**" if cpu["generator_saturated"] else ""),
         "",
-        "| RPC | calls | p50 ms | p99 ms |",
-        "|---|---|---|---|",
+        "| RPC | calls | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
     ]
     for rpc, row in summary["rpcs"].items():
-        lines.append(f"| {rpc} | {row['calls']} | {row['p50_ms']} | {row['p99_ms']} |")
+        lines.append(
+            f"| {rpc} | {row['calls']} | {row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} |"
+        )
+    checks = targets_met(summary)
+    if checks:
+        lines += ["", "| target | measured | met |", "|---|---:|---|"]
+        lines += [
+            f"| {c['what']} | {c['value']} | {'yes' if c['met'] else '**no**'} |" for c in checks
+        ]
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, quick: bool = False) -> None:
-    agents, rounds = (20, 2) if quick else (200, 10)
-    result, exactly_once = run_load(agents, rounds, os.environ.get("REDIS_URL", ""))
-    summary = result.summary()
-    write_result(
-        out_dir, "load", {**summary, "exactly_once": exactly_once}, render(summary, exactly_once)
-    )
-    print(render(summary, exactly_once))
+INTRO = """# Load: simulated agents against one allocator process
+
+`lada bench load` (lada/bench/load.py). The allocator runs as its own `lada allocator serve`
+process on a real Redis; the agents are simulated by a multi-process asyncio generator
+(grpc.aio), one channel and TCP connection per agent. Each agent does what slm_agent does on
+the wire: RegisterAgent with its own enrollment secret (open enrollment), Heartbeat every
+interval (phase-shifted at random), WatchRounds, GetAllocation when its round is ALLOCATED,
+a random "training" sleep, then ReportStats as a client stream of 32 samples per message.
+Latencies are measured in the clients around each call; "WatchRounds (event lag)" is the
+receipt time of each round event minus the event's timestamp. CPU is user+sys over wall
+time (1.0 = one core busy): per generator process (with its busiest second), the allocator
+process, Redis (INFO cpu) and the whole machine. At the end every (agent, round) in Redis is
+compared with what the agent sent (StateStore.get_stats): missing, extra, altered.
+`--agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s` run one
+custom scenario; `--quick` is the CI form (tests/test_load.py).
+
+"""
+
+
+def scenarios(quick: bool) -> list[LoadPlan]:
+    """The short form (CI) and the full form (docs/bench/load.md)."""
+    if quick:
+        return [LoadPlan(agents=8, rounds=2, workers=2, heartbeat_interval_s=1.0, train_s=0.2)]
+    return [
+        LoadPlan(agents=200, rounds=10),
+        LoadPlan(agents=200, rounds=10, heartbeat_interval_s=1.0, fetch_spread_s=1.0),
+        LoadPlan(agents=1000, rounds=10),
+        LoadPlan(agents=1000, rounds=10, fetch_spread_s=1.0),
+    ]
+
+
+def run(out_dir: Path, quick: bool = False, plans: list[LoadPlan] | None = None) -> None:
+    """Run the scenarios and write load.json + load.md under out_dir."""
+    redis_url = os.environ.get("REDIS_URL", "")
+    summaries = []
+    for plan in plans or scenarios(quick):
+        summary = run_load(plan, redis_url)
+        summaries.append(summary)
+        print(render(summary), flush=True)
+    body = INTRO + "\n".join(render(s) for s in summaries)
+    write_result(out_dir, "load", {"scenarios": summaries}, body)
+
+
+def plan_from_options(quick: bool, **options: Any) -> list[LoadPlan] | None:
+    """`lada bench load --agents N ...`: one custom scenario; None keeps the standard ones."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return None
+    base = scenarios(quick)[0] if quick else LoadPlan(agents=200, rounds=10)
+    return [replace(base, **given)]
