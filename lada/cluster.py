@@ -559,6 +559,19 @@ def add_offline_metrics(
     }
 
 
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Warnings only from logger `name` meanwhile: the in-process baseline run would print
+    every agent's and the LLM's INFO lines into the console of `lada up`."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def add_baseline_metrics(
     metrics: dict[str, Any],
     config: ClusterConfig,
@@ -576,7 +589,7 @@ def add_baseline_metrics(
     base = dataclasses.replace(config, policy=config.baseline_policy)
     base_dir = workdir / "baseline"
     print(f"baseline: the same federation under policy `{base.policy}` (simulated) ...")
-    with redis_for_cluster(base_dir) as handle:
+    with redis_for_cluster(base_dir) as handle, _quiet("lada"):
         run = simulate(base, base_dir, handle, models)
     test_spec = write_jsonl(test_problems(data), base_dir / "test-all.jsonl")
     after = evaluate_agents(config.agents, base_dir, models, test_spec, trained=True)
