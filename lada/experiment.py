@@ -162,11 +162,27 @@ def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
     measured = [r["llm_accuracy"] for r in runs if r.get("llm_accuracy")]
     if not measured:
         return {}
-    return {
+    columns = {
         "llm_before": float(np.mean([a["base"] for a in measured])),
         "llm_after": float(np.mean([list(a.values())[-1] for a in measured])),
         "llm_absorbed": float(np.mean([r.get("llm_absorbed", 0) for r in runs])),
     }
+    by_domain = [r["llm_accuracy_by_domain"] for r in runs if r.get("llm_accuracy_by_domain")]
+    if by_domain:
+        for group, wanted in (("client", True), ("public", False)):
+            for when, pick in (("before", 0), ("after", -1)):
+                columns[f"llm_{group}_{when}"] = float(
+                    np.mean([_domain_mean(list(v.values())[pick], wanted) for v in by_domain])
+                )
+    return columns
+
+
+def _domain_mean(accuracy: dict[str, float], client_only: bool) -> float:
+    """Mean accuracy over the client-only domains (or over the public ones)."""
+    from lada.tasks import CLIENT_DOMAINS
+
+    values = [a for d, a in accuracy.items() if d != "all" and (d in CLIENT_DOMAINS) == client_only]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def interval95(values: list[float]) -> tuple[float, float]:
@@ -268,9 +284,16 @@ def _diff(row: dict[str, Any], key: str) -> str:
 
 
 def llm_cell(row: dict[str, Any]) -> str:
+    """All domains before -> after (samples absorbed); then client-only and public apart."""
     if "llm_before" not in row:
         return "-"
-    return f"{row['llm_before']:.3f} -> {row['llm_after']:.3f} ({row['llm_absorbed']:.1f})"
+    cell = f"{row['llm_before']:.3f} -> {row['llm_after']:.3f} ({row['llm_absorbed']:.1f})"
+    if "llm_client_before" in row:
+        cell += (
+            f"; client-only {row['llm_client_before']:.3f} -> {row['llm_client_after']:.3f}, "
+            f"public {row['llm_public_before']:.3f} -> {row['llm_public_after']:.3f}"
+        )
+    return cell
 
 
 class SweepError(RuntimeError):

@@ -207,3 +207,18 @@ def test_each_method_is_compared_with_random_seed_by_seed() -> None:
     assert lada["own_mean"] == pytest.approx(0.55)
     row = next(line for line in render_table(summarise(runs)).splitlines() if "lada+sft" in line)
     assert "| +5.0 ± 2.5 | +2.3 ± 1.4 |" in row
+
+
+def test_the_llm_cell_separates_the_client_only_domain_from_the_public_ones() -> None:
+    run = _run("lada+sft", 0, 0.5, 0.2)
+    run["llm_accuracy"] = {"base": 0.70, "v2": 0.66}
+    run["llm_accuracy_by_domain"] = {
+        "base": {"all": 0.70, "purchases": 0.96, "rates": 0.94, "units": 0.02},
+        "v2": {"all": 0.66, "purchases": 0.90, "rates": 0.86, "units": 0.30},
+    }
+    (row,) = summarise([run])
+    assert row["llm_client_before"] == pytest.approx(0.02)
+    assert row["llm_client_after"] == pytest.approx(0.30)
+    assert row["llm_public_before"] == pytest.approx(0.95)
+    assert row["llm_public_after"] == pytest.approx(0.88)
+    assert "client-only 0.020 -> 0.300, public 0.950 -> 0.880" in render_table([row])
