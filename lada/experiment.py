@@ -283,6 +283,33 @@ def _diff(row: dict[str, Any], key: str) -> str:
     return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
 
 
+def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """One PNG per scenario: held-out own- and all-domain accuracy per method with 95%
+    intervals (accuracy is measured after the last round only, so no per-round curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for scenario in sorted({r["scenario"] for r in rows}):
+        mine = [r for r in rows if r["scenario"] == scenario]
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(mine)), 3.6))
+        xs = np.arange(len(mine))
+        for offset, key, label in ((-0.2, "own", "own domain"), (0.2, "all", "all domains")):
+            errors = [0.0 if math.isnan(r[f"{key}_ci"]) else r[f"{key}_ci"] for r in mine]
+            ax.bar(xs + offset, [r[f"{key}_mean"] for r in mine], 0.4, yerr=errors, label=label)
+        ax.set_xticks(xs, [r["method"] for r in mine], rotation=30, ha="right", fontsize=8)
+        ax.set(ylabel="held-out accuracy", title=f"{scenario}: mean over seeds, 95% interval")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"results-{scenario}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def llm_cell(row: dict[str, Any]) -> str:
     """All domains before -> after (samples absorbed); then client-only and public apart."""
     if "llm_before" not in row:
@@ -683,6 +710,7 @@ def run_experiment(
     (out / "results.json").write_text(json.dumps(outcome.runs, indent=2, default=str))
     rows = summarise(outcome.runs)
     (out / "results.md").write_text(render_table(rows))
+    write_plots(rows, out)
     print(render_table(rows))
     if outcome.failed:
         print(

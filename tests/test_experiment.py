@@ -99,6 +99,7 @@ def test_every_method_runs_once_per_seed(sweep: Path) -> None:
 def test_the_table_gives_mean_and_spread_over_seeds_and_the_llm_columns(sweep: Path) -> None:
     table = (sweep / "results.md").read_text()
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| S1")}
+    assert (sweep / "results-S1.png").stat().st_size > 0  # one plot per scenario
     assert set(rows) == {"lada+sft", "random+sft", "local-only"}
     assert all(" | 2 | " in row and " ± " in row for row in rows.values())
     assert all(" -> " in row for m, row in rows.items() if m != "local-only")  # LLM before -> after
