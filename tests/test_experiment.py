@@ -167,7 +167,8 @@ def test_a_sweep_killed_with_sigkill_loses_only_the_run_in_flight(
     assert "[1/2] S1 lada sft s0  acc own" in (tmp_path / "driver.log").read_text()
     outcome = resweep(sweep_base(sweep), tmp_path, ["lada", "random"], 1)
     assert (outcome.resumed, outcome.executed, outcome.failed) == (1, 1, 0)
-    assert [r["method"] for r in outcome.runs] == ["lada+sft", "random+sft"]
+    # the random run also measures the starting models (local-only)
+    assert [r["method"] for r in outcome.runs] == ["lada+sft", "random+sft", "local-only"]
 
 
 @pytest.mark.parametrize(
