@@ -723,7 +723,11 @@ def experiment_group() -> None:
 @click.option("--losses", default="sft,contrastive", help="Comma list of losses.")
 @click.option("--seeds", type=int, default=1, help="Seeds per combination.")
 @click.option(
-    "--profile", type=click.Choice(["micro", "demo"]), default="micro", help="Model zoo profile."
+    "--profile",
+    type=click.Choice(["micro", "demo"]),
+    default="demo",
+    show_default=True,
+    help="Model zoo profile (micro: seconds, for tests).",
 )
 @click.option(
     "--out",

@@ -149,7 +149,7 @@ def test_a_sweep_killed_with_sigkill_loses_only_the_run_in_flight(
 ) -> None:
     """The driver dies mid-sweep (one run done, one in flight); the rerun runs only one."""
     args = ["--config", str(sweep / "sweep.yaml"), "--policies", "lada,random", "--losses"]
-    args += ["sft", "--seeds", "1", "--workers", "1", "--out", str(tmp_path)]
+    args += ["sft", "--seeds", "1", "--workers", "1", "--profile", "micro", "--out", str(tmp_path)]
     log = (tmp_path / "driver.log").open("w+")
     driver = subprocess.Popen(
         [sys.executable, "-m", "lada.cli", "experiment", "run", *args],
