@@ -77,6 +77,16 @@ def request_for(core: AllocatorCore, r: int) -> AllocationRequest:
     return driver.allocation_request(r, core.store.active_agents(r))
 
 
+def after_one_paying_round(
+    store: StateStore, problems: list[Problem]
+) -> tuple[AllocatorCore, str, AllocationRequest]:
+    """One agent played round 1 on the paying-cluster reward; the request of round 2."""
+    core = eenet_core(store, problems)
+    agent_id = join(core)
+    play(core, agent_id, 1, pays_on_one_cluster)
+    return core, agent_id, request_for(core, 2)
+
+
 def test_eenet_is_registered_by_name() -> None:
     assert isinstance(make_policy("eenet"), EENetPolicy)
 
@@ -163,10 +173,7 @@ def test_domain_tags_must_cover_the_pool(store: StateStore, problems: list[Probl
 
 
 def test_no_agents_means_no_allocation(store: StateStore, problems: list[Problem]) -> None:
-    core = eenet_core(store, problems)
-    agent_id = join(core)
-    play(core, agent_id, 1, pays_on_one_cluster)
-    request = request_for(core, 2)
+    core, agent_id, request = after_one_paying_round(store, problems)
     request.agents = []
     assert core.policy.allocate(request) == {}
 
@@ -174,10 +181,7 @@ def test_no_agents_means_no_allocation(store: StateStore, problems: list[Problem
 def test_budgets_are_capped_by_what_is_learnable_and_never_repeat_a_sample(
     store: StateStore, problems: list[Problem]
 ) -> None:
-    core = eenet_core(store, problems)
-    agent_id = join(core)
-    play(core, agent_id, 1, pays_on_one_cluster)
-    request = request_for(core, 2)
+    core, agent_id, request = after_one_paying_round(store, problems)
     request.unlearnable[:40] = True
     request.agents[0].capacity = 10_000
     everything = core.policy.allocate(request)[agent_id]
@@ -189,10 +193,7 @@ def test_budgets_are_capped_by_what_is_learnable_and_never_repeat_a_sample(
 def test_samples_the_agent_already_solves_below_its_band_are_skipped(
     store: StateStore, problems: list[Problem]
 ) -> None:
-    core = eenet_core(store, problems)
-    agent_id = join(core)
-    play(core, agent_id, 1, pays_on_one_cluster)
-    request = request_for(core, 2)
+    core, agent_id, request = after_one_paying_round(store, problems)
     view = request.agents[0]
     view.known_gap = np.arange(len(view.known_idx), dtype=float)  # the lowest is below the band
     view.known_solved = np.ones(len(view.known_idx), bool)
