@@ -85,6 +85,12 @@ class RoundEventView:
     ts_ms: int
     finished: bool
     total_rounds: int = 0  # the run's length when the event is delivered
+    fetch_window_ms: int = 0  # ALLOCATED: agents spread their fetches over this long
+
+
+# A subscriber sleeps until an event or `wake()` (its RPC ended); this timeout is only a
+# safety net. Waking each watcher every second cost 1,000 thread wake-ups/s at 1,000 agents.
+IDLE_WAKE_S = 30.0
 
 
 class RoundEventFeed:
@@ -93,13 +99,21 @@ class RoundEventFeed:
     Each subscriber used to block in its own XREAD: one Redis connection per watching agent
     (redis-py's pool holds 100, so past ~90 agents every RPC failed with "Too many
     connections") and one wake-up per agent per `block_ms`. Now one thread reads the stream
-    and wakes the subscribers when it grows; it stops when the last subscriber leaves.
+    and wakes the subscribers when it grows or a watcher's RPC ends; it stops when the last
+    subscriber leaves.
     """
 
-    def __init__(self, store: StateStore, block_ms: int, total_rounds: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        block_ms: int,
+        total_rounds: Callable[[], int],
+        fetch_window_ms: Callable[[int], int],
+    ) -> None:
         self._store = store
         self._block_s = block_ms / 1000.0
         self._total_rounds = total_rounds
+        self._fetch_window_ms = fetch_window_ms
         self.total = 0  # the run's length, re-read by the reader at least every block_ms
         self._events: list[RoundEventView] = []
         self._after = "0-0"
@@ -119,8 +133,9 @@ class RoundEventFeed:
             seen = 0
             while not cancelled():
                 with self._changed:
-                    if seen >= len(self._events):
-                        self._changed.wait(self._block_s)
+                    # `cancelled` under the lock: a wake() just before the wait is not lost
+                    if seen >= len(self._events) and not cancelled():
+                        self._changed.wait(IDLE_WAKE_S)
                     fresh = self._events[seen:]
                 seen += len(fresh)
                 for event in fresh:
@@ -131,6 +146,17 @@ class RoundEventFeed:
         finally:
             with self._changed:
                 self._subscribers -= 1
+
+    @property
+    def reading(self) -> bool:
+        """Whether the reader thread runs (it stops a poll after the last subscriber left)."""
+        with self._changed:
+            return self._reader is not None
+
+    def wake(self) -> None:
+        """Wake every subscriber to re-check `cancelled` (a watcher's RPC just ended)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def _read(self) -> None:
         while True:
@@ -149,18 +175,27 @@ class RoundEventFeed:
                 continue
             if not entries:
                 continue
+            try:
+                fresh = [self._event(fields) for _, fields in entries]
+            except redis.RedisError:
+                log.exception("sizing the fetch window failed; retrying")
+                time.sleep(self._block_s)
+                continue
             with self._changed:
-                for entry_id, fields in entries:
-                    self._after = entry_id
-                    self._events.append(
-                        RoundEventView(
-                            int(fields["round"]),
-                            Phase(fields["phase"]),
-                            int(fields["ts_ms"]),
-                            fields.get("finished") == "1",
-                        )
-                    )
+                self._after = entries[-1][0]
+                self._events.extend(fresh)
                 self._changed.notify_all()
+
+    def _event(self, fields: dict[str, str]) -> RoundEventView:
+        round_number, phase = int(fields["round"]), Phase(fields["phase"])
+        window = self._fetch_window_ms(round_number) if phase is Phase.ALLOCATED else 0
+        return RoundEventView(
+            round_number,
+            phase,
+            int(fields["ts_ms"]),
+            fields.get("finished") == "1",
+            fetch_window_ms=window,
+        )
 
 
 _LOGPROB_FIELDS = (
@@ -187,7 +222,9 @@ class AllocatorCore:
         self.by_id = {p.id: p for p in self.problems}
         self.fingerprint = pool_fingerprint(self.problems)
         self.policy = make_policy(config.policy)
-        self._event_feed = RoundEventFeed(store, self.settings.watch_block_ms, self.total_rounds)
+        self._event_feed = RoundEventFeed(
+            store, self.settings.watch_block_ms, self.total_rounds, self.fetch_window_ms
+        )
         store.init_run(
             policy=config.policy,
             total_rounds=config.rounds,
@@ -420,10 +457,20 @@ class AllocatorCore:
         return outcome
 
     # ---- round events --------------------------------------------------------------------
+    def fetch_window_ms(self, round_number: int) -> int:
+        """How long agents should spread their fetches of a round's allocations over."""
+        per_agent = self.settings.fetch_window_ms_per_agent
+        window = round(self.store.participant_count(round_number) * per_agent)
+        return min(window, self.settings.max_fetch_window_ms)
+
     def watch(self, from_round: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
         """Round events from `from_round` (0: the current round) until the run finishes."""
         first = from_round or max(self.store.current_round(), 1)
         yield from self._event_feed.subscribe(first, cancelled)
+
+    def wake_watchers(self) -> None:
+        """Call when a watcher's RPC ends, so its subscription notices and lets go."""
+        self._event_feed.wake()
 
     # ---- operator queries ------------------------------------------------------------------
     def round_status(self, round_number: int) -> dict[str, Any]:

@@ -158,6 +158,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         self._agent(context, request.agent_id)
         if request.from_round < 0:
             raise InvalidArgument(f"from_round: must not be negative, got {request.from_round}")
+        context.add_callback(self.core.wake_watchers)
         for event in self.core.watch(request.from_round, lambda: not context.is_active()):
             yield allocator_pb2.RoundEvent(
                 round=event.round,
@@ -165,6 +166,7 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
                 timestamp_unix_ms=event.ts_ms,
                 total_rounds=event.total_rounds,
                 run_finished=event.finished,
+                fetch_window_ms=event.fetch_window_ms,
             )
 
     @refusals_to_status

@@ -794,7 +794,8 @@ def experiment_run(**kwargs: Any) -> None:
 @click.option(
     "--fetch-spread-s",
     type=click.FloatRange(0.0),
-    help="load: agents fetch their allocation uniform(0, S) s after ALLOCATED (default 0).",
+    help="load: agents fetch their allocation uniform(0, S) s after ALLOCATED, 0 at once "
+    "(default: within the event's fetch window, as real agents).",
 )
 def bench(what: str, out_dir: str, quick: bool, **load_options: Any) -> None:
     """Benchmarks: allocator speed, LLM throughput, load with simulated agents.

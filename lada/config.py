@@ -185,6 +185,11 @@ class AllocatorSettings:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S  # the agents' (AgentSettings)
     lost_after_missed_heartbeats: int = 3  # then LOST for the round; 0: no liveness check
     watch_block_ms: int = 1000
+    # ALLOCATED events ask agents to spread their GetAllocation over participants x this
+    # (capped): a burst of N fetches at once costs the last one N x ~1-2 ms of allocator CPU
+    # (docs/bench/load.md); agents train for minutes after it, so the spread costs nothing.
+    fetch_window_ms_per_agent: float = 4.0
+    max_fetch_window_ms: int = 10_000
     max_paths_per_sample: int = 64
     max_contribution_chars: int = 20_000
     max_contributions_per_agent_round: int = 256  # paths an agent may contribute per round

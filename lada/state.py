@@ -808,6 +808,10 @@ class StateStore:
     ) -> None:
         self.redis.hset(self.key("round", round_number, "agents"), agent_id, state.value)
 
+    def participant_count(self, round_number: int) -> int:
+        """How many agents take part in a round (any state)."""
+        return int(self.redis.hlen(self.key("round", round_number, "agents")))
+
     def agent_round_state(self, round_number: int, agent_id: str) -> AgentRoundState | None:
         value = _s(self.redis.hget(self.key("round", round_number, "agents"), agent_id))
         return AgentRoundState(value) if value else None

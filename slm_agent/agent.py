@@ -8,6 +8,7 @@ It talks to the allocator and the LLM service only through `AllocatorPort` / `LL
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import threading
 from collections import Counter
@@ -133,6 +134,7 @@ class Agent:
         self.current_round = 0
         self._stop = threading.Event()
         self._cluster_weights: np.ndarray | None = None
+        self._jitter = random.Random()  # unseeded: agents must not pick the same moment
 
     # ---- lifecycle -----------------------------------------------------------------
     def stop(self) -> None:
@@ -251,6 +253,8 @@ class Agent:
         )
         if event.round >= first and not done:
             if event.phase in WORK_PHASES:
+                if self._stop.wait(self._fetch_delay_s(event)):
+                    return True
                 self.work_round(event.round)
             elif event.phase in LATE_PHASES:
                 self._mark_skipped(
@@ -355,6 +359,11 @@ class Agent:
             "paths contributed",
             extra={"round": outcome.round, "accepted": accepted, "rejected": rejected},
         )
+
+    def _fetch_delay_s(self, event: RoundEventView) -> float:
+        """A random moment within the allocator's fetch window, so N agents do not all
+        fetch (and then ask the LLM service for paths) at the same instant."""
+        return self._jitter.uniform(0.0, event.fetch_window_ms / 1000.0)
 
     def _mark_skipped(self, round_number: int, why: str) -> None:
         skipped = self.progress.skipped()

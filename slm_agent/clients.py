@@ -156,6 +156,7 @@ class GrpcAllocator:
                     _phase_name(event.phase),
                     int(event.total_rounds),
                     event.run_finished,
+                    int(event.fetch_window_ms),
                 )
         except grpc.RpcError as exc:
             raise service_error(exc) from exc

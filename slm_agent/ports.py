@@ -85,6 +85,7 @@ class RoundEventView:
     phase: str  # OPEN | ALLOCATED | TRAINING | REPORTED | CLOSED
     total_rounds: int
     run_finished: bool
+    fetch_window_ms: int = 0  # ALLOCATED: fetch at a random moment within this many ms
 
 
 class AllocatorPort(Protocol):

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from allocator.client import AgentClient, phase_name
+from lada.config import AllocatorSettings
 from lada.redis_conn import RedisHandle
 from lada.v1 import allocator_pb2
 from tests.fixtures_allocator import (
@@ -119,6 +120,15 @@ def test_watch_streams_every_phase_then_run_finished(three_rounds: ThreeRounds) 
     assert seen[:-1] == [(r, p) for r in (1, 2, 3) for p in lifecycle]
     assert three_rounds.events[-1].run_finished
     assert all(e.total_rounds == 3 for e in three_rounds.events)
+
+
+def test_allocated_events_size_the_fetch_window_to_the_participants(
+    three_rounds: ThreeRounds,
+) -> None:
+    per_agent = AllocatorSettings().fetch_window_ms_per_agent  # 4 ms: 3 agents -> 12 ms
+    windows = {phase_name(e.phase): e.fetch_window_ms for e in three_rounds.events if e.round == 1}
+    assert windows["ALLOCATED"] == round(3 * per_agent) == 12
+    assert windows["OPEN"] == windows["TRAINING"] == windows["CLOSED"] == 0
 
 
 def test_status_shows_every_agent_reported(three_rounds: ThreeRounds) -> None:

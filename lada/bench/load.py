@@ -61,10 +61,9 @@ class LoadPlan:
     workers: int = 4
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     train_s: float = 2.0  # each agent "trains" uniform(0, train_s) between fetch and report
-    # 0: fetch the allocation as soon as ALLOCATED arrives, as slm_agent does (every agent at
-    # once); > 0: after uniform(0, fetch_spread_s), like agents that learn of the round by
-    # polling (the probe: 1-s heartbeats).
-    fetch_spread_s: float = 0.0
+    # None: fetch uniform(0, the event's fetch_window_ms) after ALLOCATED, as slm_agent does;
+    # 0: every agent at once, as soon as ALLOCATED arrives; > 0: uniform(0, fetch_spread_s).
+    fetch_spread_s: float | None = None
     ramp_s: float = -1.0  # registrations spread over this long; < 0: agents / 200 seconds
     capacity: int = 16
     round_deadline_s: float = 120.0
@@ -98,6 +97,12 @@ class WorkerResult:
     agent_ids: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _fetch_spread_s(plan: LoadPlan, event: allocator_pb2.RoundEvent) -> float:
+    if plan.fetch_spread_s is None:
+        return event.fetch_window_ms / 1000.0
+    return plan.fetch_spread_s
 
 
 def synthetic_stats(sample_ids: list[str], rng: random.Random) -> list[allocator_pb2.SampleStats]:
@@ -271,7 +276,7 @@ async def _follow_rounds(
                 fresh = event.round >= first_round and event.round not in done
                 if event.phase in WORK_PHASES and fresh:
                     done.add(event.round)
-                    await asyncio.sleep(rng.uniform(0, plan.fetch_spread_s))
+                    await asyncio.sleep(rng.uniform(0, _fetch_spread_s(plan, event)))
                     await _work_round(stub, agent_id, metadata, event.round, plan, rec, rng)
                 if event.run_finished:
                     return
@@ -537,6 +542,14 @@ def targets_met(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _fetch_wording(spread_s: float | None) -> str:
+    if spread_s is None:
+        return "at a random moment within the ALLOCATED event's fetch window (as slm_agent)"
+    if spread_s == 0:
+        return "as soon as ALLOCATED arrives (all agents at once, no fetch window)"
+    return f"uniform(0, {spread_s:g}) s after ALLOCATED"
+
+
 def render(summary: dict[str, Any]) -> str:
     plan, cpu = summary["plan"], summary["cpu"]
     eo = summary["exactly_once"]
@@ -549,11 +562,7 @@ def render(summary: dict[str, Any]) -> str:
         f"{plan['heartbeat_interval_s']:g} s",
         "",
         f"- {len(cpu['generator_workers'])} generator processes; allocation fetched "
-        + (
-            f"uniform(0, {plan['fetch_spread_s']:g}) s after ALLOCATED"
-            if plan["fetch_spread_s"]
-            else "as soon as ALLOCATED arrives (all agents at once)"
-        )
+        + _fetch_wording(plan["fetch_spread_s"])
         + f"; training sleep uniform(0, {plan['train_s']:g}) s; registrations spread over "
         f"{plan['ramp_s'] if plan['ramp_s'] >= 0 else plan['agents'] / 200:g} s",
         f"- wall {summary['wall_seconds']} s, {summary['throughput_rpc_per_s']} unary RPCs/s",
@@ -610,9 +619,8 @@ def scenarios(quick: bool) -> list[LoadPlan]:
         return [LoadPlan(agents=8, rounds=2, workers=2, heartbeat_interval_s=1.0, train_s=0.2)]
     return [
         LoadPlan(agents=200, rounds=10),
-        LoadPlan(agents=200, rounds=10, heartbeat_interval_s=1.0, fetch_spread_s=1.0),
+        LoadPlan(agents=200, rounds=10, fetch_spread_s=0.0),
         LoadPlan(agents=1000, rounds=10),
-        LoadPlan(agents=1000, rounds=10, fetch_spread_s=1.0),
     ]
 
 

@@ -146,18 +146,20 @@ class WatchRoundsRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., from_round: _Optional[int] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
-    __slots__ = ("round", "phase", "timestamp_unix_ms", "total_rounds", "run_finished")
+    __slots__ = ("round", "phase", "timestamp_unix_ms", "total_rounds", "run_finished", "fetch_window_ms")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     RUN_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    FETCH_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     round: int
     phase: _common_pb2.RoundPhase
     timestamp_unix_ms: int
     total_rounds: int
     run_finished: bool
-    def __init__(self, round: _Optional[int] = ..., phase: _Optional[_Union[_common_pb2.RoundPhase, str]] = ..., timestamp_unix_ms: _Optional[int] = ..., total_rounds: _Optional[int] = ..., run_finished: _Optional[bool] = ...) -> None: ...
+    fetch_window_ms: int
+    def __init__(self, round: _Optional[int] = ..., phase: _Optional[_Union[_common_pb2.RoundPhase, str]] = ..., timestamp_unix_ms: _Optional[int] = ..., total_rounds: _Optional[int] = ..., run_finished: _Optional[bool] = ..., fetch_window_ms: _Optional[int] = ...) -> None: ...
 
 class PathStats(_message.Message):
     __slots__ = ("llm_normalized_logprob", "correct", "slm_normalized_logprob_before", "slm_normalized_logprob_after")
