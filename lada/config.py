@@ -35,6 +35,9 @@ AGENT_LEARNING_RATE = 1e-4
 AGENT_EPOCHS = 6
 AGENT_SAMPLES_PER_STEP = 16
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
+ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
+ABSORB_MODES = (ABSORB_REBASE, ABSORB_CONTINUE)
 STATE_DIR_ENV = "LADA_HOME"
 
 
@@ -119,6 +122,7 @@ class LLMServiceExtras:
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
+    absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's
     max_absorb_contributions: int = 4096
 
     @classmethod
@@ -130,6 +134,14 @@ class LLMServiceExtras:
             if raw is not None:
                 setattr(extras, item.name, type(getattr(extras, item.name))(raw))
         return extras
+
+    def check(self) -> None:
+        """Reject a value no code path accepts at start, not at the first absorb."""
+        if self.absorb_mode not in ABSORB_MODES:
+            raise ConfigError(
+                f"absorb_mode: {self.absorb_mode!r} is not one of {', '.join(ABSORB_MODES)} "
+                "(LADA_LLM_ABSORB_MODE)"
+            )
 
     def resolved_state_dir(self, model: str) -> Path:
         if self.state_dir:

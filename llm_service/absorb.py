@@ -2,12 +2,21 @@
 
 The loss is the next-token loss of each path after its prompt, under THE tokenization rule
 (lada.modeling.encode_pair), so what is trained is exactly what ScorePaths measures.
-A child version continues training its parent's adapter (same rank), so every version is
-base + one adapter and can be served by a single LoRARequest.
+Every version is base + one adapter, served by a single LoRARequest; `absorb_mode`
+(lada.config.LLMServiceExtras) says how a new version's adapter is trained:
+
+- rebase (default): a fresh adapter on the base model, trained on every contribution
+  absorbed along the serving chain (each version records them, llm_service/absorbed.py)
+  plus the new ones, replaying the base version's own paths. Why: chained absorbs compound
+  forgetting. One absorb from base cost the demo's public domains 3-5 points, but its three
+  chained absorbs (one per round) cost 14-18 after v3, as each version replayed the paths
+  of an already-degraded parent and drifted further.
+- continue: the parent's adapter (same rank) trained further on the new contributions
+  only, replaying the parent's own paths.
 
 Contributions alone make a small LLM forget what it knew (measured in docs/zoo.md: -31 to
--80 points on the public domains); so each absorb also replays the serving version's own
-sound greedy paths on other public samples (`replay_ratio` of them per contribution).
+-80 points on the public domains); so each absorb also replays an LLM version's own sound
+greedy paths on other public samples (`replay_ratio` of them per contribution).
 """
 
 from __future__ import annotations

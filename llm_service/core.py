@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lada import metrics
+from lada.config import ABSORB_CONTINUE
 from lada.tasks import Problem, format_prompt, is_correct
 from llm_service.absorb import (
     AbsorbDiverged,
@@ -23,6 +24,12 @@ from llm_service.absorb import (
     replay_candidates,
     sound_replay,
     train_adapter,
+)
+from llm_service.absorbed import (
+    CONTRIBUTIONS_FILE,
+    cumulative,
+    read_contributions,
+    write_contributions,
 )
 from llm_service.backends.base import GeneratedPath, LLMBackend
 from llm_service.cache import LRUCache, SharedPathCache, directory_digest
@@ -34,6 +41,7 @@ from llm_service.errors import (
 )
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import (
+    BASE_VERSION,
     AbsorbOverrides,
     Contribution,
     GenerateResult,
@@ -59,6 +67,17 @@ class Limits:
     max_samples_per_request: int
     max_absorb_contributions: int
     max_lora_rank: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one absorb trains: from which adapter, on what, replaying whose own paths."""
+
+    start: Path | None  # the adapter trained further; None: a fresh one on the base model
+    examples: list[Example]
+    replay_version: str
+    replay_exclude: set[str]
+    absorbed: list[Contribution]  # the new version's cumulative contributions
 
 
 @dataclass
@@ -303,28 +322,21 @@ class LLMCore:
     def _absorb_locked(
         self,
         contributions: Sequence[Contribution],
-        examples: list[tuple[str, str]],
+        examples: list[Example],
         options: TrainingOptions,
     ) -> VersionInfo:
         parent = self.versions.get(self.versions.serving)
         assert parent is not None
-        if parent.adapter_dir and options.lora_rank != parent.lora_rank:
-            raise InvalidArgument(
-                f"options.lora_rank: version {parent.version} has rank {parent.lora_rank}; "
-                "a child version continues its parent's adapter at the same rank"
-            )
+        plan = self._plan(parent, contributions, examples, options)
         name = self.versions.next_name()
-        replay = self._replay(contributions, len(examples), parent.version)
+        replay = self._replay(plan.replay_exclude, len(plan.examples), plan.replay_version)
         out_dir = self.state_dir / "adapters" / name
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             trained = train_adapter(
-                self.backend.settings.model,
-                Path(parent.adapter_dir) if parent.adapter_dir else None,
-                examples + replay,
-                options,
-                out_dir,
+                self.backend.settings.model, plan.start, plan.examples + replay, options, out_dir
             )
+            write_contributions(out_dir, plan.absorbed)
             self.backend.add_version(name, out_dir)
         except AbsorbDiverged as exc:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -333,7 +345,7 @@ class LLMCore:
             shutil.rmtree(out_dir, ignore_errors=True)
             log.exception("absorb failed", extra={"parent": parent.version})
             raise
-        absorbed = sorted(set(parent.absorbed_ids) | {c.sample_id for c in contributions})
+        absorbed = sorted(set(parent.absorbed_ids) | {c.sample_id for c in plan.absorbed})
         info = VersionInfo(
             version=name,
             parent=parent.version,
@@ -344,6 +356,7 @@ class LLMCore:
             lora_rank=trained.lora_rank,
             absorbed_ids=absorbed,
             samples_replayed=len(replay),
+            absorb_mode=self.extras.absorb_mode,
         )
         self.versions.add_and_serve(info)
         log.info(
@@ -351,7 +364,9 @@ class LLMCore:
             extra={
                 "version": name,
                 "parent": parent.version,
+                "mode": info.absorb_mode,
                 "contributions": len(contributions),
+                "examples": len(plan.examples),
                 "replayed": len(replay),
                 "first_loss": trained.first_loss,
                 "final_loss": trained.final_loss,
@@ -359,12 +374,66 @@ class LLMCore:
         )
         return info
 
-    def _replay(
-        self, contributions: Sequence[Contribution], contributed: int, version: str
-    ) -> list[Example]:
-        """The serving version's own sound greedy paths on other public samples."""
-        count = round(self.extras.absorb_replay_ratio * contributed)
+    def _plan(
+        self,
+        parent: VersionInfo,
+        contributions: Sequence[Contribution],
+        examples: list[Example],
+        options: TrainingOptions,
+    ) -> _Plan:
+        """The plan of `absorb_mode` (validated at start; see llm_service/absorb.py)."""
+        if self.extras.absorb_mode == ABSORB_CONTINUE:
+            return self._continue_plan(parent, contributions, examples, options)
+        return self._rebase_plan(parent, contributions)
+
+    def _continue_plan(
+        self,
+        parent: VersionInfo,
+        contributions: Sequence[Contribution],
+        examples: list[Example],
+        options: TrainingOptions,
+    ) -> _Plan:
+        """Train the parent's adapter further on the new paths, replaying the parent's own."""
+        if parent.adapter_dir and options.lora_rank != parent.lora_rank:
+            raise InvalidArgument(
+                f"options.lora_rank: version {parent.version} has rank {parent.lora_rank}; "
+                "in absorb_mode continue a child version trains its parent's adapter at the "
+                "same rank"
+            )
+        start = Path(parent.adapter_dir) if parent.adapter_dir else None
+        absorbed = cumulative(self._absorbed_by(parent, required=False), contributions)
         exclude = {c.sample_id for c in contributions}
+        return _Plan(start, examples, parent.version, exclude, absorbed)
+
+    def _rebase_plan(self, parent: VersionInfo, contributions: Sequence[Contribution]) -> _Plan:
+        """A fresh adapter on everything the chain absorbed, replaying base's own paths."""
+        absorbed = cumulative(self._absorbed_by(parent, required=True), contributions)
+        examples = self._examples(absorbed, f"{parent.version}'s {CONTRIBUTIONS_FILE}")
+        exclude = {c.sample_id for c in absorbed}
+        return _Plan(None, examples, BASE_VERSION, exclude, absorbed)
+
+    def _absorbed_by(self, parent: VersionInfo, required: bool) -> list[Contribution]:
+        """The cumulative contributions `parent` was trained on (none for base)."""
+        if not parent.adapter_dir:
+            return []
+        try:
+            return read_contributions(Path(parent.adapter_dir))
+        except FileNotFoundError:
+            if required:
+                raise FailedPrecondition(
+                    f"absorb_mode rebase: version {parent.version} has no {CONTRIBUTIONS_FILE} "
+                    "(trained before versions recorded it), so it cannot be rebuilt from "
+                    "base; serve with absorb_mode continue"
+                ) from None
+            log.warning(
+                "parent has no contributions file; the child records only its own",
+                extra={"parent": parent.version},
+            )
+            return []
+
+    def _replay(self, exclude: set[str], contributed: int, version: str) -> list[Example]:
+        """`version`'s own sound greedy paths on public samples outside `exclude`."""
+        count = round(self.extras.absorb_replay_ratio * contributed)
         seed = self.seed + len(self.versions.all())  # a fresh draw for each version
         sampling = Sampling(n=1, temperature=0.0)
         context = self.backend.context_length - sampling.max_tokens
@@ -391,7 +460,11 @@ class LLMCore:
         for index, c in enumerate(contributions):
             if not c.path.strip():
                 raise InvalidArgument(f"contributions[{index}].path: must not be empty")
-        items = self._resolve([c.sample_id for c in contributions], "contributions.sample_id")
+        return self._examples(contributions, "contributions.sample_id")
+
+    def _examples(self, contributions: Sequence[Contribution], field_name: str) -> list[Example]:
+        """(prompt, path) pairs; a sample ID outside the public pool is NOT_FOUND."""
+        items = self._resolve([c.sample_id for c in contributions], field_name)
         return [(item.prompt, c.path) for item, c in zip(items, contributions, strict=True)]
 
     def _training_options(self, overrides: AbsorbOverrides) -> TrainingOptions:

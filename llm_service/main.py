@@ -24,6 +24,7 @@ log = logging.getLogger("lada.llm.main")
 def build_core(config: LLMServiceConfig, extras: LLMServiceExtras | None = None) -> LLMCore:
     """The in-process LLM: backend (starts the engine), public pool, limits, versions."""
     extras = extras or LLMServiceExtras.from_env()
+    extras.check()  # before the engine starts
     model = check_model_dir(config.model)
     pool = load_dataset(config.public_pool)
     settings = BackendSettings(

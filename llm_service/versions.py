@@ -28,7 +28,8 @@ class VersionInfo:
     adapter_dir: str = ""
     lora_rank: int = 0
     absorbed_ids: list[str] = field(default_factory=list)
-    samples_replayed: int = 0  # the parent's own sound paths trained beside the contributions
+    samples_replayed: int = 0  # own sound paths (base's or the parent's) trained beside them
+    absorb_mode: str = ""  # how the adapter was trained: rebase or continue ("" for base)
 
 
 class VersionRegistry:

@@ -1,10 +1,13 @@
 """Absorb over real gRPC on a vLLM service of its own (the shared one is never absorbed into).
 
 Versions are LoRA adapters served by vLLM LoRARequest, without restarting the process.
+The service absorbs in `continue` mode (each version trains its parent's adapter); the
+default `rebase` mode is specified in process in tests/test_llm_core.py.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +28,8 @@ ABSORBED = 12
 @pytest.fixture(scope="module")
 def absorbing_service(micro_zoo, tmp_path_factory) -> Iterator[LLMServiceHandle]:
     log_dir = tmp_path_factory.mktemp("llm-absorb")
-    handle = start_llm_service(Path(micro_zoo.llm), log_dir, name="llm-absorb")
+    env = {"LADA_LLM_ABSORB_MODE": "continue"}
+    handle = start_llm_service(Path(micro_zoo.llm), log_dir, name="llm-absorb", env=env)
     yield handle
     assert handle.process.stop(timeout=60) == 0, handle.log()[-3000:]
 
@@ -135,7 +139,9 @@ def test_failed_absorb_leaves_the_serving_version_unchanged(
     assert client.list_versions() == before
 
 
-def test_a_second_absorb_continues_from_the_first(client, pool, first_absorb) -> None:
+def test_a_second_absorb_continues_from_the_first(
+    absorbing_service, client, pool, first_absorb
+) -> None:
     fresh = [Contribution(p.id, format_target(p.reference)) for p in pool[ABSORBED : ABSORBED + 4]]
     again = [Contribution(pool[0].id, format_target(pool[0].reference))]
     version = client.absorb(fresh + again, epochs=1)
@@ -148,3 +154,5 @@ def test_a_second_absorb_continues_from_the_first(client, pool, first_absorb) ->
     assert serving == "v2" and [v.version for v in versions] == ["base", "v1", "v2"]
     prompt = format_prompt(pool[0].question)
     assert client.score([" 1"], prompt=prompt).model_version == "v2"
+    recorded = json.loads((absorbing_service.state_dir / "versions.json").read_text())
+    assert [v["absorb_mode"] for v in recorded["versions"]] == ["", "continue", "continue"]
