@@ -797,12 +797,17 @@ def experiment_run(**kwargs: Any) -> None:
     help="load: agents fetch their allocation uniform(0, S) s after ALLOCATED, 0 at once "
     "(default: within the event's fetch window, as real agents).",
 )
+@click.option(
+    "--allocator-processes",
+    type=click.IntRange(1),
+    help="load: allocator replicas sharing one port (server.share_port), default 1.",
+)
 def bench(what: str, out_dir: str, quick: bool, **load_options: Any) -> None:
     """Benchmarks: allocator speed, LLM throughput, load with simulated agents.
 
     `lada bench load` alone runs the standard scenarios (200 and 1,000 agents); any of
-    --agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s runs one
-    custom scenario.
+    --agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s/
+    --allocator-processes runs one custom scenario.
     """
     from lada.bench import run_bench
 

@@ -167,6 +167,9 @@ class ServerConfig:
     log_json: bool = True
     rate_limit_per_s: float = 0.0  # RPCs per second per caller; 0 = unlimited
     rate_limit_burst: float = 50.0
+    # True: several replica processes listen on one port (SO_REUSEPORT; the kernel spreads
+    # connections over them). False: a port already in use is an error.
+    share_port: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ statistic sent is in Redis exactly once.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from lada.bench.load import run_load, scenarios
 
@@ -29,3 +30,14 @@ def test_every_statistic_sent_is_stored_exactly_once(redis_handle) -> None:
     workers = summary["cpu"]["generator_workers"]
     assert len(workers) == plan.workers
     assert all(w["busy_mean"] > 0 for w in workers)
+
+
+def test_two_allocator_processes_sharing_one_port_store_every_statistic_once(
+    redis_handle,
+) -> None:
+    (quick,) = scenarios(quick=True)
+    plan = replace(quick, allocator_processes=2)  # server.share_port: both bind the port
+    summary = run_load(plan, redis_url=os.environ["REDIS_URL"])
+    assert summary["errors"] == {}
+    assert summary["exactly_once"] == {"missing": 0, "extra": 0, "altered": 0}
+    assert summary["agent_rounds_reported"] == plan.agents * plan.rounds

@@ -66,6 +66,7 @@ class LoadPlan:
     fetch_spread_s: float | None = None
     ramp_s: float = -1.0  # registrations spread over this long; < 0: agents / 200 seconds
     capacity: int = 16
+    allocator_processes: int = 1  # replicas on one port (server.share_port), one Redis
     round_deadline_s: float = 120.0
     rpc_timeout_s: float = 30.0
 
@@ -354,8 +355,9 @@ def worker_main(spec: WorkerSpec) -> WorkerResult:
 # ---- the allocator process -------------------------------------------------------------------
 def start_allocator(
     workdir: Path, redis_url: str, run_id: str, plan: LoadPlan
-) -> tuple[subprocess.Popen[bytes], str]:
-    """`lada allocator serve` in its own process, open enrollment, waiting for every agent.
+) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """`plan.allocator_processes` x `lada allocator serve` on one port, open enrollment,
+    waiting for every agent.
 
     WatchRounds holds a server thread per subscriber in the threaded gRPC server, so the pool
     gets one thread per agent plus headroom for the unary calls.
@@ -382,27 +384,41 @@ def start_allocator(
                         "metrics_port": -1,
                         "max_workers": plan.agents + 64,
                         "log_level": "WARNING",
+                        "share_port": plan.allocator_processes > 1,
                     },
                 }
             }
         )
     )
-    log = open(workdir / "allocator.log", "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
+    procs = [_allocator_process(workdir, config, port, i) for i in range(plan.allocator_processes)]
+    address = f"127.0.0.1:{port}"
+    for _ in range(600):
+        if all(p.poll() is None for p in procs) and check(address, timeout=1.0):
+            time.sleep(1.0 if len(procs) > 1 else 0.0)  # every replica bound, not just one
+            return procs, address
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.2)
+    for proc in procs:
+        proc.kill()
+    logs = "\n".join(f.read_text() for f in sorted(workdir.glob("allocator-*.log")))
+    raise RuntimeError(f"allocator did not start: {logs}")
+
+
+def _allocator_process(
+    workdir: Path, config: Path, port: int, index: int
+) -> subprocess.Popen[bytes]:
+    log = open(workdir / f"allocator-{index}.log", "wb")  # noqa: SIM115 - lives with the process
+    return subprocess.Popen(
         [sys.executable, "-m", "lada.cli", "allocator", "serve", "--config", str(config)]
         + ["--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    address = f"127.0.0.1:{port}"
-    for _ in range(600):
-        if check(address, timeout=1.0):
-            return proc, address
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"allocator did not start: {(workdir / 'allocator.log').read_text()}")
+
+
+def _processes_cpu_s(procs: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
 
 def _redis_cpu(client: Any) -> float:
@@ -446,22 +462,22 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         workdir = Path(os.environ.get("LADA_LOAD_WORKDIR") or tmp)
         handle = connect(redis_url) if redis_url else start_embedded(workdir / "load.rdb")
         run_id = f"load-{os.getpid()}-{int(time.time())}"
-        proc, address = start_allocator(workdir, handle.url, run_id, plan)
+        procs, address = start_allocator(workdir, handle.url, run_id, plan)
         workers = max(1, min(plan.workers, plan.agents))
         specs = [
             WorkerSpec(address, run_id, fingerprint, list(range(w, plan.agents, workers)), plan)
             for w in range(workers)
         ]
         try:
-            allocator_ps = psutil.Process(proc.pid)
+            allocator_ps = [psutil.Process(p.pid) for p in procs]
             load_before = os.getloadavg()
             machine0 = psutil.cpu_times()
-            alloc0, redis0 = allocator_ps.cpu_times(), _redis_cpu(handle.client)
+            alloc0, redis0 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
             started = time.perf_counter()
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 results = pool.map(worker_main, specs)
             wall = time.perf_counter() - started
-            alloc1, redis1 = allocator_ps.cpu_times(), _redis_cpu(handle.client)
+            alloc1, redis1 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
             machine1 = psutil.cpu_times()
             load_after = os.getloadavg()
             sent = {k: v for r in results for k, v in r.sent.items()}
@@ -470,12 +486,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             exactly_once = verify_exactly_once(store, agent_ids, plan.rounds, sent)
             store.wipe()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            _stop(procs)
             if not redis_url:
                 shutdown_embedded(handle)
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -485,7 +496,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             latencies[rpc].extend(values)
         errors.update(r.errors)
     unary = sum(len(v) for k, v in latencies.items() if not k.startswith("WatchRounds"))
-    alloc_cpu = (alloc1.user + alloc1.system) - (alloc0.user + alloc0.system)
+    alloc_cpu = alloc1 - alloc0
     machine_busy = _busy(machine0, machine1)
     worker_cpu = [r.cpu for r in results]
     return {
@@ -511,6 +522,17 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             "loadavg_after": [round(x, 2) for x in load_after],
         },
     }
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def _busy(before: Any, after: Any) -> float:
@@ -550,6 +572,16 @@ def _fetch_wording(spread_s: float | None) -> str:
     return f"uniform(0, {spread_s:g}) s after ALLOCATED"
 
 
+def _fetch_title(spread_s: float | None) -> str:
+    if spread_s is None:
+        return "fetch within the window"
+    return "fetch at once" if spread_s == 0 else f"fetch spread over {spread_s:g} s"
+
+
+def _processes_title(processes: int) -> str:
+    return f", {processes} allocator processes on one port" if processes > 1 else ""
+
+
 def render(summary: dict[str, Any]) -> str:
     plan, cpu = summary["plan"], summary["cpu"]
     eo = summary["exactly_once"]
@@ -559,7 +591,9 @@ def render(summary: dict[str, Any]) -> str:
     )
     lines = [
         f"## {plan['agents']} agents x {plan['rounds']} rounds, heartbeat every "
-        f"{plan['heartbeat_interval_s']:g} s",
+        f"{plan['heartbeat_interval_s']:g} s, "
+        + _fetch_title(plan["fetch_spread_s"])
+        + _processes_title(plan.get("allocator_processes", 1)),
         "",
         f"- {len(cpu['generator_workers'])} generator processes; allocation fetched "
         + _fetch_wording(plan["fetch_spread_s"])
@@ -573,7 +607,8 @@ def render(summary: dict[str, Any]) -> str:
         f"- errors: {summary['errors'] or 'none'}"
         + (f"; failed agents: {summary['failed_agents']}" if summary["failed_agents"] else ""),
         f"- CPU (share of one core): generator workers {workers}; allocator "
-        f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
+        + ("processes together " if plan.get("allocator_processes", 1) > 1 else "")
+        + f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
         f"{cpu['machine_busy']:.0%} of {cpu['cores']} cores busy; load average "
         f"{cpu['loadavg_before'][0]} before, {cpu['loadavg_after'][0]} after"
         + ("; **a generator worker was over 80% busy**" if cpu["generator_saturated"] else ""),
@@ -605,10 +640,13 @@ a random "training" sleep, then ReportStats as a client stream of 32 samples per
 Latencies are measured in the clients around each call; "WatchRounds (event lag)" is the
 receipt time of each round event minus the event's timestamp. CPU is user+sys over wall
 time (1.0 = one core busy): per generator process (with its busiest second), the allocator
-process, Redis (INFO cpu) and the whole machine. At the end every (agent, round) in Redis is
-compared with what the agent sent (StateStore.get_stats): missing, extra, altered.
-`--agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s` run one
-custom scenario; `--quick` is the CI form (tests/test_load.py).
+process(es), Redis (INFO cpu) and the whole machine. At the end every (agent, round) in
+Redis is compared with what the agent sent (StateStore.get_stats): missing, extra, altered.
+Real agents fetch their allocation at a random moment within the ALLOCATED event's
+`fetch_window_ms` (4 ms per participant); "fetch at once" rows switch that off to show the
+burst it avoids. `--agents/--rounds/--workers/--heartbeat-interval/--train-s/
+--fetch-spread-s/--allocator-processes` run one custom scenario; `--quick` is the CI form
+(tests/test_load.py).
 
 """
 
@@ -620,7 +658,9 @@ def scenarios(quick: bool) -> list[LoadPlan]:
     return [
         LoadPlan(agents=200, rounds=10),
         LoadPlan(agents=200, rounds=10, fetch_spread_s=0.0),
+        LoadPlan(agents=200, rounds=10, allocator_processes=2),
         LoadPlan(agents=1000, rounds=10),
+        LoadPlan(agents=1000, rounds=10, allocator_processes=2),
     ]
 
 
