@@ -47,6 +47,7 @@ POOL = "synthetic:domains=all,n=4000,seed=21"
 STATS_PER_MESSAGE = 32  # as slm_agent.clients sends them
 TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 RETRIES = 3
+ROUND_REFUSALS = {"FAILED_PRECONDITION", "NOT_FOUND"}  # slm_agent skips the round on these
 BUSY_FLAG = 0.8  # a worker busier than this may be the bottleneck itself
 WORK_PHASES = {common_pb2.ROUND_PHASE_ALLOCATED, common_pb2.ROUND_PHASE_TRAINING}
 T = TypeVar("T")
@@ -97,6 +98,7 @@ class WorkerResult:
     duplicates: int = 0
     agent_ids: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped_rounds: int = 0  # rounds the allocator refused to an agent (LATE, LOST)
     cpu: dict[str, float] = field(default_factory=dict)
 
 
@@ -196,27 +198,36 @@ async def _work_round(
     rec: _Recorder,
     rng: random.Random,
 ) -> None:
-    """Fetch the allocation, train (sleep), stream the statistics; record what was sent."""
-    timeout = plan.rpc_timeout_s
-    request = allocator_pb2.GetAllocationRequest(agent_id=agent_id, round=round_number)
-    allocation = await rec.call(
-        "GetAllocation", lambda: stub.GetAllocation(request, metadata=metadata, timeout=timeout)
-    )
-    stats = synthetic_stats([s.sample_id for s in allocation.samples], rng)
-    await asyncio.sleep(rng.uniform(0, plan.train_s))
-    messages = [
-        allocator_pb2.ReportStatsRequest(
-            agent_id=agent_id, round=round_number, stats=stats[i : i + STATS_PER_MESSAGE]
+    """Fetch the allocation, train (sleep), stream the statistics; record what was sent.
+
+    A round the allocator refuses (the agent was marked LATE or LOST, the round is gone) is
+    skipped and the agent goes on to the next, as slm_agent does; the refusal stays counted.
+    """
+    try:
+        timeout = plan.rpc_timeout_s
+        request = allocator_pb2.GetAllocationRequest(agent_id=agent_id, round=round_number)
+        allocation = await rec.call(
+            "GetAllocation", lambda: stub.GetAllocation(request, metadata=metadata, timeout=timeout)
         )
-        for i in range(0, max(len(stats), 1), STATS_PER_MESSAGE)
-    ]
-    reply = await rec.call(
-        "ReportStats",
-        lambda: stub.ReportStats(iter(messages), metadata=metadata, timeout=timeout),
-    )
-    rec.result.duplicates += reply.duplicates
-    payload = {s.sample_id: s.SerializeToString() for s in stats}
-    rec.result.sent[(agent_id, round_number)] = (len(payload), stats_digest(payload))
+        stats = synthetic_stats([s.sample_id for s in allocation.samples], rng)
+        await asyncio.sleep(rng.uniform(0, plan.train_s))
+        messages = [
+            allocator_pb2.ReportStatsRequest(
+                agent_id=agent_id, round=round_number, stats=stats[i : i + STATS_PER_MESSAGE]
+            )
+            for i in range(0, max(len(stats), 1), STATS_PER_MESSAGE)
+        ]
+        reply = await rec.call(
+            "ReportStats",
+            lambda: stub.ReportStats(iter(messages), metadata=metadata, timeout=timeout),
+        )
+        rec.result.duplicates += reply.duplicates
+        payload = {s.sample_id: s.SerializeToString() for s in stats}
+        rec.result.sent[(agent_id, round_number)] = (len(payload), stats_digest(payload))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code().name not in ROUND_REFUSALS:
+            raise
+        rec.result.skipped_rounds += 1
 
 
 async def _agent(index: int, spec: WorkerSpec, rec: _Recorder) -> None:
@@ -506,6 +517,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         "rpcs": {rpc: _percentiles(v) for rpc, v in sorted(latencies.items())},
         "errors": dict(sorted(errors.items())),
         "failed_agents": [f for r in results for f in r.failures][:10],
+        "agent_rounds_skipped": sum(r.skipped_rounds for r in results),
         "agents_registered": len(agent_ids),
         "agent_rounds_reported": len(sent),
         "stats_sent": sum(count for count, _ in sent.values()),
@@ -605,7 +617,12 @@ def render(summary: dict[str, Any]) -> str:
         f"{eo['altered']}; duplicates counted by the allocator "
         f"{summary['duplicates_reported_by_server']}",
         f"- errors: {summary['errors'] or 'none'}"
-        + (f"; failed agents: {summary['failed_agents']}" if summary["failed_agents"] else ""),
+        + (f"; failed agents: {summary['failed_agents']}" if summary["failed_agents"] else "")
+        + (
+            f"; agent-rounds refused and skipped: {summary['agent_rounds_skipped']}"
+            if summary.get("agent_rounds_skipped")
+            else ""
+        ),
         f"- CPU (share of one core): generator workers {workers}; allocator "
         + ("processes together " if plan.get("allocator_processes", 1) > 1 else "")
         + f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
@@ -629,7 +646,7 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-INTRO = """# Load: simulated agents against one allocator process
+INTRO = """# Load: simulated agents against the allocator (one process or replicas on one port)
 
 `lada bench load` (lada/bench/load.py). The allocator runs as its own `lada allocator serve`
 process on a real Redis; the agents are simulated by a multi-process asyncio generator
