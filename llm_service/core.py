@@ -327,7 +327,11 @@ class LLMCore:
     ) -> VersionInfo:
         parent = self.versions.get(self.versions.serving)
         assert parent is not None
-        plan = self._plan(parent, contributions, examples, options)
+        plan = (  # absorb_mode was validated at start; see llm_service/absorb.py
+            self._continue_plan(parent, contributions, examples, options)
+            if self.extras.absorb_mode == ABSORB_CONTINUE
+            else self._rebase_plan(parent, contributions)
+        )
         name = self.versions.next_name()
         replay = self._replay(plan.replay_exclude, len(plan.examples), plan.replay_version)
         out_dir = self.state_dir / "adapters" / name
@@ -373,18 +377,6 @@ class LLMCore:
             },
         )
         return info
-
-    def _plan(
-        self,
-        parent: VersionInfo,
-        contributions: Sequence[Contribution],
-        examples: list[Example],
-        options: TrainingOptions,
-    ) -> _Plan:
-        """The plan of `absorb_mode` (validated at start; see llm_service/absorb.py)."""
-        if self.extras.absorb_mode == ABSORB_CONTINUE:
-            return self._continue_plan(parent, contributions, examples, options)
-        return self._rebase_plan(parent, contributions)
 
     def _continue_plan(
         self,
