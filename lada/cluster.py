@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import grpc
 import yaml
 
 from lada.config import (
+    AgentSettings,
     ClusterConfig,
     ConfigError,
     agent_for_cluster,
@@ -52,9 +53,16 @@ AGENT_STATE = allocator_pb2.AgentRoundState
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all bound at once, so no two calls can return the same."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @dataclass
@@ -271,13 +279,14 @@ def redis_for_cluster(workdir: Path) -> Iterator[RedisHandle]:
 
 
 def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) -> None:
-    """LLM service first (slowest to start), then the allocator, then every agent."""
+    """The LLM service and the allocator side by side (the allocator reaches the LLM only when
+    a round needs it), then every agent at once once both serve (an agent checks both on start).
+    """
     config = cluster.config
-    llm_port, allocator_port = free_port(), free_port()
+    llm_port, allocator_port, *agent_ports = free_ports(2 + len(config.agents))
     configs = cluster.workdir / "configs"
     llm_model = models[config.llm_model]
     llm = cluster.start("llm", llm_args(config, llm_model, llm_port, data.public), llm_port)
-    wait_serving(llm, config.startup_timeout_s)
     allocator_config = allocator_for_cluster(config, cluster.run_id, data.public)
     allocator = cluster.start(
         "allocator",
@@ -291,9 +300,10 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
         {"LADA_OPERATOR_TOKEN": cluster.operator_token},
     )
     wait_serving(allocator, 120)
+    wait_serving(llm, config.startup_timeout_s)
     secrets_dir = cluster.workdir / "secrets"
-    for agent in config.agents:
-        port = free_port()
+    started = []
+    for agent, port in zip(config.agents, agent_ports, strict=True):
         agent_config = agent_for_cluster(
             config,
             agent,
@@ -309,7 +319,17 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             allocator.address,
             llm.address,
         )
-        wait_serving(cluster.start(agent.name, args, port), 300)
+        started.append(cluster.start(agent.name, args, port, agent_threads_env(len(config.agents))))
+    for child in started:
+        wait_serving(child, 300)
+
+
+def agent_threads_env(agents: int) -> dict[str, str]:
+    """Split the machine's cores between the agents that train at once: with torch's default
+    (every core per process) four agents on two cores ran a demo round 8x slower than with
+    one thread each (OpenMP threads spin-waiting on each other; docs/zoo.md, attempt 5)."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, agents)))
+    return {"LADA_AGENT_TORCH_THREADS": threads, "OMP_NUM_THREADS": threads}
 
 
 def invite(cluster: Cluster, name: str, secrets_dir: Path) -> str:
@@ -483,24 +503,30 @@ def logit_exchange_bytes(
 ) -> dict[int, int]:
     """What top-128-logit exchange would send per round for the same samples and paths.
 
-    Re-asks the LLM service for the agent's paths with the agent's sampling parameters (a
-    cache hit: nothing is generated again) and counts their real tokens.
+    Re-asks the LLM service for the agent's paths with the agent's sampling parameters and
+    the model version each sample was allocated under (a cache hit: asking the version
+    served now would generate every earlier round's paths again) and counts their tokens.
     """
     from llm_service.client import LLMClient
 
     per_round = {}
     with LLMClient(address) as client:
         for round_number in range(1, rounds + 1):
-            ids = [a.sample_id for a in store.get_allocation(round_number, agent_id)]
-            if not ids:
+            by_version: dict[str, list[str]] = {}
+            for a in store.get_allocation(round_number, agent_id):
+                by_version.setdefault(a.version, []).append(a.sample_id)
+            if not by_version:
                 continue
-            result = client.generate(
-                sample_ids=ids,
-                n=config.lada.paths_per_sample,
-                temperature=config.lada.path_temperature,
-                max_tokens=128,
-            )
-            tokens = sum(path.token_count for r in result.results for path in r.paths)
+            tokens = 0
+            for version, ids in by_version.items():
+                result = client.generate(
+                    sample_ids=ids,
+                    n=config.lada.paths_per_sample,
+                    temperature=config.lada.path_temperature,
+                    max_tokens=AgentSettings().llm_max_tokens,
+                    model_version=version,
+                )
+                tokens += sum(path.token_count for r in result.results for path in r.paths)
             per_round[round_number] = tokens * LOGIT_TOP_K * LOGIT_ENTRY_BYTES
     return per_round
 
@@ -618,6 +644,10 @@ def run_cluster(config_path: str, out_dir: str | None = None) -> int:
 
     configure_logging("INFO", as_json=False, service="cluster")
     config = load_config(ClusterConfig, config_path, section="cluster")
+    if config.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir or f"reports/{stamp}")
     workdir = report_dir / "run"

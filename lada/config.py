@@ -305,6 +305,9 @@ class ClusterConfig:
     round_deadline_s: float = 600.0
     startup_timeout_s: float = 600.0
     baseline_policy: str = ""  # e.g. random: `lada up` also simulates it and reports both
+    # torch threads of `lada up`'s own process (evaluation, baseline simulation); 0: torch's
+    # default. The agents' processes share the cores among themselves (lada.cluster).
+    torch_threads: int = 0
     agents: list[ClusterAgentConfig] = field(default_factory=list)
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
 
