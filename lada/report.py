@@ -93,6 +93,12 @@ def _share(hits: list[bool]) -> float:
     return sum(hits) / max(len(hits), 1)
 
 
+def in_config_order(per_agent: dict[str, Any], config: ClusterConfig) -> dict[str, Any]:
+    """Agents as the config lists them, not as they happened to register (they start together)."""
+    rank = {a.name: i for i, a in enumerate(config.agents)}
+    return dict(sorted(per_agent.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
 def run_metrics(
     config: ClusterConfig,
     store: StateStore,
@@ -109,7 +115,7 @@ def run_metrics(
         "loss": config.loss,
         "rounds": config.rounds,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "agents_rounds": collect_round_metrics(store),
+        "agents_rounds": in_config_order(collect_round_metrics(store), config),
         "llm_accuracy": {v: by_domain["all"] for v, by_domain in llm_accuracy.items()},
         "llm_accuracy_by_domain": llm_accuracy,
         "llm_absorbed": len(store.absorbed()),

@@ -76,3 +76,14 @@ def test_llm_accuracy_is_measured_overall_and_per_domain() -> None:
     accuracy = llm_accuracy_of(answers, ["base", "v1"], problems)
     assert accuracy["base"] == {"all": 1 / 3, "purchases": 0.5, "units": 0.0}
     assert accuracy["v1"] == {"all": 1.0, "purchases": 1.0, "units": 1.0}
+
+
+def test_agents_are_reported_in_the_order_the_config_lists_them() -> None:
+    from lada.config import ClusterAgentConfig, ClusterConfig
+    from lada.report import in_config_order
+
+    config = ClusterConfig(
+        agents=[ClusterAgentConfig(name=n, model="m", domains=["rates"]) for n in ("b", "a")]
+    )
+    registered = {"a": [1], "stranger": [3], "b": [2]}
+    assert list(in_config_order(registered, config)) == ["b", "a", "stranger"]
