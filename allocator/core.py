@@ -259,12 +259,8 @@ class AllocatorCore:
     # ---- authentication --------------------------------------------------------------------
     def authorize(self, token: str, agent_id: str) -> AgentRecord:
         """The calling agent from its token; acting for another agent is PERMISSION_DENIED."""
-        caller = self.store.agent_for_token(token)
-        if caller is None:
-            raise Unauthenticated("authorization: missing or unknown agent token")
-        record = self.store.authenticate(caller, token)
-        if agent_id and agent_id != caller:
-            raise PermissionDenied(f"agent_id: this token belongs to {caller}, not {agent_id}")
+        record = self.store.caller(token)
+        _check_claim(record, agent_id)
         return record
 
     def check_operator(self, token: str, *, required: bool = False) -> None:
@@ -354,6 +350,16 @@ class AllocatorCore:
         stamp, current, phase = self.store.heartbeat_and_round(agent_id)
         return current, phase, stamp
 
+    def authorized_heartbeat(self, token: str, agent_id: str) -> tuple[int, Phase | None, int]:
+        """`authorize(token, agent_id)` then `heartbeat`, in one round trip to Redis: the
+        heartbeat is recorded only for an authorized caller, refusals are authorize's."""
+        record, beat = self.store.caller_heartbeat(token, agent_id)
+        _check_claim(record, agent_id)
+        if beat is None:  # the script beats for every caller _check_claim lets by
+            raise Unauthenticated(f"agent_id: agent {agent_id!r} is not active")
+        stamp, current, phase = beat
+        return current, phase, stamp
+
     def leave(self, agent_id: str, status: AgentStatus) -> None:
         """Deregister or revoke: the agent's unfinished allocation this round is released."""
         self.store.set_agent_status(agent_id, status)
@@ -376,9 +382,10 @@ class AllocatorCore:
         if round_number < 0:
             raise InvalidArgument(f"round: must not be negative, got {round_number}")
         r = round_number or self.store.current_round()
-        # One read for the round, the agent's state and its samples: every agent fetches at
-        # once when the round is allocated, so each round trip here is paid N times.
-        phase, deadline_ms, state, samples = self.store.allocation_view(r, agent_id)
+        # One read for the round, the agent's state, its samples and its contribution
+        # requests, one script to mark it: every agent fetches once a round, so each round
+        # trip here is paid N times.
+        phase, deadline_ms, state, samples, requests = self.store.allocation_view(r, agent_id)
         if r == 0 or phase is None:
             raise NotFound(f"round: no round {round_number or 'open yet'}")
         if phase is Phase.OPEN:
@@ -387,7 +394,6 @@ class AllocatorCore:
             raise NotFound(f"agent_id: {agent_id} takes no part in round {r}")
         if mark and (state is AgentRoundState.ALLOCATED or phase is Phase.ALLOCATED):
             self.store.mark_training(r, agent_id, round_too=phase is Phase.ALLOCATED)
-        requests = self.store.contribution_requests(r, agent_id)
         return AllocationView(r, samples, deadline_ms, self.config.policy, requests)
 
     def report(
@@ -560,6 +566,12 @@ class AllocatorCore:
 
     def deadline_for_new_round(self) -> int:
         return now_ms() + int(self.config.round_deadline_s * 1000)
+
+
+def _check_claim(caller: AgentRecord, agent_id: str) -> None:
+    """Acting for another agent than the token's is PERMISSION_DENIED ('' = its own)."""
+    if agent_id and agent_id != caller.agent_id:
+        raise PermissionDenied(f"agent_id: this token belongs to {caller.agent_id}, not {agent_id}")
 
 
 def _check_name(name: str) -> None:

@@ -206,9 +206,7 @@ class RoundDriver:
         limit = self._silence_limit_ms()
         if not limit:
             return []
-        stamp = now_ms()
-        beats = self.store.last_heartbeats(agent_ids)
-        return [a for a in agent_ids if stamp - beats[a] > limit]
+        return self.store.silent_agents(agent_ids, since_ms=now_ms() - limit)
 
     def _close(self, r: int) -> bool:
         """REPORTED -> CLOSED: fold rewards, run the LLM direction, close."""
@@ -234,13 +232,15 @@ class RoundDriver:
         learners: dict[str, object] = {}
         gaps: dict[str, dict[str, str]] = {}
         llm_acc: dict[str, str] = {}
-        for agent_id, state in record.agents.items():
-            if state is not AgentRoundState.REPORTED:
-                continue
-            stats = parse_stats(self.store.get_stats(r, agent_id))
+        reporters = [a for a, s in record.agents.items() if s is AgentRoundState.REPORTED]
+        # every reporter's statistics and known gaps in two round trips, not two per agent
+        reported = self.store.get_stats_many(r, reporters)
+        known_gaps = self.store.known_gaps_many(reporters)
+        for agent_id in reporters:
+            stats = parse_stats(reported[agent_id])
             if not stats:
                 continue
-            _, known, _ = decode_known_gaps(self.store.known_gaps(agent_id), core.pool)
+            _, known, _ = decode_known_gaps(known_gaps[agent_id], core.pool)
             learner = LearnerState.from_json(
                 stored.get(agent_id), core.pool.num_clusters, core.config.lada
             )

@@ -116,8 +116,9 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
 
     @refusals_to_status
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
-        agent = self._agent(context, request.agent_id)
-        current, phase, stamp = self.core.heartbeat(agent.agent_id)
+        current, phase, stamp = self.core.authorized_heartbeat(
+            bearer_token(context), request.agent_id
+        )
         return allocator_pb2.HeartbeatResponse(
             current_round=current, phase=phase_enum(phase), server_time_unix_ms=stamp
         )

@@ -79,6 +79,10 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
         self._requests = metrics.RPC_REQUESTS
         self._latency = metrics.RPC_LATENCY
         self._service = service
+        # labelled children, looked up once per (method, code): labels() takes a lock and
+        # builds a key on every call, and this runs on every RPC
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -98,8 +102,17 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
     ) -> None:
         code = context.code() if hasattr(context, "code") else None
         name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
-        self._requests.labels(self._service, method, name).inc()
-        self._latency.labels(self._service, method).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        counter = self._counted.get((method, name))
+        if counter is None:
+            counter = self._counted[(method, name)] = self._requests.labels(
+                self._service, method, name
+            )
+        counter.inc()
+        timer = self._timed.get(method)
+        if timer is None:
+            timer = self._timed[method] = self._latency.labels(self._service, method)
+        timer.observe(elapsed)
 
     def _wrap_unary(self, behaviour, method: str):  # type: ignore[no-untyped-def]
         def wrapped(request, context):  # type: ignore[no-untyped-def]

@@ -52,7 +52,9 @@ replica serving the same model (same weights, backend and dtype) shares them:
 Round transitions are compare-and-set Lua scripts, so several allocator replicas can
 share one Redis; a registration (name, record, token, invitation use) and a report stream
 are each one Lua script that checks everything before its first write (all or nothing);
-other multi-key writes (allocations, folds) are WATCH + MULTI/EXEC.
+other multi-key writes (allocations, folds) are WATCH + MULTI/EXEC. What every agent RPC
+does (find and check the caller by its token; a heartbeat with it) is one round trip each:
+Redis round trips are most of an RPC's cost in the allocator.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import redis
 
@@ -143,13 +146,58 @@ return 0
 """
 
 
-# KEYS: round agents hash. ARGV: agent_id. ALLOCATED -> TRAINING for that agent only.
+# KEYS: round agents hash, round hash, events stream. ARGV: agent_id, round, now_ms,
+# round_too (0/1). ALLOCATED -> TRAINING for that agent and, with round_too, for the round
+# (logging the event, as a transition does): one round trip for a fetched allocation.
 _MARK_TRAINING_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == 'ALLOCATED' then
   redis.call('HSET', KEYS[1], ARGV[1], 'TRAINING')
-  return 1
 end
-return 0
+if ARGV[4] == '1' and redis.call('HGET', KEYS[2], 'phase') == 'ALLOCATED' then
+  redis.call('HSET', KEYS[2], 'phase', 'TRAINING')
+  redis.call('XADD', KEYS[3], '*', 'round', ARGV[2], 'phase', 'TRAINING', 'ts_ms', ARGV[3])
+end
+return 1
+"""
+
+# KEYS: tokens. ARGV: token hash, key prefix. The agent a token belongs to and its record
+# (HGETALL's flat list), or nothing: every agent RPC starts here, so it is one round trip.
+_CALLER_LUA = """
+local agent_id = redis.call('HGET', KEYS[1], ARGV[1])
+if not agent_id then return {} end
+return {agent_id, redis.call('HGETALL', ARGV[2] .. 'agent:' .. agent_id)}
+"""
+
+# KEYS: agent hash, run hash. ARGV: now_ms, key prefix. Record a heartbeat and read the
+# current round and its phase ('' when none) in one round trip.
+_HEARTBEAT_LUA = """
+redis.call('HSET', KEYS[1], 'last_heartbeat_ms', ARGV[1])
+local current = redis.call('HGET', KEYS[2], 'current_round') or '0'
+if tonumber(current) == 0 then return {current, ''} end
+return {current, redis.call('HGET', ARGV[2] .. 'round:' .. current, 'phase') or ''}
+"""
+
+# KEYS: tokens, run hash. ARGV: token hash, key prefix, now_ms, the agent_id claimed ('':
+# the token's own). The Heartbeat RPC in one round trip: the token's agent and record, as
+# _CALLER_LUA; only if the token is the agent's, the agent ACTIVE and the one claimed, the
+# heartbeat is recorded and the current round and its phase ('' when none) follow.
+_CALLER_HEARTBEAT_LUA = """
+local agent_id = redis.call('HGET', KEYS[1], ARGV[1])
+if not agent_id then return {} end
+local agent_key = ARGV[2] .. 'agent:' .. agent_id
+local record = redis.call('HGETALL', agent_key)
+if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
+    or redis.call('HGET', agent_key, 'status') ~= 'ACTIVE'
+    or (ARGV[4] ~= '' and ARGV[4] ~= agent_id) then
+  return {agent_id, record}
+end
+redis.call('HSET', agent_key, 'last_heartbeat_ms', ARGV[3])
+local current = redis.call('HGET', KEYS[2], 'current_round') or '0'
+local phase = ''
+if tonumber(current) ~= 0 then
+  phase = redis.call('HGET', ARGV[2] .. 'round:' .. current, 'phase') or ''
+end
+return {agent_id, record, current, phase}
 """
 
 # KEYS: round agents hash. ARGV: agent IDs. Those still ALLOCATED or TRAINING become LOST.
@@ -163,6 +211,18 @@ for i = 1, #ARGV do
   end
 end
 return marked
+"""
+
+# ARGV: key prefix, cutoff_ms, agent IDs. The agents whose last heartbeat is older than the
+# cutoff (or missing), in the order given: the round driver asks every tick.
+_SILENT_AGENTS_LUA = """
+local silent = {}
+local cutoff = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local beat = redis.call('HGET', ARGV[1] .. 'agent:' .. ARGV[i], 'last_heartbeat_ms')
+  if (tonumber(beat or '0') or 0) < cutoff then silent[#silent + 1] = ARGV[i] end
+end
+return silent
 """
 
 # KEYS: round hash, round agents hash, events stream. ARGV: round, now_ms.
@@ -468,6 +528,26 @@ def _agent_record(agent_id: str, raw: dict[str, str]) -> AgentRecord:
     )
 
 
+def _checked_agent(agent_id: str, raw: dict[str, str], token_hash: str) -> AgentRecord:
+    """The agent's record if `token_hash` is its token's and it is active; else refused."""
+    stored = raw.get("token_hash", "")
+    if not stored or not token_hash or not secrets.compare_digest(stored, token_hash):
+        raise Unauthenticated("authorization: missing or wrong agent token")
+    record = _agent_record(agent_id, raw)
+    if record.status is not AgentStatus.ACTIVE:
+        raise Unauthenticated(f"agent_id: agent {agent_id!r} is {record.status.value}")
+    return record
+
+
+def _caller_record(reply: list[Any], token_hash: str) -> AgentRecord:
+    """The checked record from a _CALLER_LUA-shaped reply: [agent_id, HGETALL list, ...]."""
+    if not reply:
+        raise Unauthenticated("authorization: missing or unknown agent token")
+    flat = reply[1]
+    raw = {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return _checked_agent(_s(reply[0]), raw, token_hash)
+
+
 def _allocation_rows(raw: Mapping[bytes, bytes]) -> list[Allocation]:
     rows = sorted(((json.loads(v), _s(k)) for k, v in raw.items()), key=lambda r: r[0]["pos"])
     return [Allocation(sample_id, meta["cluster"], meta["version"]) for meta, sample_id in rows]
@@ -490,6 +570,10 @@ class StateStore:
         self._open_round = client.register_script(_OPEN_ROUND_LUA)
         self._lease = client.register_script(_LEASE_LUA)
         self._mark_training = client.register_script(_MARK_TRAINING_LUA)
+        self._caller = client.register_script(_CALLER_LUA)
+        self._heartbeat = client.register_script(_HEARTBEAT_LUA)
+        self._caller_heartbeat = client.register_script(_CALLER_HEARTBEAT_LUA)
+        self._silent_agents = client.register_script(_SILENT_AGENTS_LUA)
         self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
         self._mark_lost = client.register_script(_MARK_LOST_LUA)
         self._finish_run = client.register_script(_FINISH_RUN_LUA)
@@ -713,8 +797,18 @@ class StateStore:
         return _agent_record(agent_id, raw)
 
     def list_agents(self) -> list[AgentRecord]:
+        """Every agent in registration order; two round trips however many there are (the
+        round driver asks every tick while it waits for agents)."""
         ids = [_s(a) for a in self.redis.zrange(self.key("agents"), 0, -1)]
-        return [self.get_agent(agent_id) for agent_id in ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for agent_id in ids:
+            pipe.hgetall(self.key("agent", agent_id))
+        records = []
+        for agent_id, raw in zip(ids, pipe.execute(), strict=True):
+            if not raw:
+                raise NotFound(f"agent_id: no agent {agent_id!r}")
+            records.append(_agent_record(agent_id, {_s(k): _s(v) for k, v in raw.items()}))
+        return records
 
     def active_agents(self, for_round: int) -> list[AgentRecord]:
         """Agents that take part in `for_round` (active, joined at or before it)."""
@@ -725,27 +819,53 @@ class StateStore:
         ]
 
     def authenticate(self, agent_id: str, token: str) -> AgentRecord:
-        """Check an agent's token; revoked or deregistered agents are refused. One read: it
-        runs on every agent RPC."""
+        """Check an agent's token; revoked or deregistered agents are refused."""
         raw = {_s(k): _s(v) for k, v in self.redis.hgetall(self.key("agent", agent_id)).items()}
-        stored = raw.get("token_hash", "")
-        if not stored or not token or not secrets.compare_digest(stored, hash_token(token)):
-            raise Unauthenticated("authorization: missing or wrong agent token")
-        record = _agent_record(agent_id, raw)
-        if record.status is not AgentStatus.ACTIVE:
-            raise Unauthenticated(f"agent_id: agent {agent_id!r} is {record.status.value}")
-        return record
+        return _checked_agent(agent_id, raw, hash_token(token) if token else "")
+
+    def caller(self, token: str) -> AgentRecord:
+        """The agent a token belongs to, checked as `authenticate` checks it, in one round
+        trip (it runs on every agent RPC): an unknown token, or a revoked or deregistered
+        agent, is Unauthenticated. Nothing is cached, so a revocation counts at once."""
+        if not token:
+            raise Unauthenticated("authorization: missing or unknown agent token")
+        token_hash = hash_token(token)
+        reply = self._caller(keys=[self.key("tokens")], args=[token_hash, self.prefix])
+        return _caller_record(reply, token_hash)
+
+    def caller_heartbeat(
+        self, token: str, agent_id: str
+    ) -> tuple[AgentRecord, tuple[int, int, Phase | None] | None]:
+        """`caller(token)` and, when the caller is `agent_id` (or `agent_id` is empty), its
+        heartbeat with the current round and phase as `heartbeat_and_round` returns them,
+        all in one round trip (every agent sends one each interval). (record, None): the
+        token belongs to another agent than `agent_id`, and nothing was written."""
+        if not token:
+            raise Unauthenticated("authorization: missing or unknown agent token")
+        token_hash = hash_token(token)
+        stamp = now_ms()
+        reply = self._caller_heartbeat(
+            keys=[self.key("tokens"), self.key("run")],
+            args=[token_hash, self.prefix, stamp, agent_id],
+        )
+        record = _caller_record(reply, token_hash)
+        if len(reply) < 4:
+            return record, None
+        current = int(_s(reply[2]) or 0)
+        phase = _s(reply[3])
+        return record, (stamp, current, Phase(phase) if current and phase else None)
 
     def set_agent_status(self, agent_id: str, status: AgentStatus) -> None:
         self.get_agent(agent_id)
         self.redis.hset(self.key("agent", agent_id), "status", status.value)
 
-    def last_heartbeats(self, agent_ids: list[str]) -> dict[str, int]:
-        """Each agent's last heartbeat, Unix ms, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for agent_id in agent_ids:
-            pipe.hget(self.key("agent", agent_id), "last_heartbeat_ms")
-        return {a: int(_s(v) or 0) for a, v in zip(agent_ids, pipe.execute(), strict=True)}
+    def silent_agents(self, agent_ids: list[str], since_ms: int) -> list[str]:
+        """Those of `agent_ids` with no heartbeat since `since_ms` (Unix ms), in order; one
+        round trip and a short reply, however many agents are asked about."""
+        if not agent_ids:
+            return []
+        silent = self._silent_agents(keys=[], args=[self.prefix, since_ms, *agent_ids])
+        return [_s(a) for a in silent]
 
     def heartbeat(self, agent_id: str) -> int:
         stamp = now_ms()
@@ -754,13 +874,13 @@ class StateStore:
 
     def heartbeat_and_round(self, agent_id: str) -> tuple[int, int, Phase | None]:
         """Record a heartbeat and read the current round and its phase: (stamp, round,
-        phase) in two round trips, as every agent sends one each interval."""
+        phase) in one round trip, as every agent sends one each interval."""
         stamp = now_ms()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.key("agent", agent_id), "last_heartbeat_ms", stamp)
-        pipe.hget(self.key("run"), "current_round")
-        current = int(_s(pipe.execute()[1]) or 0)
-        return stamp, current, self.round_phase(current) if current else None
+        current, phase = self._heartbeat(
+            keys=[self.key("agent", agent_id), self.key("run")], args=[stamp, self.prefix]
+        )
+        current_round = int(_s(current) or 0)
+        return stamp, current_round, Phase(_s(phase)) if current_round and phase else None
 
     # ---- rounds --------------------------------------------------------------------
     def open_round(self, round_number: int, deadline_ms: int) -> bool:
@@ -841,19 +961,22 @@ class StateStore:
 
     def allocation_view(
         self, round_number: int, agent_id: str
-    ) -> tuple[Phase | None, int, AgentRoundState | None, list[Allocation]]:
+    ) -> tuple[Phase | None, int, AgentRoundState | None, list[Allocation], list[str]]:
         """What GetAllocation reads, in one round trip: the round's phase and deadline, the
-        agent's state in it and its allocation (not the whole round: it has every agent)."""
+        agent's state in it, its allocation (not the whole round: it has every agent) and
+        its contribution requests."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.key("round", round_number), "phase", "deadline_ms")
         pipe.hget(self.key("round", round_number, "agents"), agent_id)
         pipe.hgetall(self.key("alloc", round_number, agent_id))
-        (phase, deadline), state, raw = pipe.execute()
+        pipe.lrange(self.key("requests", round_number, agent_id), 0, -1)
+        (phase, deadline), state, raw, requests = pipe.execute()
         return (
             Phase(_s(phase)) if phase else None,
             int(_s(deadline) or 0),
             AgentRoundState(_s(state)) if state else None,
             _allocation_rows(raw),
+            [_s(s) for s in requests],
         )
 
     def allocation_size(self, round_number: int, agent_id: str) -> int:
@@ -917,6 +1040,18 @@ class StateStore:
         return {
             _s(k): v
             for k, v in self.redis.hgetall(self.key("stats", round_number, agent_id)).items()
+        }
+
+    def get_stats_many(
+        self, round_number: int, agent_ids: list[str]
+    ) -> dict[str, dict[str, bytes]]:
+        """`get_stats` of several agents in one round trip (folding a round reads them all)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.hgetall(self.key("stats", round_number, agent_id))
+        return {
+            agent_id: {_s(k): v for k, v in raw.items()}
+            for agent_id, raw in zip(agent_ids, pipe.execute(), strict=True)
         }
 
     # ---- contributions and absorption ----------------------------------------------
@@ -988,12 +1123,6 @@ class StateStore:
         return bool(self._lease(keys=[self.key("lock", name)], args=[owner, ttl_ms]))
 
     # ---- callers, round driving and folding (the allocator's round driver) -------------
-    def agent_for_token(self, token: str) -> str | None:
-        """The agent a token belongs to (any status), or None for an unknown token."""
-        if not token:
-            return None
-        return _s(self.redis.hget(self.key("tokens"), hash_token(token))) or None
-
     def record_round_allocations(
         self,
         round_number: int,
@@ -1065,10 +1194,15 @@ class StateStore:
 
     def mark_training(self, round_number: int, agent_id: str, round_too: bool = True) -> None:
         """An agent fetched its allocation: ALLOCATED -> TRAINING for it and for the round
-        (`round_too=False`: the caller saw the round past ALLOCATED already)."""
-        self._mark_training(keys=[self.key("round", round_number, "agents")], args=[agent_id])
-        if round_too:
-            self.transition(round_number, Phase.TRAINING)
+        (`round_too=False`: the caller saw the round past ALLOCATED already); one script."""
+        self._mark_training(
+            keys=[
+                self.key("round", round_number, "agents"),
+                self.key("round", round_number),
+                self.key("events"),
+            ],
+            args=[agent_id, round_number, now_ms(), int(round_too)],
+        )
 
     def mark_lost(self, round_number: int, agent_ids: list[str]) -> int:
         """Mark agents that stopped heartbeating LOST for the round, unless they reported

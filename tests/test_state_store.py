@@ -64,6 +64,99 @@ def test_revoked_agent_cannot_authenticate(store: StateStore) -> None:
         store.authenticate(agent_id, token)
 
 
+def test_the_caller_of_a_token_is_found_and_checked_in_one_call(store: StateStore) -> None:
+    agent_id, token = _register(store)
+    other_id, other_token = _register(store, "clinic-b")
+    assert store.caller(token).agent_id == agent_id
+    assert store.caller(other_token).agent_id == other_id
+    for unknown in ("", "wrong"):
+        with pytest.raises(Unauthenticated, match="missing or unknown agent token"):
+            store.caller(unknown)
+    store.set_agent_status(agent_id, AgentStatus.REVOKED)  # takes effect on the next call
+    with pytest.raises(Unauthenticated, match="REVOKED"):
+        store.caller(token)
+    assert store.caller(other_token).agent_id == other_id
+
+
+def test_heartbeat_reads_the_current_round_and_its_phase(store: StateStore) -> None:
+    agent_id, _ = _register(store)
+    stamp, current, phase = store.heartbeat_and_round(agent_id)
+    assert (current, phase) == (0, None)
+    assert store.get_agent(agent_id).last_heartbeat_ms == stamp
+    store.open_round(1, deadline_ms=0)
+    store.transition(1, Phase.ALLOCATED)
+    _, current, phase = store.heartbeat_and_round(agent_id)
+    assert (current, phase) == (1, Phase.ALLOCATED)
+
+
+def test_a_heartbeat_by_token_is_written_only_for_its_own_active_agent(
+    store: StateStore,
+) -> None:
+    agent_id, token = _register(store)
+    other_id, _ = _register(store, "clinic-b")
+    store.open_round(1, deadline_ms=0)
+    record, beat = store.caller_heartbeat(token, agent_id)
+    assert record.agent_id == agent_id
+    assert beat is not None and beat[1:] == (1, Phase.OPEN)
+    assert store.get_agent(agent_id).last_heartbeat_ms == beat[0]
+    assert store.caller_heartbeat(token, "")[1] is not None  # '' = the token's own agent
+    before = store.snapshot()
+    record, beat = store.caller_heartbeat(token, other_id)  # acting for another agent
+    assert (record.agent_id, beat) == (agent_id, None)
+    for wrong in ("", "wrong"):
+        with pytest.raises(Unauthenticated, match="missing or unknown agent token"):
+            store.caller_heartbeat(wrong, agent_id)
+    assert store.snapshot() == before
+    store.set_agent_status(agent_id, AgentStatus.REVOKED)
+    revoked = store.snapshot()
+    with pytest.raises(Unauthenticated, match="REVOKED"):
+        store.caller_heartbeat(token, agent_id)
+    assert store.snapshot() == revoked
+
+
+def test_silent_agents_are_those_without_a_heartbeat_since(store: StateStore) -> None:
+    quiet, _ = _register(store)
+    beating, _ = _register(store, "clinic-b")
+    stamp = store.heartbeat(beating)
+    store.redis.hset(store.key("agent", quiet), "last_heartbeat_ms", stamp - 10_000)
+    assert store.silent_agents([quiet, beating, "agent-gone"], since_ms=stamp - 5_000) == [
+        quiet,
+        "agent-gone",
+    ]
+    assert store.silent_agents([beating], since_ms=stamp) == []
+    assert store.silent_agents([beating], since_ms=stamp + 1) == [beating]
+    assert store.silent_agents([], since_ms=stamp) == []
+
+
+def test_a_fetched_allocation_moves_the_agent_and_the_round_to_training_once(
+    store: StateStore,
+) -> None:
+    alice, _ = _register(store)
+    bob, _ = _register(store, "clinic-b")
+    store.open_round(1, deadline_ms=0)
+    store.record_round_allocations(
+        1, {alice: [Allocation("s1", 0, "base")], bob: [Allocation("s2", 0, "base")]}, 0
+    )
+    store.mark_training(1, alice)
+    store.mark_training(1, bob)  # the round is TRAINING already: no second event
+    assert store.round_phase(1) is Phase.TRAINING
+    assert store.agent_round_state(1, alice) is AgentRoundState.TRAINING
+    assert store.agent_round_state(1, bob) is AgentRoundState.TRAINING
+    phases = [fields["phase"] for _, fields in store.events()]
+    assert phases == ["OPEN", "ALLOCATED", "TRAINING"]
+
+
+def test_several_agents_stats_are_read_at_once(store: StateStore) -> None:
+    alice, _ = _register(store)
+    bob, _ = _register(store, "clinic-b")
+    store.open_round(1, deadline_ms=0)
+    store.record_allocations(1, {alice: [Allocation("s1", 0, "base")], bob: []})
+    store.apply_report(1, alice, {"s1": b"a"})
+    assert store.get_stats_many(1, [alice, bob]) == {alice: {"s1": b"a"}, bob: {}}
+    assert store.get_stats_many(1, []) == {}
+    assert [a.agent_id for a in store.list_agents()] == [alice, bob]
+
+
 def test_duplicate_agent_name_is_refused(store: StateStore) -> None:
     _register(store)
     with pytest.raises(AlreadyExists, match="name"):
