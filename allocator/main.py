@@ -1,5 +1,5 @@
 """`lada allocator serve`: connect Redis, load the public pool, start the servicer and the
-round driver, block until SIGTERM."""
+round driver (or, by `role`, only one of them), block until SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import GrpcLLMGateway
 from allocator.service import AllocatorServicer
-from lada.config import AllocatorConfig, AllocatorSettings
+from lada.config import (
+    ALLOCATOR_ROLES,
+    ROLE_DRIVER,
+    ROLE_RPC,
+    AllocatorConfig,
+    AllocatorSettings,
+)
 from lada.redis_conn import connect
 from lada.server import ServiceBinding, channel_credentials, run_until_signalled, start_server
 from lada.state import Conflict, StateStore
@@ -31,6 +37,12 @@ def build_core(config: AllocatorConfig, settings: AllocatorSettings | None = Non
 
 def serve(config: AllocatorConfig) -> int:
     """Serve until signalled; 2 when the pool or run configuration is unusable."""
+    if config.role not in ALLOCATOR_ROLES:
+        print(
+            f"lada allocator: role: {config.role!r} is not one of {', '.join(ALLOCATOR_ROLES)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         core = build_core(config)
     except (DatasetSpecError, Conflict, ValueError) as exc:
@@ -45,22 +57,23 @@ def serve(config: AllocatorConfig) -> int:
         if config.llm_address
         else None
     )
-    driver = RoundDriver(core, llm)
+    driver = RoundDriver(core, llm) if config.role != ROLE_RPC else None
+    bindings = [
+        ServiceBinding(
+            allocator_pb2_grpc.add_AllocatorServicer_to_server,
+            AllocatorServicer(core),
+            "lada.v1.Allocator",
+        )
+    ]
     running = start_server(
-        "allocator",
-        [
-            ServiceBinding(
-                allocator_pb2_grpc.add_AllocatorServicer_to_server,
-                AllocatorServicer(core),
-                "lada.v1.Allocator",
-            )
-        ],
-        config.server,
+        "allocator", bindings if config.role != ROLE_DRIVER else [], config.server
     )
-    running.add_stop_hook(driver.stop)
+    if driver is not None:
+        running.add_stop_hook(driver.stop)
     if llm is not None:
         running.add_stop_hook(llm.close)
-    driver.start()
+    if driver is not None:
+        driver.start()
     log.info(
         "allocator ready",
         extra={
@@ -68,7 +81,8 @@ def serve(config: AllocatorConfig) -> int:
             "run_id": config.run_id,
             "policy": config.policy,
             "pool_size": len(core.problems),
-            "driver": driver.owner,
+            "role": config.role,
+            "driver": driver.owner if driver is not None else "",
         },
     )
     run_until_signalled(running)

@@ -16,6 +16,7 @@ import click
 
 from lada import __version__
 from lada.config import (
+    ALLOCATOR_ROLES,
     AgentConfig,
     AllocatorConfig,
     ConfigError,
@@ -228,6 +229,12 @@ def allocator_group() -> None:
     default=None,
     help="Let any agent join without an invitation (local experiments only; default: "
     "invitations only).",
+)
+@click.option(
+    "--role",
+    type=click.Choice(ALLOCATOR_ROLES),
+    default=None,
+    help="all (default): RPCs and the round driver; rpc: RPCs only; driver: rounds only.",
 )
 def allocator_serve(config_path: str | None, **kwargs: Any) -> None:
     """Serve the Allocator gRPC service until SIGTERM."""
@@ -802,12 +809,19 @@ def experiment_run(**kwargs: Any) -> None:
     type=click.IntRange(1),
     help="load: allocator replicas sharing one port (server.share_port), default 1.",
 )
+@click.option(
+    "--driver-process/--no-driver-process",
+    "driver_process",
+    default=None,
+    help="load: the replicas serve RPCs only (role rpc) and one more process drives the "
+    "rounds (role driver).",
+)
 def bench(what: str, out_dir: str, quick: bool, **load_options: Any) -> None:
     """Benchmarks: allocator speed, LLM throughput, load with simulated agents.
 
     `lada bench load` alone runs the standard scenarios (200 and 1,000 agents); any of
     --agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s/
-    --allocator-processes runs one custom scenario.
+    --allocator-processes/--driver-process runs one custom scenario.
     """
     from lada.bench import run_bench
 

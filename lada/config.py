@@ -38,6 +38,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
 ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
 ABSORB_MODES = (ABSORB_REBASE, ABSORB_CONTINUE)
+ROLE_ALL = "all"  # an allocator process serves the RPCs and drives the rounds
+ROLE_RPC = "rpc"  # serves the RPCs only; another process drives (state is all in Redis)
+ROLE_DRIVER = "driver"  # drives the rounds only (health service on its port, no Allocator RPCs)
+ALLOCATOR_ROLES = (ROLE_ALL, ROLE_RPC, ROLE_DRIVER)
 STATE_DIR_ENV = "LADA_HOME"
 
 
@@ -227,6 +231,9 @@ class AllocatorConfig:
     seed: int = 0
     operator_token: str = ""
     open_enrollment: bool = False  # True: agents join without an invitation (local experiments)
+    # all | rpc | driver: the round driver holds the GIL for its allocations and folds, so at
+    # scale RPC processes run beside one driver process (docs/bench/load.md)
+    role: str = ROLE_ALL
     llm_tls: ClientTLS = field(default_factory=ClientTLS)  # for the channel to the LLM service
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
     settings: AllocatorSettings = field(default_factory=AllocatorSettings)

@@ -124,3 +124,12 @@ def test_eval_with_an_unknown_data_source_lists_the_valid_ones(micro_zoo) -> Non
     result = lada("eval", "--model", str(micro_zoo.llm), "--data", "hub:gsm8k")
     assert result.returncode == 1
     assert "synthetic" in result.stderr and "jsonl" in result.stderr
+
+
+def test_an_unknown_allocator_role_in_the_config_is_one_line_naming_the_field(tmp_path) -> None:
+    config = tmp_path / "allocator.yaml"
+    config.write_text("allocator:\n  role: sidecar\n")
+    result = lada("allocator", "serve", "--port", "0", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "role: 'sidecar' is not one of all, rpc, driver" in result.stderr

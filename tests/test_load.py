@@ -41,3 +41,14 @@ def test_two_allocator_processes_sharing_one_port_store_every_statistic_once(
     assert summary["errors"] == {}
     assert summary["exactly_once"] == {"missing": 0, "extra": 0, "altered": 0}
     assert summary["agent_rounds_reported"] == plan.agents * plan.rounds
+
+
+def test_rpc_processes_beside_a_driver_process_run_every_round_and_store_every_statistic_once(
+    redis_handle,
+) -> None:
+    (quick,) = scenarios(quick=True)
+    plan = replace(quick, driver_process=True)  # role rpc serves, role driver drives
+    summary = run_load(plan, redis_url=os.environ["REDIS_URL"])
+    assert summary["errors"] == {}
+    assert summary["exactly_once"] == {"missing": 0, "extra": 0, "altered": 0}
+    assert summary["agent_rounds_reported"] == plan.agents * plan.rounds

@@ -68,6 +68,7 @@ class LoadPlan:
     ramp_s: float = -1.0  # registrations spread over this long; < 0: agents / 200 seconds
     capacity: int = 16
     allocator_processes: int = 1  # replicas on one port (server.share_port), one Redis
+    driver_process: bool = False  # True: the replicas serve RPCs only, one more drives rounds
     round_deadline_s: float = 120.0
     rpc_timeout_s: float = 30.0
 
@@ -401,7 +402,14 @@ def start_allocator(
             }
         )
     )
-    procs = [_allocator_process(workdir, config, port, i) for i in range(plan.allocator_processes)]
+    role = ["--role", "rpc"] if plan.driver_process else []
+    procs = [
+        _allocator_process(workdir, config, [*role, "--port", str(port)], i)
+        for i in range(plan.allocator_processes)
+    ]
+    if plan.driver_process:
+        driver_args = ["--role", "driver", "--port", str(free_port())]
+        procs.append(_allocator_process(workdir, config, driver_args, len(procs)))
     address = f"127.0.0.1:{port}"
     for _ in range(600):
         if all(p.poll() is None for p in procs) and check(address, timeout=1.0):
@@ -417,12 +425,11 @@ def start_allocator(
 
 
 def _allocator_process(
-    workdir: Path, config: Path, port: int, index: int
+    workdir: Path, config: Path, args: list[str], index: int
 ) -> subprocess.Popen[bytes]:
     log = open(workdir / f"allocator-{index}.log", "wb")  # noqa: SIM115 - lives with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "lada.cli", "allocator", "serve", "--config", str(config)]
-        + ["--port", str(port)],
+        [sys.executable, "-m", "lada.cli", "allocator", "serve", "--config", str(config), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -590,8 +597,9 @@ def _fetch_title(spread_s: float | None) -> str:
     return "fetch at once" if spread_s == 0 else f"fetch spread over {spread_s:g} s"
 
 
-def _processes_title(processes: int) -> str:
-    return f", {processes} allocator processes on one port" if processes > 1 else ""
+def _processes_title(processes: int, driver_process: bool) -> str:
+    title = f", {processes} allocator processes on one port" if processes > 1 else ""
+    return title + (", the round driver in its own process" if driver_process else "")
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -605,7 +613,7 @@ def render(summary: dict[str, Any]) -> str:
         f"## {plan['agents']} agents x {plan['rounds']} rounds, heartbeat every "
         f"{plan['heartbeat_interval_s']:g} s, "
         + _fetch_title(plan["fetch_spread_s"])
-        + _processes_title(plan.get("allocator_processes", 1)),
+        + _processes_title(plan.get("allocator_processes", 1), plan.get("driver_process", False)),
         "",
         f"- {len(cpu['generator_workers'])} generator processes; allocation fetched "
         + _fetch_wording(plan["fetch_spread_s"])
@@ -624,7 +632,11 @@ def render(summary: dict[str, Any]) -> str:
             else ""
         ),
         f"- CPU (share of one core): generator workers {workers}; allocator "
-        + ("processes together " if plan.get("allocator_processes", 1) > 1 else "")
+        + (
+            "processes together "
+            if plan.get("allocator_processes", 1) > 1 or plan.get("driver_process")
+            else ""
+        )
         + f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
         f"{cpu['machine_busy']:.0%} of {cpu['cores']} cores busy; load average "
         f"{cpu['loadavg_before'][0]} before, {cpu['loadavg_after'][0]} after"
@@ -662,8 +674,8 @@ Redis is compared with what the agent sent (StateStore.get_stats): missing, extr
 Real agents fetch their allocation at a random moment within the ALLOCATED event's
 `fetch_window_ms` (4 ms per participant); "fetch at once" rows switch that off to show the
 burst it avoids. `--agents/--rounds/--workers/--heartbeat-interval/--train-s/
---fetch-spread-s/--allocator-processes` run one custom scenario; `--quick` is the CI form
-(tests/test_load.py).
+--fetch-spread-s/--allocator-processes/--driver-process` run one custom scenario; `--quick`
+is the CI form (tests/test_load.py).
 
 """
 
