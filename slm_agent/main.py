@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lada.config import AgentConfig, lada_home
+from lada.config import AgentConfig, ConfigError, lada_home
 from lada.logs import configure_logging
 from lada.modeling import ModelDirError, check_model_dir
 from lada.server import (
@@ -127,7 +127,11 @@ def run(config: AgentConfig) -> int:
     configure_logging(
         config.server.log_level, config.server.log_json, service=f"agent:{config.name}"
     )
-    settings = agent_settings(config)
+    try:
+        settings = agent_settings(config)
+    except ConfigError as exc:
+        log.error(f"bad input: {exc}")
+        return EXIT_BAD_INPUT
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     try:

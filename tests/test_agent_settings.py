@@ -1,0 +1,25 @@
+"""The agent's tuning from LADA_AGENT_* variables: applied where the environment owns a field,
+refused (not silently outvoted) where the agent's config owns it."""
+
+from __future__ import annotations
+
+import pytest
+
+from lada.config import AgentConfig, ConfigError
+from slm_agent.settings import agent_settings
+
+
+def test_a_trainer_variable_the_environment_owns_is_applied() -> None:
+    settings = agent_settings(AgentConfig(), env={"LADA_AGENT_TRAINER__PRIVATE_PER_STEP": "12"})
+    assert settings.trainer.private_per_step == 12
+
+
+def test_the_config_owns_the_learning_rate_and_epochs() -> None:
+    settings = agent_settings(AgentConfig(learning_rate=3e-5, epochs=2), env={})
+    assert (settings.trainer.learning_rate, settings.trainer.epochs) == (3e-5, 2)
+
+
+@pytest.mark.parametrize("field", ["LEARNING_RATE", "EPOCHS", "SEED", "LORA_THRESHOLD_PARAMS"])
+def test_a_variable_naming_a_field_the_config_owns_is_refused_naming_both(field: str) -> None:
+    with pytest.raises(ConfigError, match=f"LADA_AGENT_TRAINER__{field}: `{field.lower()}`"):
+        agent_settings(AgentConfig(), env={f"LADA_AGENT_TRAINER__{field}": "1"})
