@@ -326,8 +326,8 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
 
 def agent_threads_env(agents: int) -> dict[str, str]:
     """Split the machine's cores between the agents that train at once: with torch's default
-    (every core per process) four agents on two cores ran a demo round 8x slower than with
-    one thread each (OpenMP threads spin-waiting on each other; docs/zoo.md, attempt 5)."""
+    (every core per process) four agents on two cores took 4x the wall time for a demo round
+    as with one thread each (OpenMP threads spin-waiting on each other; docs/zoo.md, attempt 5)."""
     threads = str(max(1, (os.cpu_count() or 1) // max(1, agents)))
     return {"LADA_AGENT_TORCH_THREADS": threads, "OMP_NUM_THREADS": threads}
 
