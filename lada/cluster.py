@@ -302,6 +302,7 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
     wait_serving(allocator, 120)
     wait_serving(llm, config.startup_timeout_s)
     secrets_dir = cluster.workdir / "secrets"
+    threads = agent_threads_env(len(config.agents))
     started = []
     for agent, port in zip(config.agents, agent_ports, strict=True):
         agent_config = agent_for_cluster(
@@ -319,7 +320,7 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
             allocator.address,
             llm.address,
         )
-        started.append(cluster.start(agent.name, args, port, agent_threads_env(len(config.agents))))
+        started.append(cluster.start(agent.name, args, port, threads))
     for child in started:
         wait_serving(child, 300)
 

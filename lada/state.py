@@ -160,31 +160,56 @@ end
 return 1
 """
 
-# KEYS: tokens. ARGV: token hash, key prefix. The agent a token belongs to and its record
-# (HGETALL's flat list), or nothing: every agent RPC starts here, so it is one round trip.
-_CALLER_LUA = """
-local agent_id = redis.call('HGET', KEYS[1], ARGV[1])
-if not agent_id then return {} end
-return {agent_id, redis.call('HGETALL', ARGV[2] .. 'agent:' .. agent_id)}
+# Lua chunks the scripts below share. Key prefixes come in as ARGV from StateStore.key, so
+# the key layout has one owner. `caller`: the agent a token hash belongs to and its key.
+_CALLER_FN = """
+local function caller(tokens_key, token_hash, agent_prefix)
+  local agent_id = redis.call('HGET', tokens_key, token_hash)
+  if not agent_id then return nil, nil end
+  return agent_id, agent_prefix .. agent_id
+end
+"""
+# `current_round_phase`: the run's current round and its phase ('' when none).
+_ROUND_PHASE_FN = """
+local function current_round_phase(run_key, round_prefix)
+  local current = redis.call('HGET', run_key, 'current_round') or '0'
+  if tonumber(current) == 0 then return current, '' end
+  return current, redis.call('HGET', round_prefix .. current, 'phase') or ''
+end
 """
 
-# KEYS: agent hash, run hash. ARGV: now_ms, key prefix. Record a heartbeat and read the
+# KEYS: tokens. ARGV: token hash, agent key prefix. The agent a token belongs to and its
+# record (HGETALL's flat list), or nothing: every agent RPC starts here, so one round trip.
+_CALLER_LUA = (
+    _CALLER_FN
+    + """
+local agent_id, agent_key = caller(KEYS[1], ARGV[1], ARGV[2])
+if not agent_id then return {} end
+return {agent_id, redis.call('HGETALL', agent_key)}
+"""
+)
+
+# KEYS: agent hash, run hash. ARGV: now_ms, round key prefix. Record a heartbeat and read the
 # current round and its phase ('' when none) in one round trip.
-_HEARTBEAT_LUA = """
+_HEARTBEAT_LUA = (
+    _ROUND_PHASE_FN
+    + """
 redis.call('HSET', KEYS[1], 'last_heartbeat_ms', ARGV[1])
-local current = redis.call('HGET', KEYS[2], 'current_round') or '0'
-if tonumber(current) == 0 then return {current, ''} end
-return {current, redis.call('HGET', ARGV[2] .. 'round:' .. current, 'phase') or ''}
+local current, phase = current_round_phase(KEYS[2], ARGV[2])
+return {current, phase}
 """
+)
 
-# KEYS: tokens, run hash. ARGV: token hash, key prefix, now_ms, the agent_id claimed ('':
-# the token's own). The Heartbeat RPC in one round trip: the token's agent and record, as
-# _CALLER_LUA; only if the token is the agent's, the agent ACTIVE and the one claimed, the
-# heartbeat is recorded and the current round and its phase ('' when none) follow.
-_CALLER_HEARTBEAT_LUA = """
-local agent_id = redis.call('HGET', KEYS[1], ARGV[1])
+# KEYS: tokens, run hash. ARGV: token hash, agent key prefix, now_ms, the agent_id claimed
+# ('': the token's own), round key prefix. The Heartbeat RPC in one round trip: the token's
+# agent and record, as _CALLER_LUA; only if the token is the agent's, the agent ACTIVE and
+# the one claimed, the heartbeat is recorded and the current round and its phase follow.
+_CALLER_HEARTBEAT_LUA = (
+    _CALLER_FN
+    + _ROUND_PHASE_FN
+    + """
+local agent_id, agent_key = caller(KEYS[1], ARGV[1], ARGV[2])
 if not agent_id then return {} end
-local agent_key = ARGV[2] .. 'agent:' .. agent_id
 local record = redis.call('HGETALL', agent_key)
 if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
     or redis.call('HGET', agent_key, 'status') ~= 'ACTIVE'
@@ -192,13 +217,10 @@ if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
   return {agent_id, record}
 end
 redis.call('HSET', agent_key, 'last_heartbeat_ms', ARGV[3])
-local current = redis.call('HGET', KEYS[2], 'current_round') or '0'
-local phase = ''
-if tonumber(current) ~= 0 then
-  phase = redis.call('HGET', ARGV[2] .. 'round:' .. current, 'phase') or ''
-end
+local current, phase = current_round_phase(KEYS[2], ARGV[5])
 return {agent_id, record, current, phase}
 """
+)
 
 # KEYS: round agents hash. ARGV: agent IDs. Those still ALLOCATED or TRAINING become LOST.
 _MARK_LOST_LUA = """
@@ -213,13 +235,13 @@ end
 return marked
 """
 
-# ARGV: key prefix, cutoff_ms, agent IDs. The agents whose last heartbeat is older than the
-# cutoff (or missing), in the order given: the round driver asks every tick.
+# ARGV: agent key prefix, cutoff_ms, agent IDs. The agents whose last heartbeat is older than
+# the cutoff (or missing), in the order given: the round driver asks every tick.
 _SILENT_AGENTS_LUA = """
 local silent = {}
 local cutoff = tonumber(ARGV[2])
 for i = 3, #ARGV do
-  local beat = redis.call('HGET', ARGV[1] .. 'agent:' .. ARGV[i], 'last_heartbeat_ms')
+  local beat = redis.call('HGET', ARGV[1] .. ARGV[i], 'last_heartbeat_ms')
   if (tonumber(beat or '0') or 0) < cutoff then silent[#silent + 1] = ARGV[i] end
 end
 return silent
@@ -586,6 +608,10 @@ class StateStore:
     def key(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
 
+    def _key_prefix(self, kind: str) -> str:
+        """What `key(kind, x)` puts before x, for Lua scripts that build such keys."""
+        return self.key(kind, "")
+
     def all_keys(self) -> list[str]:
         """Every key of this run (for tests, wipes and state snapshots)."""
         return sorted(_s(k) for k in self.redis.scan_iter(match=self.prefix + "*", count=1000))
@@ -830,7 +856,9 @@ class StateStore:
         if not token:
             raise Unauthenticated("authorization: missing or unknown agent token")
         token_hash = hash_token(token)
-        reply = self._caller(keys=[self.key("tokens")], args=[token_hash, self.prefix])
+        reply = self._caller(
+            keys=[self.key("tokens")], args=[token_hash, self._key_prefix("agent")]
+        )
         return _caller_record(reply, token_hash)
 
     def caller_heartbeat(
@@ -846,7 +874,13 @@ class StateStore:
         stamp = now_ms()
         reply = self._caller_heartbeat(
             keys=[self.key("tokens"), self.key("run")],
-            args=[token_hash, self.prefix, stamp, agent_id],
+            args=[
+                token_hash,
+                self._key_prefix("agent"),
+                stamp,
+                agent_id,
+                self._key_prefix("round"),
+            ],
         )
         record = _caller_record(reply, token_hash)
         if len(reply) < 4:
@@ -864,7 +898,9 @@ class StateStore:
         round trip and a short reply, however many agents are asked about."""
         if not agent_ids:
             return []
-        silent = self._silent_agents(keys=[], args=[self.prefix, since_ms, *agent_ids])
+        silent = self._silent_agents(
+            keys=[], args=[self._key_prefix("agent"), since_ms, *agent_ids]
+        )
         return [_s(a) for a in silent]
 
     def heartbeat(self, agent_id: str) -> int:
@@ -877,7 +913,8 @@ class StateStore:
         phase) in one round trip, as every agent sends one each interval."""
         stamp = now_ms()
         current, phase = self._heartbeat(
-            keys=[self.key("agent", agent_id), self.key("run")], args=[stamp, self.prefix]
+            keys=[self.key("agent", agent_id), self.key("run")],
+            args=[stamp, self._key_prefix("round")],
         )
         current_round = int(_s(current) or 0)
         return stamp, current_round, Phase(_s(phase)) if current_round and phase else None
