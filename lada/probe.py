@@ -83,6 +83,7 @@ class ProbeSettings:
     slms: tuple[str, ...] = ()  # distillation and gap probes for these SLMs (empty: all)
     absorb_learning_rate: float = 0.0  # 0: the LLM service's default (LLMServiceExtras)
     absorb_epochs: int = 0  # 0: the LLM service's default
+    absorb_replay_ratio: float = -1.0  # own paths replayed per contributed one; <0: the default
     cache_dir: Path | None = None  # greedy results and LLM paths, keyed by model key
 
 
@@ -299,7 +300,8 @@ def absorb_probe(
         if is_sound(t, p.answer)
     ][: settings.absorb_samples]
     extras = LLMServiceExtras()
-    count = round(extras.absorb_replay_ratio * len(sound))
+    ratio = settings.absorb_replay_ratio
+    count = round((ratio if ratio >= 0 else extras.absorb_replay_ratio) * len(sound))
     base, ltok = load_causal_lm(manifest.llm)
     candidates = replay_candidates(replay_pool, {p.id for p in samples}, count, settings.seed)
     replay = sound_replay(candidates, lambda ps: greedy_texts(base, ltok, ps), count)

@@ -164,6 +164,11 @@ def evaluate_agents(
             "all": scores["all"],
             "own_nlp": scores.get(f"{home}_nlp", 0.0),
             "all_nlp": scores["all_nlp"],
+            "by_domain": {
+                d: v
+                for d, v in scores.items()
+                if not d.startswith("all") and not d.endswith("_nlp")
+            },
         }
     return results
 
