@@ -6,13 +6,14 @@ of replicas, or a restarted process, see the same allocator.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,8 @@ class RoundEventFeed:
     (redis-py's pool holds 100, so past ~90 agents every RPC failed with "Too many
     connections") and one wake-up per agent per `block_ms`. Now one thread reads the stream
     and wakes the subscribers when it grows or a watcher's RPC ends; it stops when the last
-    subscriber leaves.
+    subscriber leaves. Subscribers are threads (`subscribe`, the threaded server) or
+    coroutines (`subscribe_async`, the aio server: no thread per watcher).
     """
 
     def __init__(
@@ -120,15 +122,12 @@ class RoundEventFeed:
         self._changed = threading.Condition()
         self._subscribers = 0
         self._reader: threading.Thread | None = None
+        # subscribe_async's subscribers: each waits on an asyncio.Event of its loop
+        self._async_waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
 
     def subscribe(self, first: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
         """Events of round >= `first` (and the run's end) from the stream's start on."""
-        with self._changed:
-            self._subscribers += 1
-            if self._reader is None:
-                self.total = self._total_rounds()
-                self._reader = threading.Thread(target=self._read, name="round-events", daemon=True)
-                self._reader.start()
+        self._join()
         try:
             seen = 0
             while not cancelled():
@@ -138,14 +137,78 @@ class RoundEventFeed:
                         self._changed.wait(IDLE_WAKE_S)
                     fresh = self._events[seen:]
                 seen += len(fresh)
-                for event in fresh:
-                    if event.round >= first or event.finished:
-                        yield dataclasses.replace(event, total_rounds=self.total)
-                    if event.finished:
-                        return
+                due, finished = self._due(fresh, first)
+                yield from due
+                if finished:
+                    return
         finally:
-            with self._changed:
-                self._subscribers -= 1
+            self._leave()
+
+    async def subscribe_async(self, first: int) -> AsyncIterator[RoundEventView]:
+        """`subscribe` for a coroutine: waits on the event loop, not in a thread, for the
+        reader to call it back (loop.call_soon_threadsafe); a subscriber whose task is
+        cancelled (its RPC ended) leaves at once, so it needs no wake()."""
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        self._join((loop, arrived))
+        try:
+            seen = 0
+            while True:
+                with self._changed:
+                    fresh = self._events[seen:]
+                    if not fresh:
+                        # under the lock: the reader's next call back comes after this
+                        arrived.clear()
+                if not fresh:
+                    await arrived.wait()
+                    continue
+                seen += len(fresh)
+                due, finished = self._due(fresh, first)
+                for event in due:
+                    yield event
+                if finished:
+                    return
+        finally:
+            self._leave((loop, arrived))
+
+    def _due(self, fresh: list[RoundEventView], first: int) -> tuple[list[RoundEventView], bool]:
+        """What of `fresh` a subscriber from round `first` gets, and whether the run ended."""
+        due: list[RoundEventView] = []
+        for event in fresh:
+            if event.round >= first or event.finished:
+                due.append(dataclasses.replace(event, total_rounds=self.total))
+            if event.finished:
+                return due, True
+        return due, False
+
+    def _join(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None) -> None:
+        with self._changed:
+            self._subscribers += 1
+            if waiter is not None:
+                self._async_waiters.setdefault(waiter[0], set()).add(waiter[1])
+            if self._reader is None:
+                self.total = self._total_rounds()
+                self._reader = threading.Thread(target=self._read, name="round-events", daemon=True)
+                self._reader.start()
+
+    def _leave(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None) -> None:
+        with self._changed:
+            self._subscribers -= 1
+            if waiter is not None:
+                waiting = self._async_waiters.get(waiter[0], set())
+                waiting.discard(waiter[1])
+                if not waiting:
+                    self._async_waiters.pop(waiter[0], None)
+
+    def _notify(self) -> None:
+        """Wake every subscriber; the caller holds the lock. One call back per event loop,
+        which then sets each of its subscribers' events."""
+        self._changed.notify_all()
+        for loop, waiting in self._async_waiters.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, list(waiting))
+            except RuntimeError:  # that loop closed; its subscribers went with it
+                continue
 
     @property
     def reading(self) -> bool:
@@ -184,7 +247,7 @@ class RoundEventFeed:
             with self._changed:
                 self._after = entries[-1][0]
                 self._events.extend(fresh)
-                self._changed.notify_all()
+                self._notify()
 
     def _event(self, fields: dict[str, str]) -> RoundEventView:
         round_number, phase = int(fields["round"]), Phase(fields["phase"])
@@ -196,6 +259,11 @@ class RoundEventFeed:
             fields.get("finished") == "1",
             fetch_window_ms=window,
         )
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 _LOGPROB_FIELDS = (
@@ -473,6 +541,12 @@ class AllocatorCore:
         """Round events from `from_round` (0: the current round) until the run finishes."""
         first = from_round or max(self.store.current_round(), 1)
         yield from self._event_feed.subscribe(first, cancelled)
+
+    def watch_async(self, from_round: int) -> AsyncIterator[RoundEventView]:
+        """`watch` for a coroutine (the aio servicer): no thread per watcher, and the
+        watcher leaves when its task is cancelled. Resolves round 0 before returning."""
+        first = from_round or max(self.store.current_round(), 1)
+        return self._event_feed.subscribe_async(first)
 
     def wake_watchers(self) -> None:
         """Call when a watcher's RPC ends, so its subscription notices and lets go."""

@@ -3,22 +3,34 @@ round driver (or, by `role`, only one of them), block until SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import GrpcLLMGateway
-from allocator.service import AllocatorServicer
+from allocator.service import AioAllocatorServicer, AllocatorServicer
 from lada.config import (
     ALLOCATOR_ROLES,
     ROLE_DRIVER,
     ROLE_RPC,
+    SERVER_AIO,
+    SERVER_MODES,
     AllocatorConfig,
     AllocatorSettings,
 )
 from lada.redis_conn import connect
-from lada.server import ServiceBinding, channel_credentials, run_until_signalled, start_server
+from lada.server import (
+    AioRunningServer,
+    RunningServer,
+    ServiceBinding,
+    channel_credentials,
+    run_aio_until_signalled,
+    run_until_signalled,
+    start_aio_server,
+    start_server,
+)
 from lada.state import Conflict, StateStore
 from lada.tasks import DatasetSpecError, load_dataset
 from lada.v1 import allocator_pb2_grpc
@@ -43,6 +55,13 @@ def serve(config: AllocatorConfig) -> int:
             file=sys.stderr,
         )
         return 2
+    if config.server_mode not in SERVER_MODES:
+        print(
+            f"lada allocator: server_mode: {config.server_mode!r} is not one of "
+            f"{', '.join(SERVER_MODES)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         core = build_core(config)
     except (DatasetSpecError, Conflict, ValueError) as exc:
@@ -58,16 +77,49 @@ def serve(config: AllocatorConfig) -> int:
         else None
     )
     driver = RoundDriver(core, llm) if config.role != ROLE_RPC else None
-    bindings = [
-        ServiceBinding(
-            allocator_pb2_grpc.add_AllocatorServicer_to_server,
-            AllocatorServicer(core),
-            "lada.v1.Allocator",
-        )
-    ]
-    running = start_server(
-        "allocator", bindings if config.role != ROLE_DRIVER else [], config.server
+    if config.server_mode == SERVER_AIO:
+        asyncio.run(_serve_aio(config, core, driver, llm))
+        return 0
+    binding = ServiceBinding(
+        allocator_pb2_grpc.add_AllocatorServicer_to_server,
+        AllocatorServicer(core),
+        "lada.v1.Allocator",
     )
+    running = start_server(
+        "allocator", [binding] if config.role != ROLE_DRIVER else [], config.server
+    )
+    _started(config, core, running, driver, llm)
+    run_until_signalled(running)
+    return 0
+
+
+async def _serve_aio(
+    config: AllocatorConfig,
+    core: AllocatorCore,
+    driver: RoundDriver | None,
+    llm: GrpcLLMGateway | None,
+) -> None:
+    """Serve on grpc.aio in this loop (the driver keeps its own thread) until signalled."""
+    binding = ServiceBinding(
+        allocator_pb2_grpc.add_AllocatorServicer_to_server,
+        AioAllocatorServicer(core),
+        "lada.v1.Allocator",
+    )
+    running = await start_aio_server(
+        "allocator", [binding] if config.role != ROLE_DRIVER else [], config.server
+    )
+    _started(config, core, running, driver, llm)
+    await run_aio_until_signalled(running)
+
+
+def _started(
+    config: AllocatorConfig,
+    core: AllocatorCore,
+    running: RunningServer | AioRunningServer,
+    driver: RoundDriver | None,
+    llm: GrpcLLMGateway | None,
+) -> None:
+    """Hook the driver and the LLM channel to the server's stop, start the driver, log."""
     if driver is not None:
         running.add_stop_hook(driver.stop)
     if llm is not None:
@@ -82,8 +134,7 @@ def serve(config: AllocatorConfig) -> int:
             "policy": config.policy,
             "pool_size": len(core.problems),
             "role": config.role,
+            "server_mode": config.server_mode,
             "driver": driver.owner if driver is not None else "",
         },
     )
-    run_until_signalled(running)
-    return 0

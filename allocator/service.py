@@ -1,15 +1,21 @@
-"""The Allocator gRPC servicer: authenticates, translates messages, maps refusals to status
-codes. Everything else is in `AllocatorCore` and `RoundDriver`."""
+"""The Allocator gRPC servicers: authenticate, translate messages, map refusals to status
+codes. Everything else is in `AllocatorCore` and `RoundDriver`.
+
+Two servicers share one translation of each RPC (`_Translations`): `AioAllocatorServicer`
+for the grpc.aio server (the default: one event loop; unary RPCs call the sync core inline
+on it, WatchRounds streams are coroutines, not threads) and `AllocatorServicer` for gRPC's
+threaded server (`AllocatorConfig.server_mode: threaded`).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
-from allocator.core import AllocatorCore, InvalidArgument
+from allocator.core import AllocatorCore, InvalidArgument, RoundEventView
 from lada.learnability import ClusterModel
 from lada.state import (
     AgentRecord,
@@ -28,6 +34,7 @@ from lada.state import (
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 STATUS_OF: dict[type[StateError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,11 +47,10 @@ STATUS_OF: dict[type[StateError], grpc.StatusCode] = {
 }
 
 
-def _abort(context: grpc.ServicerContext, error: StateError) -> None:
-    code = next(
+def status_of(error: StateError) -> grpc.StatusCode:
+    return next(
         (c for kind, c in STATUS_OF.items() if isinstance(error, kind)), grpc.StatusCode.INTERNAL
     )
-    context.abort(code, str(error))
 
 
 def refusals_to_status(method: F) -> F:
@@ -55,7 +61,7 @@ def refusals_to_status(method: F) -> F:
         try:
             return method(self, request, context)
         except StateError as error:
-            _abort(context, error)
+            context.abort(status_of(error), str(error))
 
     return wrapped  # type: ignore[return-value]
 
@@ -66,9 +72,52 @@ def streamed_refusals_to_status(method: F) -> F:
         try:
             yield from method(self, request, context)
         except StateError as error:
-            _abort(context, error)
+            context.abort(status_of(error), str(error))
 
     return wrapped  # type: ignore[return-value]
+
+
+def refusals_on_loop(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """An aio handler running the sync `method` inline on the event loop, refusals mapped
+    to status codes. Inline, not in a thread pool: the core's Redis round trips take 60-100 us
+    each, and a pool of 8 threads measured about 2x the inline tails (docs/bench/load.md,
+    "the allocator on grpc.aio")."""
+
+    @functools.wraps(method)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except StateError as error:
+            await context.abort(status_of(error), str(error))
+
+    return wrapped
+
+
+def async_streamed_refusals_to_status(
+    method: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except StateError as error:
+            await context.abort(status_of(error), str(error))
+
+    return wrapped
+
+
+def async_refusals_to_status(
+    method: Callable[..., Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except StateError as error:
+            await context.abort(status_of(error), str(error))
+
+    return wrapped
 
 
 def bearer_token(context: grpc.ServicerContext) -> str:
@@ -85,8 +134,17 @@ def phase_enum(phase: Phase | None) -> int:
     return common_pb2.RoundPhase.Value(f"ROUND_PHASE_{phase.value}")
 
 
-class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
-    """lada.v1.Allocator over an AllocatorCore."""
+UNARY_RPCS = tuple(
+    method.name
+    for method in allocator_pb2.DESCRIPTOR.services_by_name["Allocator"].methods
+    if not method.client_streaming and not method.server_streaming
+)
+
+
+class _Translations:
+    """Each unary RPC of lada.v1.Allocator as a sync function of (request, context) that
+    raises StateError for a refusal, and the parts the streaming RPCs share. Both servicers
+    mount these; the context is only read (its metadata), so it may be either server's."""
 
     def __init__(self, core: AllocatorCore) -> None:
         self.core = core
@@ -95,7 +153,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         return self.core.authorize(bearer_token(context), agent_id)
 
     # ---- registry ----------------------------------------------------------------------------
-    @refusals_to_status
     def RegisterAgent(self, request, context):  # type: ignore[no-untyped-def]
         enrollment = self.core.register(
             request.name,
@@ -114,7 +171,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             total_rounds=self.core.total_rounds(),
         )
 
-    @refusals_to_status
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
         current, phase, stamp = self.core.authorized_heartbeat(
             bearer_token(context), request.agent_id
@@ -123,14 +179,12 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             current_round=current, phase=phase_enum(phase), server_time_unix_ms=stamp
         )
 
-    @refusals_to_status
     def Deregister(self, request, context):  # type: ignore[no-untyped-def]
         agent = self._agent(context, request.agent_id)
         self.core.leave(agent.agent_id, AgentStatus.DEREGISTERED)
         return allocator_pb2.DeregisterResponse()
 
     # ---- rounds ------------------------------------------------------------------------------
-    @refusals_to_status
     def GetAllocation(self, request, context):  # type: ignore[no-untyped-def]
         token = bearer_token(context)
         if self.core.is_operator(token):
@@ -154,43 +208,15 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             contribution_requests=view.contribution_requests,
         )
 
-    @streamed_refusals_to_status
-    def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
+    def _watch_checked(self, request: Any, context: Any) -> None:
+        """WatchRounds' checks before it subscribes: the caller, then from_round."""
         self._agent(context, request.agent_id)
         if request.from_round < 0:
             raise InvalidArgument(f"from_round: must not be negative, got {request.from_round}")
-        context.add_callback(self.core.wake_watchers)
-        for event in self.core.watch(request.from_round, lambda: not context.is_active()):
-            yield allocator_pb2.RoundEvent(
-                round=event.round,
-                phase=phase_enum(event.phase),
-                timestamp_unix_ms=event.ts_ms,
-                total_rounds=event.total_rounds,
-                run_finished=event.finished,
-                fetch_window_ms=event.fetch_window_ms,
-            )
 
-    @refusals_to_status
-    def ReportStats(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        token = bearer_token(context)
-        agent: AgentRecord | None = None
-        claimed: tuple[str, int] | None = None
-        stats: list[allocator_pb2.SampleStats] = []
-        for message in request_iterator:
-            if agent is None:
-                agent = self.core.authorize(token, message.agent_id)
-                claimed = (message.agent_id, message.round)
-            elif (message.agent_id, message.round) != claimed:
-                raise InvalidArgument("agent_id, round: must be the same in every message")
-            stats.extend(message.stats)
-        if agent is None or claimed is None:
-            raise InvalidArgument("stats: the stream carried no message")
-        outcome = self.core.report(agent.agent_id, claimed[1], stats)
-        return allocator_pb2.ReportStatsResponse(
-            accepted=outcome.accepted, duplicates=outcome.duplicates
-        )
+    def _report(self, context: Any) -> _StatsReport:
+        return _StatsReport(self.core, bearer_token(context))
 
-    @refusals_to_status
     def ContributePaths(self, request, context):  # type: ignore[no-untyped-def]
         agent = self._agent(context, request.agent_id)
         outcome = self.core.contribute(
@@ -198,7 +224,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         )
         return allocator_pb2.ContributePathsResponse(**vars(outcome))
 
-    @refusals_to_status
     def GetClusterModel(self, request, context):  # type: ignore[no-untyped-def]
         token = bearer_token(context)
         if not self.core.is_operator(token):
@@ -206,7 +231,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         return cluster_model_message(self.core.cluster_model)
 
     # ---- operator ----------------------------------------------------------------------------
-    @refusals_to_status
     def GetRoundStatus(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context))
         if request.round < 0:
@@ -234,12 +258,10 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             ],
         )
 
-    @refusals_to_status
     def ListAgents(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context))
         return allocator_pb2.ListAgentsResponse(agents=[agent_info(a) for a in self.core.agents()])
 
-    @refusals_to_status
     def GetLearnabilityGaps(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context))
         return allocator_pb2.GetLearnabilityGapsResponse(
@@ -252,7 +274,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             ]
         )
 
-    @refusals_to_status
     def RevokeAgent(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context))
         if not request.agent_id:
@@ -260,7 +281,6 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
         self.core.leave(request.agent_id, AgentStatus.REVOKED)
         return allocator_pb2.RevokeAgentResponse()
 
-    @refusals_to_status
     def InviteAgent(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context), required=True)
         invitation_id, secret, expires_ms = self.core.invite(request.name, request.expires_in_s)
@@ -268,24 +288,110 @@ class AllocatorServicer(allocator_pb2_grpc.AllocatorServicer):
             invitation_id=invitation_id, enrollment_secret=secret, expires_unix_ms=expires_ms
         )
 
-    @refusals_to_status
     def ListInvitations(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context), required=True)
         return allocator_pb2.ListInvitationsResponse(
             invitations=[invitation_info(i, state) for i, state in self.core.invitations()]
         )
 
-    @refusals_to_status
     def RevokeInvitation(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context), required=True)
         self.core.revoke_invitation(request.invitation_id)
         return allocator_pb2.RevokeInvitationResponse()
 
-    @refusals_to_status
     def SetTotalRounds(self, request, context):  # type: ignore[no-untyped-def]
         self.core.check_operator(bearer_token(context), required=True)
         total, current = self.core.set_total_rounds(request.total_rounds)
         return allocator_pb2.SetTotalRoundsResponse(total_rounds=total, current_round=current)
+
+
+def round_event(event: RoundEventView) -> allocator_pb2.RoundEvent:
+    return allocator_pb2.RoundEvent(
+        round=event.round,
+        phase=phase_enum(event.phase),
+        timestamp_unix_ms=event.ts_ms,
+        total_rounds=event.total_rounds,
+        run_finished=event.finished,
+        fetch_window_ms=event.fetch_window_ms,
+    )
+
+
+class _StatsReport:
+    """One ReportStats stream as its messages arrive: the first names the caller and round,
+    every later one must name the same."""
+
+    def __init__(self, core: AllocatorCore, token: str) -> None:
+        self.core = core
+        self.token = token
+        self.agent: AgentRecord | None = None
+        self.claimed: tuple[str, int] | None = None
+        self.stats: list[allocator_pb2.SampleStats] = []
+
+    def add(self, message: allocator_pb2.ReportStatsRequest) -> None:
+        if self.agent is None:
+            self.agent = self.core.authorize(self.token, message.agent_id)
+            self.claimed = (message.agent_id, message.round)
+        elif (message.agent_id, message.round) != self.claimed:
+            raise InvalidArgument("agent_id, round: must be the same in every message")
+        self.stats.extend(message.stats)
+
+    def send(self) -> allocator_pb2.ReportStatsResponse:
+        if self.agent is None or self.claimed is None:
+            raise InvalidArgument("stats: the stream carried no message")
+        outcome = self.core.report(self.agent.agent_id, self.claimed[1], self.stats)
+        return allocator_pb2.ReportStatsResponse(
+            accepted=outcome.accepted, duplicates=outcome.duplicates
+        )
+
+
+def _serving_unary(wrap: Callable[[Callable[..., Any]], Any]) -> Callable[[type[T]], type[T]]:
+    """Class decorator: every unary RPC of `_Translations`, wrapped by `wrap` (the server's
+    way of running it and mapping refusals)."""
+
+    def mount(cls: type[T]) -> type[T]:
+        for name in UNARY_RPCS:
+            setattr(cls, name, wrap(getattr(_Translations, name)))
+        return cls
+
+    return mount
+
+
+@_serving_unary(refusals_to_status)
+class AllocatorServicer(_Translations, allocator_pb2_grpc.AllocatorServicer):
+    """lada.v1.Allocator on gRPC's threaded server: a thread per RPC in flight."""
+
+    @streamed_refusals_to_status
+    def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
+        self._watch_checked(request, context)
+        context.add_callback(self.core.wake_watchers)
+        for event in self.core.watch(request.from_round, lambda: not context.is_active()):
+            yield round_event(event)
+
+    @refusals_to_status
+    def ReportStats(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        report = self._report(context)
+        for message in request_iterator:
+            report.add(message)
+        return report.send()
+
+
+@_serving_unary(refusals_on_loop)
+class AioAllocatorServicer(_Translations, allocator_pb2_grpc.AllocatorServicer):
+    """lada.v1.Allocator on grpc.aio: every RPC a coroutine on one event loop."""
+
+    @async_streamed_refusals_to_status
+    async def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
+        self._watch_checked(request, context)
+        # gRPC cancels this coroutine when the client goes away: the subscription ends there
+        async for event in self.core.watch_async(request.from_round):
+            yield round_event(event)
+
+    @async_refusals_to_status
+    async def ReportStats(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        report = self._report(context)
+        async for message in request_iterator:
+            report.add(message)
+        return report.send()
 
 
 def agent_info(record: AgentRecord) -> allocator_pb2.AgentInfo:

@@ -42,6 +42,9 @@ ROLE_ALL = "all"  # an allocator process serves the RPCs and drives the rounds
 ROLE_RPC = "rpc"  # serves the RPCs only; another process drives (state is all in Redis)
 ROLE_DRIVER = "driver"  # drives the rounds only (health service on its port, no Allocator RPCs)
 ALLOCATOR_ROLES = (ROLE_ALL, ROLE_RPC, ROLE_DRIVER)
+SERVER_AIO = "aio"  # the allocator's servicer on grpc.aio: one event loop, no thread per stream
+SERVER_THREADED = "threaded"  # gRPC's threaded server: a thread per RPC in flight
+SERVER_MODES = (SERVER_AIO, SERVER_THREADED)
 STATE_DIR_ENV = "LADA_HOME"
 
 
@@ -235,6 +238,8 @@ class AllocatorConfig:
     # all | rpc | driver: the round driver holds the GIL for its allocations and folds, so at
     # scale RPC processes run beside one driver process (docs/bench/load.md)
     role: str = ROLE_ALL
+    # aio | threaded: how the RPC server runs (docs/bench/load.md, "the allocator on grpc.aio")
+    server_mode: str = SERVER_AIO
     llm_tls: ClientTLS = field(default_factory=ClientTLS)  # for the channel to the LLM service
     lada: LadaHyperParams = field(default_factory=LadaHyperParams)
     settings: AllocatorSettings = field(default_factory=AllocatorSettings)

@@ -10,6 +10,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -58,8 +59,8 @@ def caller_key(metadata: tuple[tuple[str, str | bytes], ...] | None, peer: str) 
     return "peer:" + host
 
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
-    """Refuses RPCs beyond `rate` per second per caller (health checks are exempt)."""
+class _RateLimit:
+    """The decision both servers' interceptors take: health checks and reflection are exempt."""
 
     EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -67,22 +68,38 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
         self.buckets = TokenBuckets(rate, burst)
         self.message = f"rate limit: at most {rate:g} RPCs/s per caller (burst {burst:g})"
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def allows(self, handler_call_details: grpc.HandlerCallDetails) -> bool:
         method = handler_call_details.method
         if method.startswith(self.EXEMPT_PREFIXES):
-            return continuation(handler_call_details)
+            return True
         # The peer is not in handler_call_details; token-less callers share one bucket.
-        key = caller_key(handler_call_details.invocation_metadata, "")
-        if self.buckets.allow(key):
-            return continuation(handler_call_details)
+        return self.buckets.allow(caller_key(handler_call_details.invocation_metadata, ""))
+
+
+class RateLimitInterceptor(_RateLimit, grpc.ServerInterceptor):
+    """Refuses RPCs beyond `rate` per second per caller (threaded server)."""
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        allowed = self.allows(handler_call_details)
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _matching_abort(handler, self.message)
+        if allowed or handler is None:
+            return handler
+        return _matching_abort(handler, *_aborting(self.message))
 
 
-def _matching_abort(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """An aborting handler of the same streaming shape as the one it replaces."""
+class AioRateLimitInterceptor(_RateLimit, grpc.aio.ServerInterceptor):
+    """Refuses RPCs beyond `rate` per second per caller (grpc.aio server)."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        allowed = self.allows(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if allowed or handler is None:
+            return handler
+        return _matching_abort(handler, *_aborting_aio(self.message))
+
+
+def _aborting(message: str) -> tuple[Any, Any]:
+    """A unary and a streaming behaviour that refuse with RESOURCE_EXHAUSTED."""
 
     def unary(request, context):  # type: ignore[no-untyped-def]
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
@@ -91,6 +108,26 @@ def _matching_abort(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMet
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         yield  # pragma: no cover
 
+    return unary, streaming
+
+
+def _aborting_aio(message: str) -> tuple[Any, Any]:
+    """_aborting for the aio server: coroutines that await the abort."""
+
+    async def unary(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+    async def streaming(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        yield  # pragma: no cover
+
+    return unary, streaming
+
+
+def _matching_abort(
+    handler: grpc.RpcMethodHandler, unary: Any, streaming: Any
+) -> grpc.RpcMethodHandler:
+    """An aborting handler of the same streaming shape as the one it replaces."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,

@@ -3,10 +3,17 @@
 Every service gets the same things here, so a servicer only translates and validates:
 grpc.health.v1, server reflection, message-size limits, optional TLS/mTLS, a Prometheus
 endpoint with per-RPC counters and latencies, JSON logs, and graceful SIGTERM shutdown.
+
+Two ways to serve: `start_server` (gRPC's threaded server: a thread per RPC in flight, so one
+per open stream) and `start_aio_server` (grpc.aio: one event loop; the allocator uses it so
+that its WatchRounds streams cost no thread each, docs/bench/load.md). Both build their
+options, credentials, interceptors and mounts here, from the same code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import signal
 import threading
@@ -23,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lada.config import ClientTLS, ServerConfig
 from lada.logs import configure_logging
-from lada.ratelimit import RateLimitInterceptor
+from lada.ratelimit import AioRateLimitInterceptor, RateLimitInterceptor
 
 log = logging.getLogger("lada.server")
 
@@ -59,19 +66,53 @@ class RunningServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_seconds).wait()
-        for hook in self._on_stop:
-            try:
-                hook()
-            except Exception:  # a failing hook must not block shutdown of the others
-                log.exception("stop hook failed")
-        log.info("server stopped", extra={"port": self.port})
+        _run_stop_hooks(self._on_stop, self.port)
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
-class _MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts RPCs by method and status code and records their latency."""
+@dataclass
+class AioRunningServer:
+    """A started grpc.aio server, used from its event loop; `stop()` is idempotent and flips
+    health to NOT_SERVING first, as RunningServer's."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    metrics_port: int | None
+    grace_seconds: float
+    _stopped: bool = False
+    _on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """`hook` runs on the loop after the server stopped (blocking there is harmless)."""
+        self._on_stop.append(hook)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+        _run_stop_hooks(self._on_stop, self.port)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def _run_stop_hooks(hooks: Iterable[Callable[[], None]], port: int) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # a failing hook must not block shutdown of the others
+            log.exception("stop hook failed")
+    log.info("server stopped", extra={"port": port})
+
+
+class _RpcMetrics:
+    """Counts RPCs by method and status code and records their latency (both servers)."""
 
     def __init__(self, service: str) -> None:
         from lada import metrics
@@ -84,23 +125,8 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
         self._counted: dict[tuple[str, str], Any] = {}
         self._timed: dict[str, Any] = {}
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
-        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
-
-    def _observe(
-        self, method: str, context: grpc.ServicerContext, started: float, failed: bool
-    ) -> None:
-        code = context.code() if hasattr(context, "code") else None
+    def observe(self, method: str, code: Any, started: float, failed: bool) -> None:
+        """`code`: what the context says (a StatusCode, or None when the handler set none)."""
         name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
         elapsed = time.perf_counter() - started
         counter = self._counted.get((method, name))
@@ -114,6 +140,38 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
             timer = self._timed[method] = self._latency.labels(self._service, method)
         timer.observe(elapsed)
 
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary: Any, wrap_stream: Any) -> Any:
+    """`handler` with its behaviour wrapped, whichever of the four shapes it has."""
+    if handler.unary_unary:
+        return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
+    if handler.stream_unary:
+        return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
+    if handler.unary_stream:
+        return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
+    return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
+
+
+class _MetricsInterceptor(grpc.ServerInterceptor):
+    """_RpcMetrics around every handler of the threaded server."""
+
+    def __init__(self, service: str) -> None:
+        self._metrics = _RpcMetrics(service)
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return _wrap_handler(
+            handler,
+            lambda behaviour: self._wrap_unary(behaviour, method),
+            lambda behaviour: self._wrap_stream(behaviour, method),
+        )
+
+    def _code(self, context: grpc.ServicerContext) -> Any:
+        return context.code() if hasattr(context, "code") else None
+
     def _wrap_unary(self, behaviour, method: str):  # type: ignore[no-untyped-def]
         def wrapped(request, context):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
@@ -124,7 +182,7 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 failed = True
                 raise
             finally:
-                self._observe(method, context, started, failed)
+                self._metrics.observe(method, self._code(context), started, failed)
 
         return wrapped
 
@@ -138,9 +196,129 @@ class _MetricsInterceptor(grpc.ServerInterceptor):
                 failed = True
                 raise
             finally:
-                self._observe(method, context, started, failed)
+                self._metrics.observe(method, self._code(context), started, failed)
 
         return wrapped
+
+
+class _AioMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """_RpcMetrics around every handler of the aio server (coroutines and async generators;
+    a streaming handler may also be a coroutine writing with `context.write`)."""
+
+    def __init__(self, service: str) -> None:
+        self._metrics = _RpcMetrics(service)
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return _wrap_handler(
+            handler,
+            lambda behaviour: self._wrap_coroutine(behaviour, method),
+            lambda behaviour: (
+                self._wrap_generator(behaviour, method)
+                if inspect.isasyncgenfunction(behaviour)
+                else self._wrap_coroutine(behaviour, method)
+            ),
+        )
+
+    def _observe(self, method: str, context: Any, started: float, error: BaseException | None):
+        code = (
+            grpc.StatusCode.CANCELLED
+            if isinstance(error, asyncio.CancelledError)
+            else context.code()
+        )
+        self._metrics.observe(method, code, started, error is not None)
+
+    def _wrap_coroutine(self, behaviour, method: str):  # type: ignore[no-untyped-def]
+        async def wrapped(request, context):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:  # aborts and cancellations are counted, then go on
+                error = exc
+                raise
+            finally:
+                self._observe(method, context, started, error)
+
+        return wrapped
+
+    def _wrap_generator(self, behaviour, method: str):  # type: ignore[no-untyped-def]
+        async def wrapped(request, context):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._observe(method, context, started, error)
+
+        return wrapped
+
+
+# gRPC's threaded server refuses a request it cannot deserialize with INTERNAL and this
+# message; grpc.aio reports UNKNOWN "Unexpected DecodeError". Both servers answer the former.
+UNDECODABLE_DETAILS = "Exception deserializing request!"
+_UNDECODABLE = object()  # what the tolerant deserializer hands on for a corrupt request
+
+
+class _AioUndecodableInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses a corrupt request on the aio server as the threaded server does."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+
+        def tolerant(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except Exception:
+                return _UNDECODABLE
+
+        streamed = handler.stream_unary or handler.stream_stream
+        return _wrap_handler(
+            handler._replace(request_deserializer=tolerant),
+            lambda behaviour: _refusing_undecodable(behaviour, streamed, False),
+            lambda behaviour: _refusing_undecodable(behaviour, streamed, True),
+        )
+
+
+def _refusing_undecodable(behaviour: Any, streamed_requests: bool, streamed_responses: bool) -> Any:
+    """`behaviour` with corrupt requests refused before it sees them (INTERNAL)."""
+
+    async def check(request: Any, context: Any) -> Any:
+        if not streamed_requests:
+            if request is _UNDECODABLE:
+                await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS)
+            return request
+
+        async def checked() -> Any:
+            async for message in request:
+                if message is _UNDECODABLE:
+                    await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS)
+                yield message
+
+        return checked()
+
+    if streamed_responses and inspect.isasyncgenfunction(behaviour):
+
+        async def generator(request, context):  # type: ignore[no-untyped-def]
+            async for response in behaviour(await check(request, context), context):
+                yield response
+
+        return generator
+
+    async def coroutine(request, context):  # type: ignore[no-untyped-def]
+        return await behaviour(await check(request, context), context)
+
+    return coroutine
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -172,33 +350,33 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def start_server(
-    name: str,
-    bindings: Iterable[ServiceBinding],
-    config: ServerConfig,
-    interceptors: Iterable[grpc.ServerInterceptor] = (),
-) -> RunningServer:
-    """Start a gRPC server with health, reflection and metrics; return once it listens."""
-    from lada import metrics
-
-    configure_logging(config.log_level, config.log_json, service=name)
-    bindings = list(bindings)
-    chain: list[grpc.ServerInterceptor] = [_MetricsInterceptor(name)]
+def _interceptors(name: str, config: ServerConfig, aio: bool, extra: Iterable[Any]) -> list[Any]:
+    """Metrics first (it sees every refusal too), then (aio) corrupt requests, then the rate
+    limit, then `extra`."""
+    chain: list[Any] = [_AioMetricsInterceptor(name) if aio else _MetricsInterceptor(name)]
+    if aio:
+        chain.append(_AioUndecodableInterceptor())
     if config.rate_limit_per_s > 0:
-        chain.append(RateLimitInterceptor(config.rate_limit_per_s, config.rate_limit_burst))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=name),
-        options=grpc_options(config),
-        interceptors=[*chain, *interceptors],
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+        limiter = AioRateLimitInterceptor if aio else RateLimitInterceptor
+        chain.append(limiter(config.rate_limit_per_s, config.rate_limit_burst))
+    return [*chain, *extra]
+
+
+def _mount(server: Any, bindings: list[ServiceBinding], health_servicer: Any) -> list[str]:
+    """Health, the services and reflection over all of them; the services' full names."""
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
     names = [b.full_name for b in bindings]
+    # enable_server_reflection mounts the aio servicer on an aio server
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    return names
+
+
+def _bind(server: Any, name: str, config: ServerConfig) -> tuple[int, bool]:
+    """Add the configured port (TLS when configured); the bound port and whether TLS."""
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config)
     port = (
@@ -208,21 +386,75 @@ def start_server(
     )
     if port == 0:
         raise OSError(f"{name}: cannot bind {address}")
-    server.start()
-    for service_name in ["", *names]:
-        health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    return port, credentials is not None
+
+
+def _announce(
+    name: str, config: ServerConfig, port: int, tls: bool, names: list[str]
+) -> int | None:
+    """Start the metrics endpoint and log that the server serves; the metrics port."""
+    from lada import metrics
+
     metrics_port = metrics.start_endpoint(config.metrics_port, config.host)
     log.info(
         "serving",
         extra={
             "service": name,
             "port": port,
-            "tls": bool(credentials),
+            "tls": tls,
             "metrics_port": metrics_port,
             "rpcs": names,
         },
     )
+    return metrics_port
+
+
+def start_server(
+    name: str,
+    bindings: Iterable[ServiceBinding],
+    config: ServerConfig,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
+) -> RunningServer:
+    """Start a gRPC server with health, reflection and metrics; return once it listens."""
+    configure_logging(config.log_level, config.log_json, service=name)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=name),
+        options=grpc_options(config),
+        interceptors=_interceptors(name, config, False, interceptors),
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    names = _mount(server, list(bindings), health_servicer)
+    port, tls = _bind(server, name, config)
+    server.start()
+    for service_name in ["", *names]:
+        health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_port = _announce(name, config, port, tls, names)
     return RunningServer(server, port, health_servicer, names, metrics_port, config.grace_seconds)
+
+
+async def start_aio_server(
+    name: str,
+    bindings: Iterable[ServiceBinding],
+    config: ServerConfig,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+) -> AioRunningServer:
+    """As start_server, on grpc.aio in the running event loop; the bindings' servicers must
+    be asyncio servicers (async def handlers, async generators for streams)."""
+    configure_logging(config.log_level, config.log_json, service=name)
+    server = grpc.aio.server(
+        options=grpc_options(config),
+        interceptors=_interceptors(name, config, True, interceptors),
+    )
+    health_servicer = health.aio.HealthServicer()
+    names = _mount(server, list(bindings), health_servicer)
+    port, tls = _bind(server, name, config)
+    await server.start()
+    for service_name in ["", *names]:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_port = _announce(name, config, port, tls, names)
+    return AioRunningServer(
+        server, port, health_servicer, names, metrics_port, config.grace_seconds
+    )
 
 
 def run_until_signalled(running: RunningServer) -> None:
@@ -230,10 +462,29 @@ def run_until_signalled(running: RunningServer) -> None:
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal received, shutting down", extra={"signal": signum})
+        _log_signal(signum)
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop_requested.wait()
     running.stop()
+
+
+async def run_aio_until_signalled(running: AioRunningServer) -> None:
+    """run_until_signalled for an aio server, from the loop that serves it."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal_in_loop, signum, stop_requested)
+    await stop_requested.wait()
+    await running.stop()
+
+
+def _on_signal_in_loop(signum: int, stop_requested: asyncio.Event) -> None:
+    _log_signal(signum)
+    stop_requested.set()
+
+
+def _log_signal(signum: int) -> None:
+    log.info("signal received, shutting down", extra={"signal": signum})

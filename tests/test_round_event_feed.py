@@ -4,6 +4,8 @@ go at once rather than at the next idle wake-up."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 
@@ -51,4 +53,41 @@ def test_only_the_allocated_event_carries_the_fetch_window(store: StateStore) ->
     ]
     assert all(e.total_rounds == 3 for e in seen)
     events.close()  # the subscriber leaves, then the reader
+    assert _reader_stopped(feed)
+
+
+def test_an_async_subscriber_is_woken_on_its_loop_by_the_reader(store: StateStore) -> None:
+    feed = _feed(store)
+
+    async def first_two() -> list[Phase]:
+        events = feed.subscribe_async(1)
+        first = await anext(events)  # waits on the loop until the reader thread calls back
+        assert store.record_round_allocations(1, {}, deadline_ms=0)
+        second = await asyncio.wait_for(anext(events), 5.0)
+        await events.aclose()
+        return [first.phase, second.phase]
+
+    async def opened_later() -> list[Phase]:
+        task = asyncio.create_task(first_two())
+        await asyncio.sleep(0.3)  # the subscriber waits now: no events yet
+        assert store.open_round(1, deadline_ms=0)
+        return await asyncio.wait_for(task, 5.0)
+
+    assert asyncio.run(opened_later()) == [Phase.OPEN, Phase.ALLOCATED]
+    assert _reader_stopped(feed)
+
+
+def test_an_async_subscriber_whose_task_is_cancelled_leaves_at_once(store: StateStore) -> None:
+    feed = _feed(store)
+
+    async def watch_then_cancel() -> float:
+        task = asyncio.create_task(anext(feed.subscribe_async(1)))
+        await asyncio.sleep(0.3)  # it is waiting now: no events yet
+        started = time.monotonic()
+        task.cancel()  # as gRPC does when the watcher's client goes away
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    assert asyncio.run(watch_then_cancel()) < 1.0
     assert _reader_stopped(feed)

@@ -1,29 +1,43 @@
-"""The shared server bootstrap: TLS, mTLS, rate limits, metrics, graceful stop."""
+"""The shared server bootstrap: TLS, mTLS, rate limits, metrics, graceful stop, on both of
+its servers (gRPC's threaded one and grpc.aio)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lada.config import ClientTLS, ServerConfig
-from lada.server import RunningServer, ServiceBinding, channel_credentials, start_server
+from lada.server import (
+    AioRunningServer,
+    ServiceBinding,
+    channel_credentials,
+    start_aio_server,
+    start_server,
+)
 from tests.certs import Issued, TestCA
 
 PING = "/lada.test.Echo/Ping"
 
 
-def _echo_binding() -> ServiceBinding:
+async def _echo_async(request: bytes, context: Any) -> bytes:
+    return request
+
+
+def _echo_binding(aio: bool = False) -> ServiceBinding:
     """A one-method service to exercise the interceptors (health is exempt from limits)."""
     handler = grpc.method_handlers_generic_handler(
         "lada.test.Echo",
         {
             "Ping": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: request,
+                _echo_async if aio else (lambda request, context: request),
                 request_deserializer=bytes,
                 response_serializer=bytes,
             )
@@ -36,19 +50,46 @@ def _echo_binding() -> ServiceBinding:
     )
 
 
-@pytest.fixture
-def serve() -> Iterator:
-    running: list[RunningServer] = []
+class _AioServer:
+    """An AioRunningServer on an event loop of its own thread, driven like a RunningServer."""
 
-    def start(**overrides: object) -> RunningServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._running: AioRunningServer = self._run(
+            start_aio_server("bootstrap-test", [_echo_binding(aio=True)], config)
+        )
+        self.port = self._running.port
+
+    def _run(self, work: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=30)
+
+    def stop(self) -> None:
+        self._run(self._running.stop())
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(params=["threaded", "aio"])
+def serve(request: pytest.FixtureRequest) -> Iterator:
+    running: list[Any] = []
+
+    def start(**overrides: object) -> Any:
         config = ServerConfig(port=0, metrics_port=-1, log_json=False, **overrides)
-        server = start_server("bootstrap-test", [_echo_binding()], config)
+        if request.param == "aio":
+            server: Any = _AioServer(config)
+        else:
+            server = start_server("bootstrap-test", [_echo_binding()], config)
         running.append(server)
         return server
 
     yield start
     for server in running:
-        server.stop()
+        getattr(server, "close", server.stop)()
 
 
 def _health(channel: grpc.Channel) -> str:
@@ -142,3 +183,18 @@ def test_stop_is_idempotent_and_closes_the_port(serve) -> None:
     ):
         _health(channel)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_corrupt_request_is_refused_as_internal(serve) -> None:
+    server = serve()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            check(b"\xff\xff\xff", timeout=5)  # not a HealthCheckRequest
+        assert caught.value.code() is grpc.StatusCode.INTERNAL
+        assert "deserializing" in caught.value.details()
+        assert _health(channel) == "SERVING"

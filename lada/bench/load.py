@@ -371,8 +371,9 @@ def start_allocator(
     """`plan.allocator_processes` x `lada allocator serve` on one port, open enrollment,
     waiting for every agent.
 
-    WatchRounds holds a server thread per subscriber in the threaded gRPC server, so the pool
-    gets one thread per agent plus headroom for the unary calls.
+    With `server_mode: threaded` WatchRounds holds a server thread per subscriber, so the pool
+    gets one thread per agent plus headroom for the unary calls (aio needs no pool).
+    `LADA_ALLOCATOR_SERVER_MODE` in the environment chooses the mode for an A/B.
     """
     from lada.cluster import free_port
 
