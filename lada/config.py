@@ -123,10 +123,11 @@ class LLMServiceExtras:
     max_lora_rank: int = 32  # engine-wide LoRA rank ceiling (vLLM: 8/16/32/64/...)
     # Absorb defaults from a dev-set sweep on the demo LLM (docs/zoo.md, "Absorb with
     # replay"): rank 4, 3 replayed own paths per contribution, 6 epochs kept the public
-    # domains within 3.3 points where rank 8 without replay lost 31-80; lr 5e-4 (attempt 6)
-    # halved the worst public-domain loss of 1e-3 on a dev set for the same client-only gain.
+    # domains within 3.3 points where rank 8 without replay lost 31-80. lr 1e-3 over 5e-4: in
+    # the federation's regime (rebased absorbs of 20-66 contributions) 5e-4 learned half as
+    # much of the client-only domain on a dev set (docs/zoo.md, attempt 6).
     absorb_epochs: int = 6
-    absorb_learning_rate: float = 5e-4
+    absorb_learning_rate: float = 1e-3
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none

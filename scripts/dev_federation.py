@@ -14,6 +14,8 @@ question of the run's public, private and test sets (about 300 problems per doma
 `--set` takes dotted cluster-config keys (`agents.<field>` sets it on every agent);
 `--trainer` sets an agent `TrainerSettings` field through its `LADA_AGENT_TRAINER__`
 variable, or `learning_rate` / `epochs`, which the agent config owns, by patching it.
+`--absorb-lr` sets the LLM service's absorb learning rate; the LLM's serving version after
+the run is scored on the same dev set (the base model's scores computed once).
 Results: one JSON per variant under `--out`, and the starting models' scores, computed once.
 """
 
@@ -85,6 +87,42 @@ def patch_trainer(trainer: dict[str, str]) -> None:
     simulation.agent_for_cluster = patched
 
 
+def patch_absorb_lr(rate: float) -> None:
+    """The simulation builds the LLM service's extras with their defaults; change one."""
+    import functools
+
+    import lada.simulation as simulation
+
+    simulation.LLMServiceExtras = functools.partial(  # type: ignore[misc]
+        simulation.LLMServiceExtras, absorb_learning_rate=rate
+    )
+
+
+def llm_scores(base: Path, state_dir: Path, spec: str) -> dict[str, float]:
+    """Greedy accuracy per domain of the LLM version the run ended serving (base if none)."""
+    from peft import PeftModel
+
+    from lada.modeling import load_causal_lm
+    from lada.probe import greedy_correct
+    from lada.tasks import load_dataset
+
+    problems = load_dataset(spec)
+    model, tok = load_causal_lm(base)
+    versions = json.loads((state_dir / "versions.json").read_text()) if state_dir.exists() else {}
+    serving = next(
+        (v for v in versions.get("versions", []) if v["version"] == versions.get("serving")), None
+    )
+    if serving and serving["adapter_dir"]:
+        model = PeftModel.from_pretrained(model, serving["adapter_dir"]).merge_and_unload()
+    correct = greedy_correct(model, tok, problems)
+    domains = sorted({p.domain for p in problems})
+    return {
+        d: sum(ok for p, ok in zip(problems, correct, strict=True) if p.domain == d)
+        / sum(p.domain == d for p in problems)
+        for d in domains
+    }
+
+
 def dev_spec(workdir: Path, seed: int, per_domain: int) -> str:
     """A fresh draw minus every question of the run's public, private and test sets."""
     from lada.cluster import write_jsonl
@@ -106,6 +144,7 @@ def main() -> None:
     parser.add_argument("--name", default="")
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--trainer", action="append", default=[])
+    parser.add_argument("--absorb-lr", type=float, default=0.0)
     parser.add_argument("--dev-seed", type=int, default=4242)
     parser.add_argument("--dev-per-domain", type=int, default=300)
     args = parser.parse_args()
@@ -121,7 +160,10 @@ def main() -> None:
     torch.set_num_threads(max(1, config.torch_threads))
     config = apply_sets(config, parse_pairs(args.sets))
     patch_trainer(parse_pairs(args.trainer))
-    name = args.name or "+".join(args.sets + args.trainer) or "default"
+    if args.absorb_lr:
+        patch_absorb_lr(args.absorb_lr)
+    absorb = [f"absorb_lr={args.absorb_lr:g}"] if args.absorb_lr else []
+    name = args.name or "+".join(args.sets + args.trainer + absorb) or "default"
     out = Path(args.out)
     workdir = out / name.replace("/", "_")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +179,11 @@ def main() -> None:
         before_file.write_text(json.dumps(before, indent=1))
     before = json.loads(before_file.read_text())
     after = evaluate_agents(config.agents, workdir, models, spec, trained=True)
+    llm_before_file = out / f"llm-before-{args.dev_seed}.json"
+    if not llm_before_file.exists():
+        scores = llm_scores(models[config.llm_model], out / "no-such-run", spec)
+        llm_before_file.write_text(json.dumps(scores, indent=1))
+    llm_after = llm_scores(models[config.llm_model], workdir / "llm", spec)
     result = {
         "variant": name,
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -145,8 +192,11 @@ def main() -> None:
         "agents_rounds": run["agents_rounds"],
         "before": before,
         "after": after,
+        "llm_dev_before": json.loads(llm_before_file.read_text()),
+        "llm_dev_after": llm_after,
     }
     (out / f"{workdir.name}.json").write_text(json.dumps(result, indent=1))
+    print(f"LLM on the dev set: {json.loads(llm_before_file.read_text())} -> {llm_after}")
     for agent, scores in after.items():
         print(
             f"{agent}: home {before[agent]['own']:.3f} -> {scores['own']:.3f}, "
