@@ -30,6 +30,7 @@ from lada.server import (
     run_until_signalled,
     start_aio_server,
     start_server,
+    stop_signals,
 )
 from lada.state import Conflict, StateStore
 from lada.tasks import DatasetSpecError, load_dataset
@@ -85,11 +86,12 @@ def serve(config: AllocatorConfig) -> int:
         AllocatorServicer(core),
         "lada.v1.Allocator",
     )
+    stop_requested = stop_signals()
     running = start_server(
         "allocator", [binding] if config.role != ROLE_DRIVER else [], config.server
     )
     _started(config, core, running, driver, llm)
-    run_until_signalled(running)
+    run_until_signalled(running, stop_requested)
     return 0
 
 

@@ -33,6 +33,7 @@ from lada.logs import configure_logging
 from lada.ratelimit import AioRateLimitInterceptor, RateLimitInterceptor
 
 log = logging.getLogger("lada.server")
+SIGNAL_POLL_S = 0.5  # how often the main thread wakes to run a pending signal handler
 
 
 @dataclass
@@ -457,8 +458,9 @@ async def start_aio_server(
     )
 
 
-def run_until_signalled(running: RunningServer) -> None:
-    """Block until SIGTERM/SIGINT, then shut down gracefully (health first, then RPCs)."""
+def stop_signals() -> threading.Event:
+    """An event that SIGTERM/SIGINT set. Install it before the server starts: a signal that
+    arrives once health says SERVING must not find the default action (or none) in place."""
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -467,7 +469,19 @@ def run_until_signalled(running: RunningServer) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop_requested.wait()
+    return stop_requested
+
+
+def run_until_signalled(
+    running: RunningServer, stop_requested: threading.Event | None = None
+) -> None:
+    """Block until SIGTERM/SIGINT, then shut down gracefully (health first, then RPCs)."""
+    stop_requested = stop_requested or stop_signals()
+    # A timed wait: a signal the kernel delivers to one of gRPC's threads only flags it, and
+    # the handler runs when the main thread next runs bytecode, which an untimed wait never
+    # does (seen in CI: SIGTERM ignored for 30 s, then SIGKILL).
+    while not stop_requested.wait(SIGNAL_POLL_S):
+        pass
     running.stop()
 
 

@@ -10,7 +10,7 @@ from lada.config import LLMServiceConfig
 from lada.logs import configure_logging
 from lada.modeling import ModelDirError, check_model_dir
 from lada.redis_conn import redact_url
-from lada.server import run_until_signalled, start_server
+from lada.server import run_until_signalled, start_server, stop_signals
 from lada.tasks import DatasetSpecError, load_dataset
 from llm_service.backends.base import BackendSettings, create_backend
 from llm_service.cache import SharedPathCache, model_digest, model_identity
@@ -82,6 +82,7 @@ def serve(config: LLMServiceConfig) -> int:
         log.error("cannot start", extra={"reason": message})
         print(f"lada: error: {message}", file=sys.stderr)
         return 1
+    stop_requested = stop_signals()
     try:
         running = start_server("llm", [binding(core)], config.server)
     except Exception:
@@ -97,5 +98,5 @@ def serve(config: LLMServiceConfig) -> int:
             "port": running.port,
         },
     )
-    run_until_signalled(running)
+    run_until_signalled(running, stop_requested)
     return 0
