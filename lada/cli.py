@@ -552,7 +552,14 @@ def models_group() -> None:
     default=None,
     help="Also copy the weights and a key/sha256 manifest to EXPORT/<profile> (e.g. zoo/).",
 )
-def models_build(profile: str, root: str | None, export: str | None) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Models trained at once, one process each (the weights do not depend on it).",
+)
+def models_build(profile: str, root: str | None, export: str | None, jobs: int) -> None:
     """Pretrain the zoo's LLM and heterogeneous SLMs (cached by config hash).
 
     Weights committed under zoo/<profile> are used instead of training when their
@@ -563,7 +570,7 @@ def models_build(profile: str, root: str | None, export: str | None) -> None:
     from lada.zoo import build_zoo, export_zoo
 
     zoo_root = Path(root) if root else lada_home() / "zoo"
-    manifest = build_zoo(profile, zoo_root, progress=True)
+    manifest = build_zoo(profile, zoo_root, progress=True, jobs=jobs)
     if export:
         click.echo(f"exported to {export_zoo(manifest, Path(export))}")
     links = zoo_root / profile

@@ -666,22 +666,64 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def build_zoo(
-    profile: str = "micro", root: Path | None = None, progress: bool = True
+    profile: str = "micro", root: Path | None = None, progress: bool = True, jobs: int = 1
 ) -> ZooManifest:
     """Build (or reuse from cache) every model of `profile`; returns the manifest.
 
     Trains single-threaded unless LADA_ZOO_THREADS says otherwise: tiny models gain little
-    from a second thread, and on a busy shared machine OpenMP spinning costs 10x.
+    from a second thread, and on a busy shared machine OpenMP spinning costs 10x. `jobs` > 1
+    trains that many models at once in worker processes (same weights: each model's run
+    depends only on its spec and seed).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs: must be at least 1, got {jobs}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("LADA_ZOO_THREADS", "1")))
+    torch.set_num_threads(_zoo_threads())
     try:
-        return _build_zoo(profile, root, progress)
+        return _build_zoo(profile, root, progress, jobs)
     finally:
         torch.set_num_threads(previous)
 
 
-def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
+def _zoo_threads() -> int:
+    return int(os.environ.get("LADA_ZOO_THREADS", "1"))
+
+
+def _build_in_worker(spec: ModelSpec, tok_spec: TokenizerSpec, target: Path) -> float:
+    """One model in a worker process of a parallel build (its own tokenizer, no progress)."""
+    torch.set_num_threads(_zoo_threads())
+    return _build_model(spec, build_tokenizer(tok_spec), tok_spec, target, lambda _loss: None)
+
+
+def _build_parallel(
+    todo: list[ModelSpec],
+    tok_by_name: dict[str, TokenizerSpec],
+    targets: dict[str, Path],
+    bar: Any,
+    jobs: int,
+) -> dict[str, float]:
+    """Train `todo` in `jobs` processes, longest first; the bar advances per finished model."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    steps = {s.name: s.train_steps + sum(x.steps for x in s.stages) for s in todo}
+    ordered = sorted(todo, key=lambda s: steps[s.name], reverse=True)
+    seconds: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(_build_in_worker, s, tok_by_name[s.tokenizer], targets[s.name]): s.name
+            for s in ordered
+        }
+        for future in as_completed(futures):
+            name = futures[future]
+            seconds[name] = future.result()
+            bar.set_description(f"{name} done")
+            bar.update(steps[name])
+    return seconds
+
+
+def _build_zoo(profile: str, root: Path | None, progress: bool, jobs: int = 1) -> ZooManifest:
     tok_specs, specs = profile_specs(profile)
     root = Path(root) if root is not None else lada_home() / "zoo"
     (root / "models").mkdir(parents=True, exist_ok=True)
@@ -701,11 +743,17 @@ def _build_zoo(profile: str, root: Path | None, progress: bool) -> ZooManifest:
     manifest = ZooManifest(profile=profile, key=_hash(sorted(keys.values())))
     tokenizers: dict[str, PreTrainedTokenizerFast] = {}
     bar = _progress(sum(s.train_steps + sum(x.steps for x in s.stages) for s in todo), progress)
+    targets = {s.name: root / "models" / f"{s.name}-{keys[s.name]}" for s in specs}
     with bar:
+        built = (
+            _build_parallel(todo, tok_by_name, targets, bar, jobs)
+            if jobs > 1 and len(todo) > 1
+            else {}
+        )
         for spec in specs:
-            target = root / "models" / f"{spec.name}-{keys[spec.name]}"
-            seconds = 0.0
-            if spec in todo:
+            target = targets[spec.name]
+            seconds = built.get(spec.name, 0.0)
+            if spec in todo and spec.name not in built:
                 if spec.tokenizer not in tokenizers:
                     tokenizers[spec.tokenizer] = build_tokenizer(tok_by_name[spec.tokenizer])
                 bar.set_description(spec.name)

@@ -145,3 +145,19 @@ def test_stages_continue_the_cached_main_run(tmp_path: Path) -> None:
     again = models / "again"  # the main run comes from the cache: same weights
     _build_model(staged, tok, tok_spec, again, ticks.append)
     assert (once / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+
+
+def test_parallel_build_trains_the_same_weights(micro_zoo: ZooManifest, tmp_path: Path) -> None:
+    parallel = build_zoo("micro", root=tmp_path / "parallel", progress=False, jobs=2)
+    assert set(parallel.models) == set(micro_zoo.models)
+    for name, info in parallel.models.items():
+        assert info.train_seconds > 0, name
+        assert info.key == micro_zoo.models[name].key, name
+        weights = Path(info.path) / "model.safetensors"
+        reference = Path(micro_zoo.models[name].path) / "model.safetensors"
+        assert weights.read_bytes() == reference.read_bytes(), name
+
+
+def test_parallel_build_refuses_zero_jobs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="jobs: must be at least 1"):
+        build_zoo("micro", root=tmp_path, progress=False, jobs=0)
