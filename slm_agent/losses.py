@@ -224,6 +224,26 @@ class SftLoss(DistillationLoss):
 
 
 @register_loss
+class LocalLoss(DistillationLoss):
+    """The local-training baseline: L = L_sft(D_k) alone, the allocated samples ignored.
+
+    Same rounds, steps and private batches as a distillation loss, so a run with it
+    separates what distillation adds from what training on the private data does by itself
+    (docs/zoo.md attempt 8: at lr 1e-4 local training alone cost 1-7 home points).
+    """
+
+    name = "local"
+
+    def compute_loss(
+        self, scorer: StudentScorer, path_sets: Sequence[PathSet], private: Sequence[PrivateExample]
+    ) -> LossOutput:
+        del path_sets
+        private_term = self.private_sft(scorer, private)
+        value = _scalar(private_term)
+        return LossOutput(private_term, {"sft_private": value, "total": value})
+
+
+@register_loss
 class ContrastiveLoss(DistillationLoss):
     """Domain-adaptive contrastive alignment of joint path probabilities (method.md s.3).
 

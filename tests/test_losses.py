@@ -128,13 +128,13 @@ def test_weighted_mean_of_nothing_is_zero() -> None:
 
 # ---- the registered losses ---------------------------------------------------------------
 def test_every_loss_is_registered_by_name() -> None:
-    assert set(LOSSES) == {"sft", "contrastive", "dpo"}
+    assert set(LOSSES) == {"sft", "contrastive", "dpo", "local"}
     assert isinstance(make_loss("contrastive"), ContrastiveLoss)
     assert isinstance(make_loss("sft"), SftLoss)
 
 
 def test_unknown_loss_name_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown loss 'kd'; valid: contrastive, dpo, sft"):
+    with pytest.raises(ValueError, match="unknown loss 'kd'; valid: contrastive, dpo, local, sft"):
         make_loss("kd")
 
 
@@ -205,6 +205,13 @@ def test_sft_trains_on_the_correct_path_the_teacher_likes_most() -> None:
     out = SftLoss(LadaHyperParams()).compute_loss(scorer, sets, [PrivateExample("p", " c")])
     assert scorer.nll_calls == [[("p", " c")], [("A", "best")]]
     assert out.parts["total"] == pytest.approx(0.5 + 0.5)
+
+
+def test_local_trains_on_the_private_batch_alone() -> None:
+    scorer, sets = two_samples()
+    out = make_loss("local").compute_loss(scorer, sets, [PrivateExample("p", " c")])
+    assert scorer.nll_calls == [[("p", " c")]]  # no allocated path is scored
+    assert out.parts == {"sft_private": 0.25, "total": 0.25}
 
 
 # ---- gradients -------------------------------------------------------------------------
