@@ -25,6 +25,7 @@ from lada.server import (
     AioRunningServer,
     RunningServer,
     ServiceBinding,
+    aio_stop_signals,
     channel_credentials,
     run_aio_until_signalled,
     run_until_signalled,
@@ -107,11 +108,12 @@ async def _serve_aio(
         AioAllocatorServicer(core),
         "lada.v1.Allocator",
     )
+    stop_requested = aio_stop_signals()
     running = await start_aio_server(
         "allocator", [binding] if config.role != ROLE_DRIVER else [], config.server
     )
     _started(config, core, running, driver, llm)
-    await run_aio_until_signalled(running)
+    await run_aio_until_signalled(running, stop_requested)
 
 
 def _started(

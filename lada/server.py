@@ -485,12 +485,22 @@ def run_until_signalled(
     running.stop()
 
 
-async def run_aio_until_signalled(running: AioRunningServer) -> None:
-    """run_until_signalled for an aio server, from the loop that serves it."""
+def aio_stop_signals() -> asyncio.Event:
+    """stop_signals for the running event loop: an asyncio.Event that SIGTERM/SIGINT set.
+    Install it before start_aio_server, as stop_signals before start_server: a SIGTERM that
+    arrives while the server starts must stop it, not be lost (seen in CI)."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal_in_loop, signum, stop_requested)
+    return stop_requested
+
+
+async def run_aio_until_signalled(
+    running: AioRunningServer, stop_requested: asyncio.Event | None = None
+) -> None:
+    """run_until_signalled for an aio server, from the loop that serves it."""
+    stop_requested = stop_requested or aio_stop_signals()
     await stop_requested.wait()
     await running.stop()
 

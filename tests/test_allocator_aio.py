@@ -6,8 +6,10 @@ shuts the server down gracefully."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -15,14 +17,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import psutil
 import pytest
+import yaml
 
+from allocator import main as allocator_main
 from allocator.client import AgentClient, phase_name
-from lada.config import SERVER_AIO, SERVER_MODES, SERVER_THREADED
+from lada.config import SERVER_AIO, SERVER_MODES, SERVER_THREADED, AllocatorConfig
 from lada.redis_conn import RedisHandle
 from lada.v1 import allocator_pb2, allocator_pb2_grpc
 from tests.fixtures_allocator import (
@@ -32,7 +36,7 @@ from tests.fixtures_allocator import (
     register_agents,
     wait_for,
 )
-from tests.procs import LADA, REPO_ROOT, free_port
+from tests.procs import LADA, REPO_ROOT, free_port, start_service
 
 WATCHERS = 100
 
@@ -240,3 +244,54 @@ def test_an_unknown_server_mode_is_refused_with_one_line(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines()[-1] == (
         f"lada allocator: server_mode: 'fibers' is not one of {SERVER_AIO}, {SERVER_THREADED}"
     )
+
+
+def test_the_aio_allocator_installs_its_signal_handlers_before_it_starts_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGTERM that arrives while the server starts must find the handler, not the default
+    action (which would kill the process with no graceful stop): installed before start."""
+
+    class Starting(Exception):
+        pass
+
+    async def starting(*_args: Any, **_kwargs: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise Starting
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: list[Any] = []
+    monkeypatch.setattr(allocator_main, "start_aio_server", starting)
+    try:
+        with pytest.raises(Starting):
+            asyncio.run(allocator_main._serve_aio(AllocatorConfig(), cast(Any, None), None, None))
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert seen and seen[0] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def test_sigterm_right_after_the_port_opens_stops_the_aio_allocator_cleanly(
+    allocator_deployment: Callable[..., AllocatorDeployment], tmp_path: Path
+) -> None:
+    deployment = allocator_deployment(start=False, server_mode=SERVER_AIO)
+    config_path = tmp_path / "sigterm.yaml"
+    config_path.write_text(yaml.safe_dump({"allocator": deployment.settings}))
+    port = free_port()
+    service = start_service(
+        ["allocator", "serve", "--config", str(config_path), "--port", str(port)],
+        port,
+        tmp_path,
+        "sigterm",
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and service.proc.poll() is None:
+        with socket.socket() as sock:  # a bare connect: the earliest sign the server is up
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.002)
+    else:
+        pytest.fail(f"the allocator did not open its port:\n{service.log()[-4000:]}")
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(30) == 0, service.log()[-4000:]
+    assert "signal received, shutting down" in service.log()
