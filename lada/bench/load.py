@@ -36,7 +36,7 @@ import psutil
 import yaml
 
 from lada.bench import write_result
-from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES
+from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES, AllocatorConfig, load_config
 from lada.healthcheck import check
 from lada.redis_conn import connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
@@ -440,6 +440,13 @@ def _processes_cpu_s(procs: list[psutil.Process]) -> float:
     return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
 
+def allocator_server_mode(workdir: Path) -> str:
+    """The server mode the allocator processes run with: their config file, then
+    `LADA_ALLOCATOR_SERVER_MODE` as they read it (so an A/B names what it measured)."""
+    config = load_config(AllocatorConfig, str(workdir / "allocator.yaml"), section="allocator")
+    return config.server_mode
+
+
 def _redis_cpu(client: Any) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -482,6 +489,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         handle = connect(redis_url) if redis_url else start_embedded(workdir / "load.rdb")
         run_id = f"load-{os.getpid()}-{int(time.time())}"
         procs, address = start_allocator(workdir, handle.url, run_id, plan)
+        server_mode = allocator_server_mode(workdir)
         workers = max(1, min(plan.workers, plan.agents))
         specs = [
             WorkerSpec(address, run_id, fingerprint, list(range(w, plan.agents, workers)), plan)
@@ -491,12 +499,16 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             allocator_ps = [psutil.Process(p.pid) for p in procs]
             load_before = os.getloadavg()
             machine0 = psutil.cpu_times()
+            # the RPC processes come first, the driver process (if any) last
+            rpc_ps = allocator_ps[: plan.allocator_processes]
             alloc0, redis0 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
+            rpc0 = _processes_cpu_s(rpc_ps)
             started = time.perf_counter()
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 results = pool.map(worker_main, specs)
             wall = time.perf_counter() - started
             alloc1, redis1 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
+            rpc1 = _processes_cpu_s(rpc_ps)
             machine1 = psutil.cpu_times()
             load_after = os.getloadavg()
             sent = {k: v for r in results for k, v in r.sent.items()}
@@ -516,10 +528,16 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         errors.update(r.errors)
     unary = sum(len(v) for k, v in latencies.items() if not k.startswith("WatchRounds"))
     alloc_cpu = alloc1 - alloc0
+    rpc_cpu = rpc1 - rpc0
     machine_busy = _busy(machine0, machine1)
     worker_cpu = [r.cpu for r in results]
     return {
         "plan": asdict(plan),
+        "allocator": {
+            "server_mode": server_mode,
+            "processes": plan.allocator_processes,
+            "driver": "own process" if plan.driver_process else "in the RPC process",
+        },
         "wall_seconds": round(wall, 1),
         "throughput_rpc_per_s": round(unary / wall, 1),
         "rpcs": {rpc: _percentiles(v) for rpc, v in sorted(latencies.items())},
@@ -535,6 +553,16 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             "generator_workers": worker_cpu,
             "generator_saturated": any(c["busy_mean"] > BUSY_FLAG for c in worker_cpu),
             "allocator_busy": round(alloc_cpu / wall, 3),
+            # CPU-seconds of the allocator processes over unary RPCs: robust on a shared
+            # machine where latencies are not; the split shows what the RPC processes cost
+            "allocator_cpu_s": round(alloc_cpu, 2),
+            "allocator_rpc_processes_cpu_s": round(rpc_cpu, 2),
+            "allocator_cpu_per_unary_rpc_ms": round(1000.0 * alloc_cpu / unary, 3)
+            if unary
+            else 0.0,
+            "rpc_processes_cpu_per_unary_rpc_ms": (
+                round(1000.0 * rpc_cpu / unary, 3) if unary else 0.0
+            ),
             "redis_busy": round((redis1 - redis0) / wall, 3),
             "machine_busy": round(machine_busy, 3),
             "cores": os.cpu_count(),
@@ -603,6 +631,24 @@ def _processes_title(processes: int, driver_process: bool) -> str:
     return title + (", the round driver in its own process" if driver_process else "")
 
 
+def _allocator_line(summary: dict[str, Any]) -> str:
+    """How the allocator ran (server mode, where the round driver was) and its CPU per RPC."""
+    allocator, cpu = summary.get("allocator", {}), summary["cpu"]
+    processes = allocator.get("processes", 1)
+    line = (
+        f"- allocator: server mode {allocator.get('server_mode', '?')}, "
+        f"{processes} RPC process{'es' if processes > 1 else ''}, round driver "
+        f"{allocator.get('driver', '?')}"
+    )
+    if "allocator_cpu_per_unary_rpc_ms" in cpu:
+        line += (
+            f"; allocator CPU per unary RPC {cpu['allocator_cpu_per_unary_rpc_ms']:.2f} ms "
+            f"({cpu['allocator_cpu_s']:.2f} s in all, RPC processes "
+            f"{cpu['rpc_processes_cpu_per_unary_rpc_ms']:.2f} ms per RPC)"
+        )
+    return line
+
+
 def render(summary: dict[str, Any]) -> str:
     plan, cpu = summary["plan"], summary["cpu"]
     eo = summary["exactly_once"]
@@ -620,6 +666,7 @@ def render(summary: dict[str, Any]) -> str:
         + _fetch_wording(plan["fetch_spread_s"])
         + f"; training sleep uniform(0, {plan['train_s']:g}) s; registrations spread over "
         f"{plan['ramp_s'] if plan['ramp_s'] >= 0 else plan['agents'] / 200:g} s",
+        _allocator_line(summary),
         f"- wall {summary['wall_seconds']} s, {summary['throughput_rpc_per_s']} unary RPCs/s",
         f"- statistics sent {summary['stats_sent']} in {summary['agent_rounds_reported']} "
         f"reports: missing in Redis {eo['missing']}, extra {eo['extra']}, altered "
