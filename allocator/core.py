@@ -34,6 +34,7 @@ from lada.state import (
     AgentRoundState,
     AgentStatus,
     Allocation,
+    AllocationRead,
     Conflict,
     Enrollment,
     InvalidArgument,
@@ -453,23 +454,53 @@ class AllocatorCore:
         # One read for the round, the agent's state, its samples and its contribution
         # requests, one script to mark it: every agent fetches once a round, so each round
         # trip here is paid N times.
-        phase, deadline_ms, state, samples, requests = self.store.allocation_view(r, agent_id)
+        read = self.store.allocation_view(r, agent_id)
+        view = self._allocation_view(agent_id, round_number, r, read)
+        phase, _, state, _, _ = read
+        if mark and (state is AgentRoundState.ALLOCATED or phase is Phase.ALLOCATED):
+            self.store.mark_training(r, agent_id, round_too=phase is Phase.ALLOCATED)
+        return view
+
+    def authorized_allocation(self, token: str, agent_id: str, round_number: int) -> AllocationView:
+        """`authorize(token, agent_id)` then `allocation` of that agent, in one round trip to
+        Redis for a named round (what agents ask for); refusals are authorize's, then
+        allocation's, in that order. Round 0 (the current one) takes the two-step path."""
+        if round_number <= 0:
+            agent = self.authorize(token, agent_id)
+            return self.allocation(agent.agent_id, round_number)
+        record, read = self.store.caller_allocation(token, agent_id, round_number)
+        _check_claim(record, agent_id)
+        if read is None:  # the script reads for every caller _check_claim lets by
+            raise Unauthenticated(f"agent_id: agent {agent_id!r} is not active")
+        return self._allocation_view(record.agent_id, round_number, round_number, read)
+
+    def _allocation_view(
+        self, agent_id: str, round_number: int, r: int, read: AllocationRead
+    ) -> AllocationView:
+        """The view of what was read of round `r` (`round_number` as asked), or the refusal."""
+        phase, deadline_ms, state, samples, requests = read
         if r == 0 or phase is None:
             raise NotFound(f"round: no round {round_number or 'open yet'}")
         if phase is Phase.OPEN:
             raise Conflict(f"round: round {r} is OPEN; allocations are not recorded yet")
         if state is None:
             raise NotFound(f"agent_id: {agent_id} takes no part in round {r}")
-        if mark and (state is AgentRoundState.ALLOCATED or phase is Phase.ALLOCATED):
-            self.store.mark_training(r, agent_id, round_too=phase is Phase.ALLOCATED)
         return AllocationView(r, samples, deadline_ms, self.config.policy, requests)
 
     def report(
         self, agent_id: str, round_number: int, stats: Sequence[allocator_pb2.SampleStats]
     ) -> ReportOutcome:
-        """Validate a whole report stream, then apply it atomically (all or nothing)."""
-        r = self.resolve_round(round_number)
-        payload = self._validated_payload(stats)
+        """Validate a whole report stream, then apply it atomically (all or nothing).
+
+        A named round is not read first: the report's script checks its phase anyway, and
+        answers a missing round as resolve_round does (NotFound), so a report is one round
+        trip. Refusals keep resolve_round's precedence over the payload's."""
+        r = self.resolve_round(round_number) if round_number <= 0 else round_number
+        try:
+            payload = self._validated_payload(stats)
+        except InvalidArgument:
+            self.resolve_round(round_number)  # a missing round is refused first, as before
+            raise
         return self.store.apply_report(r, agent_id, payload, require_open=True)
 
     def _validated_payload(self, stats: Sequence[allocator_pb2.SampleStats]) -> dict[str, bytes]:

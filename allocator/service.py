@@ -193,8 +193,7 @@ class _Translations:
             self.core.store.get_agent(request.agent_id)
             view = self.core.allocation(request.agent_id, request.round, mark=False)
         else:
-            agent = self.core.authorize(token, request.agent_id)
-            view = self.core.allocation(agent.agent_id, request.round)
+            view = self.core.authorized_allocation(token, request.agent_id, request.round)
         return allocator_pb2.GetAllocationResponse(
             round=view.round,
             samples=[

@@ -222,6 +222,38 @@ return {agent_id, record, current, phase}
 """
 )
 
+# KEYS: tokens, round hash, round agents hash, events stream. ARGV: token hash, agent key
+# prefix, the agent_id claimed ('': the token's own), round number, now_ms, the round's alloc
+# and requests key prefixes (the agent's keys: prefix .. agent_id). GetAllocation in one
+# round trip: the caller as _CALLER_HEARTBEAT_LUA checks it; only for that caller, what
+# allocation_view reads and, when the round has the agent past OPEN, what mark_training
+# writes.
+_CALLER_ALLOCATION_LUA = (
+    _CALLER_FN
+    + """
+local agent_id, agent_key = caller(KEYS[1], ARGV[1], ARGV[2])
+if not agent_id then return {} end
+local record = redis.call('HGETALL', agent_key)
+if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
+    or redis.call('HGET', agent_key, 'status') ~= 'ACTIVE'
+    or (ARGV[3] ~= '' and ARGV[3] ~= agent_id) then
+  return {agent_id, record}
+end
+local round = redis.call('HMGET', KEYS[2], 'phase', 'deadline_ms')
+local state = redis.call('HGET', KEYS[3], agent_id)
+local alloc = redis.call('HGETALL', ARGV[6] .. agent_id)
+local requests = redis.call('LRANGE', ARGV[7] .. agent_id, 0, -1)
+if round[1] and round[1] ~= 'OPEN' and state then
+  if state == 'ALLOCATED' then redis.call('HSET', KEYS[3], agent_id, 'TRAINING') end
+  if round[1] == 'ALLOCATED' then
+    redis.call('HSET', KEYS[2], 'phase', 'TRAINING')
+    redis.call('XADD', KEYS[4], '*', 'round', ARGV[4], 'phase', 'TRAINING', 'ts_ms', ARGV[5])
+  end
+end
+return {agent_id, record, round[1] or '', round[2] or '', state or '', alloc, requests}
+"""
+)
+
 # KEYS: round agents hash. ARGV: agent IDs. Those still ALLOCATED or TRAINING become LOST.
 _MARK_LOST_LUA = """
 local marked = 0
@@ -530,6 +562,11 @@ class Allocation:
     version: str
 
 
+# What GetAllocation reads of a round for one agent: the round's phase and deadline, the
+# agent's state in it, its allocation and its contribution requests.
+AllocationRead = tuple[Phase | None, int, AgentRoundState | None, list[Allocation], list[str]]
+
+
 @dataclass
 class ReportOutcome:
     accepted: int
@@ -595,6 +632,7 @@ class StateStore:
         self._caller = client.register_script(_CALLER_LUA)
         self._heartbeat = client.register_script(_HEARTBEAT_LUA)
         self._caller_heartbeat = client.register_script(_CALLER_HEARTBEAT_LUA)
+        self._caller_allocation = client.register_script(_CALLER_ALLOCATION_LUA)
         self._silent_agents = client.register_script(_SILENT_AGENTS_LUA)
         self._close_reporting = client.register_script(_CLOSE_REPORTING_LUA)
         self._mark_lost = client.register_script(_MARK_LOST_LUA)
@@ -996,9 +1034,7 @@ class StateStore:
     def get_allocation(self, round_number: int, agent_id: str) -> list[Allocation]:
         return _allocation_rows(self.redis.hgetall(self.key("alloc", round_number, agent_id)))
 
-    def allocation_view(
-        self, round_number: int, agent_id: str
-    ) -> tuple[Phase | None, int, AgentRoundState | None, list[Allocation], list[str]]:
+    def allocation_view(self, round_number: int, agent_id: str) -> AllocationRead:
         """What GetAllocation reads, in one round trip: the round's phase and deadline, the
         agent's state in it, its allocation (not the whole round: it has every agent) and
         its contribution requests."""
@@ -1014,6 +1050,47 @@ class StateStore:
             AgentRoundState(_s(state)) if state else None,
             _allocation_rows(raw),
             [_s(s) for s in requests],
+        )
+
+    def caller_allocation(
+        self, token: str, agent_id: str, round_number: int
+    ) -> tuple[AgentRecord, AllocationRead | None]:
+        """`caller(token)` and, when the caller is `agent_id` (or `agent_id` is empty), what
+        allocation_view reads of round `round_number` (> 0) with mark_training applied when
+        the round has the agent and is past OPEN, all in one round trip (every agent fetches
+        once a round). (record, None): the token belongs to another agent than `agent_id`,
+        and nothing was read or written."""
+        if not token:
+            raise Unauthenticated("authorization: missing or unknown agent token")
+        token_hash = hash_token(token)
+        reply = self._caller_allocation(
+            keys=[
+                self.key("tokens"),
+                self.key("round", round_number),
+                self.key("round", round_number, "agents"),
+                self.key("events"),
+            ],
+            args=[
+                token_hash,
+                self._key_prefix("agent"),
+                agent_id,
+                round_number,
+                now_ms(),
+                self.key("alloc", round_number, ""),
+                self.key("requests", round_number, ""),
+            ],
+        )
+        record = _caller_record(reply, token_hash)
+        if len(reply) < 3:
+            return record, None
+        phase, deadline, state, raw, requests = reply[2:7]
+        flat = {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+        return record, (
+            Phase(_s(phase)) if _s(phase) else None,
+            int(_s(deadline) or 0),
+            AgentRoundState(_s(state)) if _s(state) else None,
+            _allocation_rows(flat),
+            [_s(r) for r in requests],
         )
 
     def allocation_size(self, round_number: int, agent_id: str) -> int:
@@ -1041,7 +1118,8 @@ class StateStore:
         Samples not allocated to the agent in this round raise PermissionDenied and
         nothing is written. With `require_open`, a report for a round that is no longer
         taking reports, or from an agent marked LATE, raises Conflict (checked atomically
-        with the write, so it cannot slip past the deadline sweep).
+        with the write, so it cannot slip past the deadline sweep); for a round that does
+        not exist, NotFound.
         """
         encoded_ids = [sample_id.encode() for sample_id in stats]
         payloads = list(stats.values())
@@ -1070,8 +1148,9 @@ class StateStore:
         if verdict == "late":
             why = "missed the deadline" if _s(reply[1]) == "LATE" else "stopped heartbeating in"
             raise Conflict(f"round: {agent_id} {why} round {round_number} ({_s(reply[1])})")
-        phase = _s(reply[1]) or "not open"
-        raise Conflict(f"round: round {round_number} is {phase}, not taking reports")
+        if not _s(reply[1]):  # as resolve_round words it: the report names no round
+            raise NotFound(f"round: no round {round_number}")
+        raise Conflict(f"round: round {round_number} is {_s(reply[1])}, not taking reports")
 
     def get_stats(self, round_number: int, agent_id: str) -> dict[str, bytes]:
         return {
