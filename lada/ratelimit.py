@@ -95,6 +95,11 @@ class AioRateLimitInterceptor(_RateLimit, grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if allowed or handler is None:
             return handler
+        return self.refusing(handler)
+
+    def refusing(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """A handler of `handler`'s shape that refuses with RESOURCE_EXHAUSTED (the aio
+        server's one interceptor uses it, lada.server)."""
         return _matching_abort(handler, *_aborting_aio(self.message))
 
 
