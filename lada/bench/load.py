@@ -536,7 +536,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         "allocator": {
             "server_mode": server_mode,
             "processes": plan.allocator_processes,
-            "driver": "own process" if plan.driver_process else "in the RPC process",
+            "driver": "in its own process" if plan.driver_process else "in the RPC process",
         },
         "wall_seconds": round(wall, 1),
         "throughput_rpc_per_s": round(unary / wall, 1),
@@ -637,7 +637,7 @@ def _allocator_line(summary: dict[str, Any]) -> str:
     processes = allocator.get("processes", 1)
     line = (
         f"- allocator: server mode {allocator.get('server_mode', '?')}, "
-        f"{processes} RPC process{'es' if processes > 1 else ''}, round driver "
+        f"{processes} RPC process{'es' if processes > 1 else ''}, the round driver "
         f"{allocator.get('driver', '?')}"
     )
     if "allocator_cpu_per_unary_rpc_ms" in cpu:
