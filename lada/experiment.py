@@ -45,6 +45,8 @@ OBJECT_STORE_BYTES = 128 * 1024 * 1024  # results are small JSON; Ray's default 
 DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
 LOCAL_ONLY_POLICIES = ("random", "full")  # runs that also evaluate the starting models
 BASELINE_METHOD = "random"  # every method's difference is taken to random+<same loss>
+# ... and to local training (the private term alone, same steps) where a sweep ran it
+LOCAL_TRAINING_METHOD = f"{BASELINE_METHOD}+local"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 # name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data)
@@ -222,6 +224,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall_s": float(np.mean([m.get("wall_seconds", 0) for m in members])),
         }
         row.update(_versus_random(scenario, method, members, groups))
+        row.update(_versus_local_training(scenario, method, members, groups))
         rows.append(row)
     return rows
 
@@ -241,32 +244,57 @@ def _versus_random(
     if "+" not in method or method.startswith(BASELINE_METHOD + "+"):
         return {}
     loss = method.split("+", 1)[1]
-    base = {r["seed"]: r for r in groups.get((scenario, f"{BASELINE_METHOD}+{loss}"), [])}
+    return _paired("vs_random", members, groups.get((scenario, f"{BASELINE_METHOD}+{loss}"), []))
+
+
+def _versus_local_training(
+    scenario: str,
+    method: str,
+    members: list[dict[str, Any]],
+    groups: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, float]:
+    """Paired by seed: this method minus local training (`random+local`): what distillation
+    adds over the same steps on the private data alone; the starting models too."""
+    if method == LOCAL_TRAINING_METHOD:
+        return {}
+    return _paired("vs_local", members, groups.get((scenario, LOCAL_TRAINING_METHOD), []))
+
+
+def _paired(
+    name: str, members: list[dict[str, Any]], baseline: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Mean and 95% interval of (member - baseline) over the seeds both have."""
+    base = {r["seed"]: r for r in baseline}
     pairs = [(m, base[m["seed"]]) for m in members if m["seed"] in base]
     if not pairs:
         return {}
-    out: dict[str, float] = {"vs_random_seeds": float(len(pairs))}
+    out: dict[str, float] = {f"{name}_seeds": float(len(pairs))}
     for key in ("own", "all"):
         diffs = [_agent_mean(m, key) - _agent_mean(b, key) for m, b in pairs]
-        out[f"vs_random_{key}"], out[f"vs_random_{key}_ci"] = interval95(diffs)
+        out[f"{name}_{key}"], out[f"{name}_{key}_ci"] = interval95(diffs)
     return out
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """Mean ± 95% half-interval over seeds; the difference to random (same loss, paired by
-    seed) in points; local-only is each agent's starting model."""
+    seed) in points; local-only is each agent's starting model. Where the sweep ran
+    `random+local`, two more columns: the difference to local training, paired by seed."""
+    local = any("vs_local_own" in r for r in rows)
+    extra = " own vs local training (pts) | all vs local training (pts) |" if local else ""
     lines = [
         "| scenario | method | seeds | own-domain acc | all-domain acc | own vs random (pts) "
-        "| all vs random (pts) | own-domain nlp of references | samples distilled "
+        "| all vs random (pts) |" + extra + " own-domain nlp of references | samples distilled "
         "| LLM acc before -> after (absorbed) | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if local else ""),
     ]
     for r in rows:
+        versus_local = f"{_diff(r, 'own', 'vs_local')} | {_diff(r, 'all', 'vs_local')} | "
         lines.append(
             f"| {r['scenario']} | {r['method']} | {r['seeds']} | "
             f"{_pm(r['own_mean'], r['own_ci'])} | {_pm(r['all_mean'], r['all_ci'])} | "
             f"{_diff(r, 'own')} | {_diff(r, 'all')} | "
-            f"{_pm(r['own_nlp_mean'], r['own_nlp_ci'])} | {r['samples']:.0f} | "
+            + (versus_local if local else "")
+            + f"{_pm(r['own_nlp_mean'], r['own_nlp_ci'])} | {r['samples']:.0f} | "
             f"{llm_cell(r)} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -276,10 +304,10 @@ def _pm(mean: float, half: float) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def _diff(row: dict[str, Any], key: str) -> str:
-    if f"vs_random_{key}" not in row:
+def _diff(row: dict[str, Any], key: str, versus: str = "vs_random") -> str:
+    if f"{versus}_{key}" not in row:
         return "-"
-    mean, half = 100 * row[f"vs_random_{key}"], 100 * row[f"vs_random_{key}_ci"]
+    mean, half = 100 * row[f"{versus}_{key}"], 100 * row[f"{versus}_{key}_ci"]
     return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
 
 

@@ -211,6 +211,34 @@ def test_each_method_is_compared_with_random_seed_by_seed() -> None:
     assert "| +5.0 ± 2.5 | +2.3 ± 1.4 |" in row
 
 
+def test_each_method_is_compared_with_local_training_when_the_sweep_ran_it() -> None:
+    runs = [
+        _run("random+local", 0, 0.60, 0.25),
+        _run("random+local", 1, 0.70, 0.30),
+        _run("random+sft", 0, 0.58, 0.25),
+        _run("random+sft", 1, 0.67, 0.31),
+        {**_run("local-only", 0, 0.55, 0.24)},
+    ]
+    rows = {r["method"]: r for r in summarise(runs)}
+    # paired own-domain differences -2 and -3 points: mean -2.5, sd 0.71, t(1) = 12.71
+    assert rows["random+sft"]["vs_local_own"] == pytest.approx(-0.025)
+    assert rows["random+sft"]["vs_local_own_ci"] == pytest.approx(
+        12.706 * 0.5**0.5 / 2**0.5 * 0.01, rel=1e-3
+    )
+    assert rows["local-only"]["vs_local_seeds"] == 1.0
+    assert "vs_local_own" not in rows["random+local"]
+    table = render_table(summarise(runs))
+    assert "| own vs local training (pts) | all vs local training (pts) |" in table
+    sft = next(line for line in table.splitlines() if "| random+sft |" in line)
+    assert "| - | - | -2.5 ± 6.4 | +0.5 ± 6.4 |" in sft
+
+
+def test_without_local_training_the_table_has_no_local_columns() -> None:
+    table = render_table(summarise([_run("random+sft", 0, 0.5, 0.2)]))
+    assert "local training" not in table
+    assert table.splitlines()[1].count("|") == 12
+
+
 def test_the_llm_cell_separates_the_client_only_domain_from_the_public_ones() -> None:
     run = _run("lada+sft", 0, 0.5, 0.2)
     run["llm_accuracy"] = {"base": 0.70, "v2": 0.66}
