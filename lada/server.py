@@ -268,10 +268,7 @@ class _AioInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                if streamed_requests:
-                    request = _checked_stream(request, context)
-                elif request is _UNDECODABLE:
-                    await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS)
+                request = await _checked_request(request, context, streamed_requests)
                 return await behaviour(request, context)
             except BaseException as exc:  # aborts and cancellations are counted, then go on
                 error = exc
@@ -286,10 +283,7 @@ class _AioInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             error: BaseException | None = None
             try:
-                if streamed_requests:
-                    request = _checked_stream(request, context)
-                elif request is _UNDECODABLE:
-                    await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS)
+                request = await _checked_request(request, context, streamed_requests)
                 async for response in behaviour(request, context):
                     yield response
             except BaseException as exc:
@@ -311,6 +305,16 @@ def _tolerant(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
             return _UNDECODABLE
 
     return tolerant
+
+
+async def _checked_request(request: Any, context: Any, streamed: bool) -> Any:
+    """The request a handler may see: a corrupt unary one refused (INTERNAL, as the threaded
+    server), a stream wrapped so that a corrupt message in it is refused when read."""
+    if streamed:
+        return _checked_stream(request, context)
+    if request is _UNDECODABLE:
+        await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE_DETAILS)
+    return request
 
 
 async def _checked_stream(requests: Any, context: Any) -> Any:

@@ -169,6 +169,23 @@ local function caller(tokens_key, token_hash, agent_prefix)
   return agent_id, agent_prefix .. agent_id
 end
 """
+# `checked_caller`: the token's agent, its key and record, and whether the caller may act
+# (the token is the agent's, the agent ACTIVE and the one claimed; '' claims the token's own):
+# the check the one-round-trip RPC scripts make before they read or write anything.
+_CHECKED_CALLER_FN = (
+    _CALLER_FN
+    + """
+local function checked_caller(tokens_key, token_hash, agent_prefix, claimed)
+  local agent_id, agent_key = caller(tokens_key, token_hash, agent_prefix)
+  if not agent_id then return nil, nil, nil, false end
+  local record = redis.call('HGETALL', agent_key)
+  local ok = redis.call('HGET', agent_key, 'token_hash') == token_hash
+    and redis.call('HGET', agent_key, 'status') == 'ACTIVE'
+    and (claimed == '' or claimed == agent_id)
+  return agent_id, agent_key, record, ok
+end
+"""
+)
 # `current_round_phase`: the run's current round and its phase ('' when none).
 _ROUND_PHASE_FN = """
 local function current_round_phase(run_key, round_prefix)
@@ -205,17 +222,12 @@ return {current, phase}
 # agent and record, as _CALLER_LUA; only if the token is the agent's, the agent ACTIVE and
 # the one claimed, the heartbeat is recorded and the current round and its phase follow.
 _CALLER_HEARTBEAT_LUA = (
-    _CALLER_FN
+    _CHECKED_CALLER_FN
     + _ROUND_PHASE_FN
     + """
-local agent_id, agent_key = caller(KEYS[1], ARGV[1], ARGV[2])
+local agent_id, agent_key, record, ok = checked_caller(KEYS[1], ARGV[1], ARGV[2], ARGV[4])
 if not agent_id then return {} end
-local record = redis.call('HGETALL', agent_key)
-if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
-    or redis.call('HGET', agent_key, 'status') ~= 'ACTIVE'
-    or (ARGV[4] ~= '' and ARGV[4] ~= agent_id) then
-  return {agent_id, record}
-end
+if not ok then return {agent_id, record} end
 redis.call('HSET', agent_key, 'last_heartbeat_ms', ARGV[3])
 local current, phase = current_round_phase(KEYS[2], ARGV[5])
 return {agent_id, record, current, phase}
@@ -229,16 +241,11 @@ return {agent_id, record, current, phase}
 # allocation_view reads and, when the round has the agent past OPEN, what mark_training
 # writes.
 _CALLER_ALLOCATION_LUA = (
-    _CALLER_FN
+    _CHECKED_CALLER_FN
     + """
-local agent_id, agent_key = caller(KEYS[1], ARGV[1], ARGV[2])
+local agent_id, _, record, ok = checked_caller(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if not agent_id then return {} end
-local record = redis.call('HGETALL', agent_key)
-if redis.call('HGET', agent_key, 'token_hash') ~= ARGV[1]
-    or redis.call('HGET', agent_key, 'status') ~= 'ACTIVE'
-    or (ARGV[3] ~= '' and ARGV[3] ~= agent_id) then
-  return {agent_id, record}
-end
+if not ok then return {agent_id, record} end
 local round = redis.call('HMGET', KEYS[2], 'phase', 'deadline_ms')
 local state = redis.call('HGET', KEYS[3], agent_id)
 local alloc = redis.call('HGETALL', ARGV[6] .. agent_id)
