@@ -92,6 +92,9 @@ class TrainerSettings:
     epochs: int = AGENT_EPOCHS
     samples_per_step: int = AGENT_SAMPLES_PER_STEP  # allocated samples per optimiser step
     private_per_step: int = AGENT_SAMPLES_PER_STEP  # private examples per step (L_sft(D_k))
+    # the learning rate over a round's steps: constant, or linear decay from learning_rate
+    # to 0 at the round's last step (slm_agent.trainer.LR_SCHEDULES)
+    lr_schedule: str = "constant"
     max_grad_norm: float = 1.0
     max_new_tokens: int = 128  # greedy answers and own paths
     score_batch_size: int = 16

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from lada.config import AgentConfig, AgentSettings, ConfigError, load_config
+from slm_agent.trainer import check_lr_schedule
 
 # trainer fields AgentConfig owns (same names there): the agent's config file or flags set them
 CONFIG_OWNED_TRAINER_FIELDS = ("learning_rate", "epochs", "lora_threshold_params", "seed")
@@ -34,4 +35,5 @@ def agent_settings(config: AgentConfig, env: dict[str, str] | None = None) -> Ag
     trainer.epochs = config.epochs
     trainer.lora_threshold_params = config.lora_threshold_params
     trainer.seed = config.seed
+    check_lr_schedule(trainer.lr_schedule)
     return settings

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lada.config import TrainerSettings
+from lada.config import ConfigError, TrainerSettings
 from lada.modeling import (
     completion_logprobs,
     encode_pair,
@@ -118,6 +118,7 @@ class LocalTrainer:
         settings: TrainerSettings | None = None,
     ) -> None:
         self.settings = settings or TrainerSettings()
+        check_lr_schedule(self.settings.lr_schedule)  # at start, not at the first round
         self.tokenizer = tokenizer
         self.loss = loss
         self.private = private_examples(private)
@@ -204,6 +205,7 @@ class LocalTrainer:
         rng = random.Random(self.settings.seed * 1_000_003 + round_number)
         torch.manual_seed(self.settings.seed * 1_000_003 + round_number)
         optimizer = torch.optim.AdamW(self._trainable(), lr=self.settings.learning_rate)
+        schedule = _lr_schedule(optimizer, self.settings, self._round_steps(len(path_sets)))
         private = _cycle(self.private, rng)
         sums: dict[str, float] = {}
         steps = 0
@@ -216,6 +218,7 @@ class LocalTrainer:
                 batch = order[start : start + self.settings.samples_per_step]
                 private_batch = [next(private) for _ in range(self._private_batch_size())]
                 parts = self._step(optimizer, batch, private_batch)
+                schedule.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value
                 steps += 1
@@ -238,6 +241,9 @@ class LocalTrainer:
         torch.nn.utils.clip_grad_norm_(self._trainable(), self.settings.max_grad_norm)
         optimizer.step()
         return output.parts
+
+    def _round_steps(self, samples: int) -> int:
+        return self.settings.epochs * math.ceil(samples / self.settings.samples_per_step)
 
     def _private_batch_size(self) -> int:
         return min(self.settings.private_per_step, len(self.private))
@@ -267,6 +273,32 @@ def _with_lora(model: PreTrainedModel, rank: int) -> Any:
 
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
     return get_peft_model(model, config)
+
+
+def _constant(step: int, steps: int) -> float:
+    return 1.0
+
+
+def _linear_decay(step: int, steps: int) -> float:
+    """The rate falls to 0 at the round's last step, so a round ends settled, not mid-stride."""
+    return max(0.0, 1.0 - step / steps)
+
+
+# learning-rate multiplier by step of the round (TrainerSettings.lr_schedule)
+LR_SCHEDULES = {"constant": _constant, "linear": _linear_decay}
+
+
+def check_lr_schedule(name: str) -> None:
+    """ConfigError (a ValueError) for a schedule no registry entry has."""
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: {name!r} is not one of {sorted(LR_SCHEDULES)}")
+
+
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, settings: TrainerSettings, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    multiplier = LR_SCHEDULES[settings.lr_schedule]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step, steps))
 
 
 def _cycle(items: Sequence[PrivateExample], rng: random.Random) -> Any:

@@ -23,3 +23,8 @@ def test_the_config_owns_the_learning_rate_and_epochs() -> None:
 def test_a_variable_naming_a_field_the_config_owns_is_refused_naming_both(field: str) -> None:
     with pytest.raises(ConfigError, match=f"LADA_AGENT_TRAINER__{field}: `{field.lower()}`"):
         agent_settings(AgentConfig(), env={f"LADA_AGENT_TRAINER__{field}": "1"})
+
+
+def test_an_unknown_lr_schedule_is_refused_at_start_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="lr_schedule: 'cosine' is not one of"):
+        agent_settings(AgentConfig(), env={"LADA_AGENT_TRAINER__LR_SCHEDULE": "cosine"})

@@ -113,6 +113,37 @@ def test_sft_training_raises_the_likelihood_of_the_best_correct_path(
     assert np.mean(after) > np.mean(before) + 0.1
 
 
+def displacement(trainer: LocalTrainer, sets: list[PathSet]) -> float:
+    """How far one round moves the weights (L2 norm of the change)."""
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_round(sets, round_number=1)
+    params = trainer.model.parameters()
+    moved = [(p.detach() - s).pow(2).sum() for p, s in zip(params, start, strict=True)]
+    return float(torch.stack(moved).sum().sqrt())
+
+
+def test_a_linear_schedule_decays_the_rate_over_the_rounds_steps(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    """Four steps at x1, x0.75, x0.5, x0.25 of the rate move the weights about 5/8 as far as
+    four steps at the full rate (Adam's step is about the rate per parameter)."""
+    sets = [contrast_set(p) for p in private_rates[:4]]
+    moves = {}
+    for schedule in ("constant", "linear"):
+        trainer = trainer_for(
+            micro_zoo, "slm-rates", "sft", [], samples_per_step=1, lr_schedule=schedule
+        )
+        moves[schedule] = displacement(trainer, sets)
+    assert 0.45 < moves["linear"] / moves["constant"] < 0.8
+
+
+def test_an_unknown_schedule_is_refused_when_the_trainer_starts(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    with pytest.raises(ValueError, match="lr_schedule: 'cosine-ish'"):
+        trainer_for(micro_zoo, "slm-rates", "sft", [], lr_schedule="cosine-ish")
+
+
 def test_a_batch_with_nothing_correct_trains_on_private_data_alone(
     micro_zoo: ZooManifest, private_rates: list[Problem]
 ) -> None:
