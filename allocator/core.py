@@ -80,8 +80,11 @@ class ContributionOutcome:
     rejected_over_cap: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundEventView:
+    """One round event as a watcher gets it. Frozen: one object per event (and run length)
+    is shared by every subscriber, and the servicer keys its one message per event on it."""
+
     round: int
     phase: Phase
     ts_ms: int
@@ -119,6 +122,9 @@ class RoundEventFeed:
         self._fetch_window_ms = fetch_window_ms
         self.total = 0  # the run's length, re-read by the reader at least every block_ms
         self._events: list[RoundEventView] = []
+        # index in _events -> that event as delivered (the run's length stamped): one object
+        # per event shared by every subscriber, re-stamped only when the length changes
+        self._stamped: dict[int, RoundEventView] = {}
         self._after = "0-0"
         self._changed = threading.Condition()
         self._subscribers = 0
@@ -137,8 +143,8 @@ class RoundEventFeed:
                     if seen >= len(self._events) and not cancelled():
                         self._changed.wait(IDLE_WAKE_S)
                     fresh = self._events[seen:]
+                due, finished = self._due(seen, fresh, first)
                 seen += len(fresh)
-                due, finished = self._due(fresh, first)
                 yield from due
                 if finished:
                     return
@@ -163,8 +169,8 @@ class RoundEventFeed:
                 if not fresh:
                     await arrived.wait()
                     continue
+                due, finished = self._due(seen, fresh, first)
                 seen += len(fresh)
-                due, finished = self._due(fresh, first)
                 for event in due:
                     yield event
                 if finished:
@@ -172,15 +178,28 @@ class RoundEventFeed:
         finally:
             self._leave((loop, arrived))
 
-    def _due(self, fresh: list[RoundEventView], first: int) -> tuple[list[RoundEventView], bool]:
-        """What of `fresh` a subscriber from round `first` gets, and whether the run ended."""
+    def _due(
+        self, start: int, fresh: list[RoundEventView], first: int
+    ) -> tuple[list[RoundEventView], bool]:
+        """What of `fresh` (the events from index `start` on) a subscriber from round `first`
+        gets, and whether the run ended."""
         due: list[RoundEventView] = []
-        for event in fresh:
+        for index, event in enumerate(fresh, start):
             if event.round >= first or event.finished:
-                due.append(dataclasses.replace(event, total_rounds=self.total))
+                due.append(self._delivered(index, event))
             if event.finished:
                 return due, True
         return due, False
+
+    def _delivered(self, index: int, event: RoundEventView) -> RoundEventView:
+        """`event` (the `index`-th) with the run's current length, built once per event and
+        length rather than once per subscriber. Unlocked: two threads racing here build two
+        equal objects, and either is right."""
+        total = self.total
+        stamped = self._stamped.get(index)
+        if stamped is None or stamped.total_rounds != total:
+            stamped = self._stamped[index] = dataclasses.replace(event, total_rounds=total)
+        return stamped
 
     def _join(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None) -> None:
         with self._changed:

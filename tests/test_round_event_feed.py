@@ -1,6 +1,6 @@
 """The allocator's one reader of round events, shared by every WatchRounds subscriber, on a
-real Redis: subscribers sleep until something happens, and a watcher that goes away is let
-go at once rather than at the next idle wake-up."""
+real Redis: subscribers sleep until something happens, a watcher that goes away is let go at
+once rather than at the next idle wake-up, and an event is built once for all its watchers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 
 from allocator.core import IDLE_WAKE_S, RoundEventFeed
+from allocator.service import round_event
 from lada.state import Phase, StateStore
 
 WINDOW_MS = 40
@@ -90,4 +91,20 @@ def test_an_async_subscriber_whose_task_is_cancelled_leaves_at_once(store: State
         return time.monotonic() - started
 
     assert asyncio.run(watch_then_cancel()) < 1.0
+    assert _reader_stopped(feed)
+
+
+# ---- fan-out to many async subscribers ------------------------------------------------------
+def test_watchers_share_one_view_and_one_message_per_event(store: StateStore) -> None:
+    """The feed stamps each event with the run's length once, not once per watcher, and the
+    servicer builds one message from it for every watcher."""
+    feed = _feed(store)
+    assert store.open_round(1, deadline_ms=0)
+    first, second = feed.subscribe(1, lambda: False), feed.subscribe(1, lambda: False)
+    one, other = next(first), next(second)
+    assert one is other and one.total_rounds == 3
+    assert round_event(one) is round_event(other)
+    assert round_event(one).round == 1 and round_event(one).total_rounds == 3
+    first.close()
+    second.close()
     assert _reader_stopped(feed)
