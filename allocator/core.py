@@ -96,6 +96,10 @@ class RoundEventView:
 # A subscriber sleeps until an event or `wake()` (its RPC ended); this timeout is only a
 # safety net. Waking each watcher every second cost 1,000 thread wake-ups/s at 1,000 agents.
 IDLE_WAKE_S = 30.0
+# Async subscribers of one event loop are woken this many at a time, one batch per pass of
+# the loop, so that RPCs arriving during a fan-out wait for a batch, not for every watcher
+# (docs/bench/load.md, "Follow-up (2026-12-02): round-event fan-out").
+WAKE_BATCH = 32
 
 
 class RoundEventFeed:
@@ -222,11 +226,11 @@ class RoundEventFeed:
 
     def _notify(self) -> None:
         """Wake every subscriber; the caller holds the lock. One call back per event loop,
-        which then sets each of its subscribers' events."""
+        which then sets its subscribers' events WAKE_BATCH at a time (_wake_in_batches)."""
         self._changed.notify_all()
         for loop, waiting in self._async_waiters.items():
             try:
-                loop.call_soon_threadsafe(_set_all, list(waiting))
+                loop.call_soon_threadsafe(_wake_in_batches, list(waiting), 0)
             except RuntimeError:  # that loop closed; its subscribers went with it
                 continue
 
@@ -281,9 +285,20 @@ class RoundEventFeed:
         )
 
 
-def _set_all(events: list[asyncio.Event]) -> None:
-    for event in events:
+def _wake_in_batches(events: list[asyncio.Event], start: int) -> None:
+    """Set `events[start:start + WAKE_BATCH]`, and the rest in later passes of the loop.
+
+    Each woken watcher writes its message on the loop; setting all of them at once queued
+    every watcher's write ahead of the unary RPCs that arrived meanwhile, which then waited
+    for the whole fan-out (tens of ms at 1,000 watchers). The next batch is queued behind the
+    watchers just woken, so the loop polls for I/O, and runs the RPCs that came, in between.
+    A subscriber that left in the meantime is set harmlessly; one that joined reads the new
+    events itself before it waits."""
+    end = start + WAKE_BATCH
+    for event in events[start:end]:
         event.set()
+    if end < len(events):
+        asyncio.get_running_loop().call_soon(_wake_in_batches, events, end)
 
 
 _LOGPROB_FIELDS = (

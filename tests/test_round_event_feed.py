@@ -1,6 +1,7 @@
 """The allocator's one reader of round events, shared by every WatchRounds subscriber, on a
 real Redis: subscribers sleep until something happens, a watcher that goes away is let go at
-once rather than at the next idle wake-up, and an event is built once for all its watchers."""
+once rather than at the next idle wake-up, and a fan-out to many watchers delivers every event
+once and in order while letting the loop serve other work between batches of watchers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import threading
 import time
 
-from allocator.core import IDLE_WAKE_S, RoundEventFeed
+from allocator.core import IDLE_WAKE_S, WAKE_BATCH, RoundEventFeed
 from allocator.service import round_event
 from lada.state import Phase, StateStore
 
@@ -95,6 +96,85 @@ def test_an_async_subscriber_whose_task_is_cancelled_leaves_at_once(store: State
 
 
 # ---- fan-out to many async subscribers ------------------------------------------------------
+ROUND = [Phase.OPEN, Phase.ALLOCATED, Phase.TRAINING, Phase.REPORTED, Phase.CLOSED]
+
+
+def _play_round(store: StateStore, r: int) -> None:
+    """Round `r` through every phase, as the driver moves it (one event each)."""
+    assert store.open_round(r, deadline_ms=0)
+    assert store.record_round_allocations(r, {}, deadline_ms=0)
+    for phase in ROUND[2:]:
+        assert store.transition(r, phase)
+
+
+def _expected(rounds: range) -> list[tuple[int, Phase, bool]]:
+    played = [(r, phase, False) for r in rounds for phase in ROUND]
+    return [*played, (rounds[-1], Phase.CLOSED, True)]  # the run's end
+
+
+async def _collect(feed: RoundEventFeed, first: int) -> list[tuple[int, Phase, bool]]:
+    return [(e.round, e.phase, e.finished) async for e in feed.subscribe_async(first)]
+
+
+def test_every_async_watcher_gets_every_event_once_in_order_past_many_wake_batches(
+    store: StateStore,
+) -> None:
+    """More watchers than several wake batches, events arriving while a batched wake-up is
+    still going: each gets each event exactly once, in order; one that joins late gets the
+    backlog from its round on; one whose RPC ends mid-run is dropped and the others go on."""
+    feed = _feed(store)
+    watchers = 3 * WAKE_BATCH + 5
+
+    async def run() -> None:
+        early = [asyncio.create_task(_collect(feed, 1)) for _ in range(watchers)]
+        leaving = asyncio.create_task(_collect(feed, 1))
+        await asyncio.sleep(0.3)  # all of them wait now
+        await asyncio.to_thread(_play_round, store, 1)
+        await asyncio.sleep(0.3)
+        leaving.cancel()
+        late_from_1 = asyncio.create_task(_collect(feed, 1))
+        late_from_2 = asyncio.create_task(_collect(feed, 2))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_play_round, store, 2)
+        await asyncio.to_thread(store.finish_run, 2)
+        results = await asyncio.wait_for(asyncio.gather(*early, late_from_1, late_from_2), 10.0)
+        assert all(seen == _expected(range(1, 3)) for seen in results[: watchers + 1])
+        assert results[-1] == [e for e in _expected(range(1, 3)) if e[0] == 2]
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+
+    asyncio.run(run())
+    assert _reader_stopped(feed)  # every subscriber left, the cancelled one included
+
+
+def test_a_fan_out_lets_the_loop_run_what_arrived_between_wake_batches(
+    store: StateStore,
+) -> None:
+    """A callback queued while the first watchers take an event (as a unary RPC's next step
+    is) runs before the last watchers are woken: it waits for a batch, not the whole fan-out."""
+    feed = _feed(store)
+    watchers = 4 * WAKE_BATCH
+    woken: list[int] = []
+    seen_by_other_work: list[int] = []
+
+    async def watch(index: int) -> None:
+        async for _event in feed.subscribe_async(1):
+            if not woken:  # the first watcher to get the event queues "other work"
+                asyncio.get_running_loop().call_soon(lambda: seen_by_other_work.append(len(woken)))
+            woken.append(index)
+            return
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(store.open_round, 1, 0)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+
+    asyncio.run(run())
+    assert sorted(woken) == list(range(watchers))
+    assert seen_by_other_work and seen_by_other_work[0] <= 2 * WAKE_BATCH
+
+
 def test_watchers_share_one_view_and_one_message_per_event(store: StateStore) -> None:
     """The feed stamps each event with the run's length once, not once per watcher, and the
     servicer builds one message from it for every watcher."""
