@@ -93,7 +93,7 @@ class TrainerSettings:
     samples_per_step: int = AGENT_SAMPLES_PER_STEP  # allocated samples per optimiser step
     private_per_step: int = AGENT_SAMPLES_PER_STEP  # private examples per step (L_sft(D_k))
     # the learning rate over a round's steps: constant, or linear decay from learning_rate
-    # to 0 at the round's last step (slm_agent.trainer.LR_SCHEDULES)
+    # toward 0 over the round (slm_agent.trainer.LR_SCHEDULES; docs/zoo.md, attempt 9)
     lr_schedule: str = "constant"
     max_grad_norm: float = 1.0
     max_new_tokens: int = 128  # greedy answers and own paths

@@ -280,7 +280,8 @@ def _constant(step: int, steps: int) -> float:
 
 
 def _linear_decay(step: int, steps: int) -> float:
-    """The rate falls to 0 at the round's last step, so a round ends settled, not mid-stride."""
+    """The rate falls in equal steps toward 0 (the last step runs at 1/steps of it), so a
+    round ends on small steps, not mid-stride."""
     return max(0.0, 1.0 - step / steps)
 
 
