@@ -78,6 +78,11 @@ def phase_name(value: int) -> str:
     return name.removeprefix("ROUND_PHASE_")
 
 
+def phase_values(names: Iterable[str]) -> list[int]:
+    """Phase names ("ALLOCATED") as lada.v1.RoundPhase values."""
+    return [common_pb2.RoundPhase.Value(f"ROUND_PHASE_{name}") for name in names]
+
+
 class AgentClient(_Client):
     """The agent's side: register, follow rounds, fetch allocations, report, contribute."""
 
@@ -141,14 +146,21 @@ class AgentClient(_Client):
         )
 
     def watch_rounds(
-        self, from_round: int = 0, timeout_s: float | None = None
+        self,
+        from_round: int = 0,
+        timeout_s: float | None = None,
+        phases: Sequence[str] = (),
     ) -> Iterator[allocator_pb2.RoundEvent]:
         """Round events as they happen; the stream ends after `run_finished` (or the deadline).
 
-        The deadline defaults to a day: a watch lives as long as the run.
+        The deadline defaults to a day: a watch lives as long as the run. `phases` (names,
+        e.g. "ALLOCATED"): only those, and the run's end; empty: every phase.
         """
+        request = allocator_pb2.WatchRoundsRequest(
+            agent_id=self.agent_id, from_round=from_round, phases=phase_values(phases)
+        )
         return self.stub.WatchRounds(
-            allocator_pb2.WatchRoundsRequest(agent_id=self.agent_id, from_round=from_round),
+            request,
             timeout=timeout_s or 86_400.0,
             metadata=self.metadata(),
         )

@@ -93,6 +93,9 @@ class RoundEventView:
     fetch_window_ms: int = 0  # ALLOCATED: agents spread their fetches over this long
 
 
+# An async subscriber: its loop, the event it waits on, the phases it wants (None: all).
+_AsyncWaiter = tuple[asyncio.AbstractEventLoop, asyncio.Event, "frozenset[Phase] | None"]
+
 # A subscriber sleeps until an event or `wake()` (its RPC ended); this timeout is only a
 # safety net. Waking each watcher every second cost 1,000 thread wake-ups/s at 1,000 agents.
 IDLE_WAKE_S = 30.0
@@ -110,7 +113,8 @@ class RoundEventFeed:
     connections") and one wake-up per agent per `block_ms`. Now one thread reads the stream
     and wakes the subscribers when it grows or a watcher's RPC ends; it stops when the last
     subscriber leaves. Subscribers are threads (`subscribe`, the threaded server) or
-    coroutines (`subscribe_async`, the aio server: no thread per watcher).
+    coroutines (`subscribe_async`, the aio server: no thread per watcher). A subscriber may
+    ask for some phases only; an async one is then not even woken for the others.
     """
 
     def __init__(
@@ -133,11 +137,20 @@ class RoundEventFeed:
         self._changed = threading.Condition()
         self._subscribers = 0
         self._reader: threading.Thread | None = None
-        # subscribe_async's subscribers: each waits on an asyncio.Event of its loop
-        self._async_waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Event]] = {}
+        # subscribe_async's subscribers: each waits on an asyncio.Event of its loop, woken for
+        # the phases it asked for (None: every phase)
+        self._async_waiters: dict[
+            asyncio.AbstractEventLoop, dict[asyncio.Event, frozenset[Phase] | None]
+        ] = {}
 
-    def subscribe(self, first: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
-        """Events of round >= `first` (and the run's end) from the stream's start on."""
+    def subscribe(
+        self,
+        first: int,
+        cancelled: Callable[[], bool],
+        phases: frozenset[Phase] | None = None,
+    ) -> Iterator[RoundEventView]:
+        """Events of round >= `first` (and the run's end) from the stream's start on, of
+        `phases` only when given (the run's end always)."""
         self._join()
         try:
             seen = 0
@@ -147,7 +160,7 @@ class RoundEventFeed:
                     if seen >= len(self._events) and not cancelled():
                         self._changed.wait(IDLE_WAKE_S)
                     fresh = self._events[seen:]
-                due, finished = self._due(seen, fresh, first)
+                due, finished = self._due(seen, fresh, first, phases)
                 seen += len(fresh)
                 yield from due
                 if finished:
@@ -155,13 +168,16 @@ class RoundEventFeed:
         finally:
             self._leave()
 
-    async def subscribe_async(self, first: int) -> AsyncIterator[RoundEventView]:
+    async def subscribe_async(
+        self, first: int, phases: frozenset[Phase] | None = None
+    ) -> AsyncIterator[RoundEventView]:
         """`subscribe` for a coroutine: waits on the event loop, not in a thread, for the
-        reader to call it back (loop.call_soon_threadsafe); a subscriber whose task is
-        cancelled (its RPC ended) leaves at once, so it needs no wake()."""
+        reader to call it back (loop.call_soon_threadsafe) when an event of `phases` (or the
+        run's end) arrives; a subscriber whose task is cancelled (its RPC ended) leaves at
+        once, so it needs no wake()."""
         loop = asyncio.get_running_loop()
         arrived = asyncio.Event()
-        self._join((loop, arrived))
+        self._join((loop, arrived, phases))
         try:
             seen = 0
             while True:
@@ -173,23 +189,27 @@ class RoundEventFeed:
                 if not fresh:
                     await arrived.wait()
                     continue
-                due, finished = self._due(seen, fresh, first)
+                due, finished = self._due(seen, fresh, first, phases)
                 seen += len(fresh)
                 for event in due:
                     yield event
                 if finished:
                     return
         finally:
-            self._leave((loop, arrived))
+            self._leave((loop, arrived, phases))
 
     def _due(
-        self, start: int, fresh: list[RoundEventView], first: int
+        self,
+        start: int,
+        fresh: list[RoundEventView],
+        first: int,
+        phases: frozenset[Phase] | None,
     ) -> tuple[list[RoundEventView], bool]:
         """What of `fresh` (the events from index `start` on) a subscriber from round `first`
-        gets, and whether the run ended."""
+        to `phases` gets, and whether the run ended."""
         due: list[RoundEventView] = []
         for index, event in enumerate(fresh, start):
-            if event.round >= first or event.finished:
+            if event.finished or (event.round >= first and _wanted(event, phases)):
                 due.append(self._delivered(index, event))
             if event.finished:
                 return due, True
@@ -205,32 +225,43 @@ class RoundEventFeed:
             stamped = self._stamped[index] = dataclasses.replace(event, total_rounds=total)
         return stamped
 
-    def _join(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None) -> None:
+    def _join(self, waiter: _AsyncWaiter | None = None) -> None:
         with self._changed:
             self._subscribers += 1
             if waiter is not None:
-                self._async_waiters.setdefault(waiter[0], set()).add(waiter[1])
+                loop, arrived, phases = waiter
+                self._async_waiters.setdefault(loop, {})[arrived] = phases
             if self._reader is None:
                 self.total = self._total_rounds()
                 self._reader = threading.Thread(target=self._read, name="round-events", daemon=True)
                 self._reader.start()
 
-    def _leave(self, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None) -> None:
+    def _leave(self, waiter: _AsyncWaiter | None = None) -> None:
         with self._changed:
             self._subscribers -= 1
             if waiter is not None:
-                waiting = self._async_waiters.get(waiter[0], set())
-                waiting.discard(waiter[1])
+                loop, arrived, _phases = waiter
+                waiting = self._async_waiters.get(loop, {})
+                waiting.pop(arrived, None)
                 if not waiting:
-                    self._async_waiters.pop(waiter[0], None)
+                    self._async_waiters.pop(loop, None)
 
-    def _notify(self) -> None:
-        """Wake every subscriber; the caller holds the lock. One call back per event loop,
-        which then sets its subscribers' events WAKE_BATCH at a time (_wake_in_batches)."""
+    def _notify(self, fresh: list[RoundEventView]) -> None:
+        """Wake the subscribers that want something of `fresh`; the caller holds the lock.
+        Threads are all woken (each checks for itself). Async ones get one call back per
+        event loop, which sets their events WAKE_BATCH at a time (_wake_in_batches); one
+        that wants none of `fresh` sleeps on and reads past it when next woken."""
         self._changed.notify_all()
         for loop, waiting in self._async_waiters.items():
+            due = [
+                arrived
+                for arrived, phases in waiting.items()
+                if any(e.finished or _wanted(e, phases) for e in fresh)
+            ]
+            if not due:
+                continue
             try:
-                loop.call_soon_threadsafe(_wake_in_batches, list(waiting), 0)
+                loop.call_soon_threadsafe(_wake_in_batches, due, 0)
             except RuntimeError:  # that loop closed; its subscribers went with it
                 continue
 
@@ -271,7 +302,7 @@ class RoundEventFeed:
             with self._changed:
                 self._after = entries[-1][0]
                 self._events.extend(fresh)
-                self._notify()
+                self._notify(fresh)
 
     def _event(self, fields: dict[str, str]) -> RoundEventView:
         round_number, phase = int(fields["round"]), Phase(fields["phase"])
@@ -283,6 +314,10 @@ class RoundEventFeed:
             fields.get("finished") == "1",
             fetch_window_ms=window,
         )
+
+
+def _wanted(event: RoundEventView, phases: frozenset[Phase] | None) -> bool:
+    return phases is None or event.phase in phases
 
 
 def _wake_in_batches(events: list[asyncio.Event], start: int) -> None:
@@ -602,16 +637,24 @@ class AllocatorCore:
         window = round(self.store.participant_count(round_number) * per_agent)
         return min(window, self.settings.max_fetch_window_ms)
 
-    def watch(self, from_round: int, cancelled: Callable[[], bool]) -> Iterator[RoundEventView]:
-        """Round events from `from_round` (0: the current round) until the run finishes."""
+    def watch(
+        self,
+        from_round: int,
+        cancelled: Callable[[], bool],
+        phases: frozenset[Phase] | None = None,
+    ) -> Iterator[RoundEventView]:
+        """Round events from `from_round` (0: the current round) until the run finishes; of
+        `phases` only when given (the event that ends the run always comes)."""
         first = from_round or max(self.store.current_round(), 1)
-        yield from self._event_feed.subscribe(first, cancelled)
+        yield from self._event_feed.subscribe(first, cancelled, phases)
 
-    def watch_async(self, from_round: int) -> AsyncIterator[RoundEventView]:
+    def watch_async(
+        self, from_round: int, phases: frozenset[Phase] | None = None
+    ) -> AsyncIterator[RoundEventView]:
         """`watch` for a coroutine (the aio servicer): no thread per watcher, and the
         watcher leaves when its task is cancelled. Resolves round 0 before returning."""
         first = from_round or max(self.store.current_round(), 1)
-        return self._event_feed.subscribe_async(first)
+        return self._event_feed.subscribe_async(first, phases)
 
     def wake_watchers(self) -> None:
         """Call when a watcher's RPC ends, so its subscription notices and lets go."""

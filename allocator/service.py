@@ -10,7 +10,7 @@ threaded server (`AllocatorConfig.server_mode: threaded`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -120,6 +120,18 @@ def phase_enum(phase: Phase | None) -> int:
     return common_pb2.RoundPhase.Value(f"ROUND_PHASE_{phase.value}")
 
 
+def watched_phases(values: Iterable[int]) -> frozenset[Phase] | None:
+    """WatchRoundsRequest.phases as the core's phases; None (every phase) when empty."""
+    by_value = {phase_enum(phase): phase for phase in Phase}
+    phases = set()
+    for value in values:
+        if value not in by_value:
+            names = ", ".join(phase.value for phase in Phase)
+            raise InvalidArgument(f"phases: {value} is not a round phase ({names})")
+        phases.add(by_value[value])
+    return frozenset(phases) or None
+
+
 UNARY_RPCS = tuple(
     method.name
     for method in allocator_pb2.DESCRIPTOR.services_by_name["Allocator"].methods
@@ -193,11 +205,13 @@ class _Translations:
             contribution_requests=view.contribution_requests,
         )
 
-    def _watch_checked(self, request: Any, context: Any) -> None:
-        """WatchRounds' checks before it subscribes: the caller, then from_round."""
+    def _watch_checked(self, request: Any, context: Any) -> frozenset[Phase] | None:
+        """WatchRounds' checks before it subscribes (the caller, from_round, phases); returns
+        the phases asked for."""
         self._agent(context, request.agent_id)
         if request.from_round < 0:
             raise InvalidArgument(f"from_round: must not be negative, got {request.from_round}")
+        return watched_phases(request.phases)
 
     def _report(self, context: Any) -> _StatsReport:
         return _StatsReport(self.core, bearer_token(context))
@@ -351,9 +365,10 @@ class AllocatorServicer(_Translations, allocator_pb2_grpc.AllocatorServicer):
 
     @streamed_refusals_to_status
     def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
-        self._watch_checked(request, context)
+        phases = self._watch_checked(request, context)
         context.add_callback(self.core.wake_watchers)
-        for event in self.core.watch(request.from_round, lambda: not context.is_active()):
+        events = self.core.watch(request.from_round, lambda: not context.is_active(), phases)
+        for event in events:
             yield round_event(event)
 
     @refusals_to_status
@@ -372,9 +387,9 @@ class AioAllocatorServicer(_Translations, allocator_pb2_grpc.AllocatorServicer):
     async def WatchRounds(self, request, context):  # type: ignore[no-untyped-def]
         """A coroutine that writes each event, not an async generator: each generator layer
         (this, the refusal mapping, the interceptor) cost a resume per event per watcher."""
-        self._watch_checked(request, context)
+        phases = self._watch_checked(request, context)
         # gRPC cancels this coroutine when the client goes away: the subscription ends there
-        async for event in self.core.watch_async(request.from_round):
+        async for event in self.core.watch_async(request.from_round, phases):
             await context.write(round_event(event))
 
     @async_refusals_to_status

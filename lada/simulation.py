@@ -38,7 +38,7 @@ from slm_agent.agent import Agent, StatusBoard
 from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import _report_messages
 from slm_agent.main import agent_plan, validate_inputs
-from slm_agent.ports import Registered, Registration, RoundEventView
+from slm_agent.ports import WATCHED_PHASES, Registered, Registration, RoundEventView
 from slm_agent.rounds import (
     AllocatedSample,
     LLMPath,
@@ -79,7 +79,9 @@ class InProcessAllocator:
     def heartbeat(self) -> int:
         return self.core.heartbeat(self.agent_id)[0]
 
-    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]:
+    def watch_rounds(
+        self, from_round: int, phases: Sequence[str] = WATCHED_PHASES
+    ) -> Iterator[RoundEventView]:
         raise NotImplementedError("the simulation drives rounds itself")
 
     def stop_watching(self) -> None:

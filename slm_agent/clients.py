@@ -16,16 +16,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from allocator.client import cluster_model_from_message
+from allocator.client import cluster_model_from_message, phase_name, phase_values
 from lada.learnability import ClusterModel
 from lada.v1 import (
     allocator_pb2,
     allocator_pb2_grpc,
-    common_pb2,
     llm_service_pb2,
     llm_service_pb2_grpc,
 )
 from slm_agent.ports import (
+    WATCHED_PHASES,
     Refused,
     Registered,
     Registration,
@@ -104,10 +104,6 @@ def wait_ready(channel: grpc.Channel, what: str, target: str, deadline_s: float)
             delay = min(delay * 2, 8.0)
 
 
-def _phase_name(value: int) -> str:
-    return common_pb2.RoundPhase.Name(value).removeprefix("ROUND_PHASE_")
-
-
 class GrpcAllocator:
     """AllocatorPort over the lada.v1.Allocator service."""
 
@@ -144,16 +140,18 @@ class GrpcAllocator:
         )
         return int(reply.current_round)
 
-    def watch_rounds(self, from_round: int) -> Iterator[RoundEventView]:
-        self._watch = self.stub.WatchRounds(
-            allocator_pb2.WatchRoundsRequest(agent_id=self.agent_id, from_round=from_round),
-            metadata=self._auth(),
+    def watch_rounds(
+        self, from_round: int, phases: Sequence[str] = WATCHED_PHASES
+    ) -> Iterator[RoundEventView]:
+        request = allocator_pb2.WatchRoundsRequest(
+            agent_id=self.agent_id, from_round=from_round, phases=phase_values(phases)
         )
+        self._watch = self.stub.WatchRounds(request, metadata=self._auth())
         try:
             for event in self._watch:
                 yield RoundEventView(
                     int(event.round),
-                    _phase_name(event.phase),
+                    phase_name(event.phase),
                     int(event.total_rounds),
                     event.run_finished,
                     int(event.fetch_window_ms),

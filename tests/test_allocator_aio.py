@@ -50,6 +50,7 @@ class OneRound:
     log: str
     clients: list[AgentClient]
     events: list[allocator_pb2.RoundEvent] = field(default_factory=list)
+    filtered: list[allocator_pb2.RoundEvent] = field(default_factory=list)  # ALLOCATED only
 
 
 @pytest.fixture(scope="module", params=SERVER_MODES)
@@ -70,10 +71,17 @@ def one_round(
         watcher = threading.Thread(
             target=lambda: result.events.extend(clients[0].watch_rounds(1, timeout_s=120))
         )
+        filtered = threading.Thread(
+            target=lambda: result.filtered.extend(
+                clients[1].watch_rounds(1, timeout_s=120, phases=["ALLOCATED"])
+            )
+        )
         watcher.start()
+        filtered.start()
         with deployment.operator() as operator:
             play_round(clients, operator, 1)
         watcher.join(timeout=60)
+        filtered.join(timeout=60)
         result.log = deployment.replicas[0].service.log()
         yield result
 
@@ -86,6 +94,13 @@ def test_either_server_mode_streams_a_whole_round_then_the_run_end(one_round: On
     phases = [(e.round, phase_name(e.phase)) for e in one_round.events if not e.run_finished]
     assert phases[:2] == [(1, "OPEN"), (1, "ALLOCATED")]
     assert one_round.events[-1].run_finished
+
+
+def test_either_server_mode_streams_a_watcher_only_its_phases_and_the_run_end(
+    one_round: OneRound,
+) -> None:
+    seen = [(e.round, phase_name(e.phase), e.run_finished) for e in one_round.filtered]
+    assert seen == [(1, "ALLOCATED", False), (1, "CLOSED", True)]
 
 
 def _code(call: Callable[[], Any]) -> grpc.StatusCode:
@@ -101,6 +116,18 @@ def test_either_server_mode_refuses_a_negative_from_round_as_invalid(
     assert _code(lambda: list(client.watch_rounds(-1, timeout_s=10))) is (
         grpc.StatusCode.INVALID_ARGUMENT
     )
+
+
+@pytest.mark.parametrize("phase", [0, 42], ids=["unspecified", "unknown"])
+def test_either_server_mode_refuses_a_watch_of_no_real_phase_naming_phases(
+    one_round: OneRound, phase: int
+) -> None:
+    client = one_round.clients[0]
+    request = allocator_pb2.WatchRoundsRequest(agent_id=client.agent_id, phases=[2, phase])
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(client.stub.WatchRounds(request, timeout=10, metadata=client.metadata())))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(f"phases: {phase} is not a round phase")
 
 
 def test_either_server_mode_refuses_an_empty_report_stream_as_invalid(

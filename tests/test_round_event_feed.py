@@ -1,7 +1,8 @@
 """The allocator's one reader of round events, shared by every WatchRounds subscriber, on a
 real Redis: subscribers sleep until something happens, a watcher that goes away is let go at
 once rather than at the next idle wake-up, and a fan-out to many watchers delivers every event
-once and in order while letting the loop serve other work between batches of watchers."""
+once and in order while letting the loop serve other work between batches of watchers, and a
+watcher of some phases is woken for those (and the run's end) only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import contextlib
 import threading
 import time
 
+import pytest
+
+import allocator.core
 from allocator.core import IDLE_WAKE_S, WAKE_BATCH, RoundEventFeed
 from allocator.service import round_event
 from lada.state import Phase, StateStore
@@ -112,8 +116,10 @@ def _expected(rounds: range) -> list[tuple[int, Phase, bool]]:
     return [*played, (rounds[-1], Phase.CLOSED, True)]  # the run's end
 
 
-async def _collect(feed: RoundEventFeed, first: int) -> list[tuple[int, Phase, bool]]:
-    return [(e.round, e.phase, e.finished) async for e in feed.subscribe_async(first)]
+async def _collect(
+    feed: RoundEventFeed, first: int, phases: frozenset[Phase] | None = None
+) -> list[tuple[int, Phase, bool]]:
+    return [(e.round, e.phase, e.finished) async for e in feed.subscribe_async(first, phases)]
 
 
 def test_every_async_watcher_gets_every_event_once_in_order_past_many_wake_batches(
@@ -187,4 +193,67 @@ def test_watchers_share_one_view_and_one_message_per_event(store: StateStore) ->
     assert round_event(one).round == 1 and round_event(one).total_rounds == 3
     first.close()
     second.close()
+    assert _reader_stopped(feed)
+
+
+# ---- watchers of some phases only -----------------------------------------------------------
+ALLOCATED_ONLY = frozenset({Phase.ALLOCATED})
+
+
+def test_a_watcher_of_some_phases_gets_only_those_and_the_run_end(store: StateStore) -> None:
+    """On both kinds of subscriber: ALLOCATED of each round, then the CLOSED that ends the
+    run (which every watcher gets, whatever it asked for)."""
+    feed = _feed(store)
+    wanted = [(1, Phase.ALLOCATED, False), (2, Phase.ALLOCATED, False), (2, Phase.CLOSED, True)]
+
+    async def run() -> list[list[tuple[int, Phase, bool]]]:
+        threaded = asyncio.to_thread(
+            lambda: [
+                (e.round, e.phase, e.finished)
+                for e in feed.subscribe(1, lambda: False, ALLOCATED_ONLY)
+            ]
+        )
+        watchers = [
+            asyncio.ensure_future(threaded),
+            asyncio.create_task(_collect(feed, 1, ALLOCATED_ONLY)),
+        ]
+        await asyncio.sleep(0.3)
+        for r in (1, 2):
+            await asyncio.to_thread(_play_round, store, r)
+        await asyncio.to_thread(store.finish_run, 2)
+        return await asyncio.wait_for(asyncio.gather(*watchers), 10.0)
+
+    assert asyncio.run(run()) == [wanted, wanted]
+    assert _reader_stopped(feed)
+
+
+def test_a_fan_out_wakes_only_the_watchers_that_want_the_event(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OPEN event wakes the 5 watchers of every phase, not the 10 of ALLOCATED only: the
+    others cost the loop nothing until their phase comes."""
+    feed = _feed(store)
+    woken: list[int] = []
+    wake = allocator.core._wake_in_batches
+
+    def counted(events: list[asyncio.Event], start: int) -> None:
+        if start == 0:
+            woken.append(len(events))
+        wake(events, start)
+
+    monkeypatch.setattr(allocator.core, "_wake_in_batches", counted)
+
+    async def run() -> None:
+        every = [asyncio.create_task(_collect(feed, 1)) for _ in range(5)]
+        some = [asyncio.create_task(_collect(feed, 1, ALLOCATED_ONLY)) for _ in range(10)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(store.open_round, 1, 0)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(store.record_round_allocations, 1, {}, 0)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(store.finish_run, 1)
+        await asyncio.wait_for(asyncio.gather(*every, *some), 5.0)
+
+    asyncio.run(run())
+    assert woken == [5, 15, 15]  # OPEN, ALLOCATED, the run's end
     assert _reader_stopped(feed)

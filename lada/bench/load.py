@@ -35,6 +35,7 @@ import numpy as np
 import psutil
 import yaml
 
+from allocator.client import phase_values
 from lada.bench import write_result
 from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES, AllocatorConfig, load_config
 from lada.healthcheck import check
@@ -42,6 +43,7 @@ from lada.redis_conn import connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import load_dataset, pool_fingerprint
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
+from slm_agent.ports import WATCHED_PHASES
 
 POOL = "synthetic:domains=all,n=4000,seed=21"
 STATS_PER_MESSAGE = 32  # as slm_agent.clients sends them
@@ -278,7 +280,9 @@ async def _follow_rounds(
     for _attempt in range(RETRIES + 1):
         from_round = max([first_round, *(r + 1 for r in done)])
         watch = stub.WatchRounds(
-            allocator_pb2.WatchRoundsRequest(agent_id=agent_id, from_round=from_round),
+            allocator_pb2.WatchRoundsRequest(
+                agent_id=agent_id, from_round=from_round, phases=phase_values(WATCHED_PHASES)
+            ),
             metadata=metadata,
             timeout=plan.run_limit_s,
         )
@@ -712,7 +716,8 @@ INTRO = """# Load: simulated agents against the allocator (one process or replic
 process on a real Redis; the agents are simulated by a multi-process asyncio generator
 (grpc.aio), one channel and TCP connection per agent. Each agent does what slm_agent does on
 the wire: RegisterAgent with its own enrollment secret (open enrollment), Heartbeat every
-interval (phase-shifted at random), WatchRounds, GetAllocation when its round is ALLOCATED,
+interval (phase-shifted at random), WatchRounds for the ALLOCATED and CLOSED events (the
+phases slm_agent asks for), GetAllocation when its round is ALLOCATED,
 a random "training" sleep, then ReportStats as a client stream of 32 samples per message.
 Latencies are measured in the clients around each call; "WatchRounds (event lag)" is the
 receipt time of each round event minus the event's timestamp. CPU is user+sys over wall

@@ -138,12 +138,14 @@ class GetAllocationResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[AllocatedSample, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ..., policy: _Optional[str] = ..., contribution_requests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchRoundsRequest(_message.Message):
-    __slots__ = ("agent_id", "from_round")
+    __slots__ = ("agent_id", "from_round", "phases")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     from_round: int
-    def __init__(self, agent_id: _Optional[str] = ..., from_round: _Optional[int] = ...) -> None: ...
+    phases: _containers.RepeatedScalarFieldContainer[_common_pb2.RoundPhase]
+    def __init__(self, agent_id: _Optional[str] = ..., from_round: _Optional[int] = ..., phases: _Optional[_Iterable[_Union[_common_pb2.RoundPhase, str]]] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
     __slots__ = ("round", "phase", "timestamp_unix_ms", "total_rounds", "run_finished", "fetch_window_ms")
