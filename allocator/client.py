@@ -78,6 +78,12 @@ def phase_name(value: int) -> str:
     return name.removeprefix("ROUND_PHASE_")
 
 
+# The phases an agent subscribes to: ALLOCATED (work the round) and CLOSED (give up on a round
+# it missed; the run's end is a CLOSED). OPEN, TRAINING and REPORTED would cost the allocator a
+# write to every agent each for nothing (docs/bench/load.md, "phase filter").
+WATCHED_PHASES = ("ALLOCATED", "CLOSED")
+
+
 def phase_values(names: Iterable[str]) -> list[int]:
     """Phase names ("ALLOCATED") as lada.v1.RoundPhase values."""
     return [common_pb2.RoundPhase.Value(f"ROUND_PHASE_{name}") for name in names]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from allocator.client import WATCHED_PHASES
 from lada.learnability import ClusterModel
 from slm_agent.rounds import AllocatedSample, LLMPath, RoundAllocation, SampleStat
 
@@ -86,12 +87,6 @@ class RoundEventView:
     total_rounds: int
     run_finished: bool
     fetch_window_ms: int = 0  # ALLOCATED: fetch at a random moment within this many ms
-
-
-# The phases an agent subscribes to: ALLOCATED (work the round) and CLOSED (give up on a round
-# it missed; the run's end is a CLOSED). OPEN, TRAINING and REPORTED would cost the allocator a
-# write to every agent each for nothing (docs/bench/load.md, "phase filter").
-WATCHED_PHASES = ("ALLOCATED", "CLOSED")
 
 
 class AllocatorPort(Protocol):

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 import yaml
 
-from allocator.client import phase_values
+from allocator.client import WATCHED_PHASES, phase_values
 from lada.bench import write_result
 from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES, AllocatorConfig, load_config
 from lada.healthcheck import check
@@ -43,7 +43,6 @@ from lada.redis_conn import connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import load_dataset, pool_fingerprint
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
-from slm_agent.ports import WATCHED_PHASES
 
 POOL = "synthetic:domains=all,n=4000,seed=21"
 STATS_PER_MESSAGE = 32  # as slm_agent.clients sends them
