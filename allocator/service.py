@@ -120,15 +120,17 @@ def phase_enum(phase: Phase | None) -> int:
     return common_pb2.RoundPhase.Value(f"ROUND_PHASE_{phase.value}")
 
 
+_PHASE_BY_VALUE = {phase_enum(phase): phase for phase in Phase}
+
+
 def watched_phases(values: Iterable[int]) -> frozenset[Phase] | None:
     """WatchRoundsRequest.phases as the core's phases; None (every phase) when empty."""
-    by_value = {phase_enum(phase): phase for phase in Phase}
     phases = set()
     for value in values:
-        if value not in by_value:
+        if value not in _PHASE_BY_VALUE:
             names = ", ".join(phase.value for phase in Phase)
             raise InvalidArgument(f"phases: {value} is not a round phase ({names})")
-        phases.add(by_value[value])
+        phases.add(_PHASE_BY_VALUE[value])
     return frozenset(phases) or None
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from allocator.client import WATCHED_PHASES
 from allocator.core import AllocatorCore
 from allocator.driver import RoundDriver
 from allocator.llm_gateway import ACCURACY_MAX_TOKENS, Contribution, LLMGateway
@@ -38,7 +39,7 @@ from slm_agent.agent import Agent, StatusBoard
 from slm_agent.checkpoint import CheckpointStore
 from slm_agent.clients import _report_messages
 from slm_agent.main import agent_plan, validate_inputs
-from slm_agent.ports import WATCHED_PHASES, Registered, Registration, RoundEventView
+from slm_agent.ports import Registered, Registration, RoundEventView
 from slm_agent.rounds import (
     AllocatedSample,
     LLMPath,

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from allocator.client import cluster_model_from_message, phase_name, phase_values
+from allocator.client import (
+    WATCHED_PHASES,
+    cluster_model_from_message,
+    phase_name,
+    phase_values,
+)
 from lada.learnability import ClusterModel
 from lada.v1 import (
     allocator_pb2,
@@ -25,7 +30,6 @@ from lada.v1 import (
     llm_service_pb2_grpc,
 )
 from slm_agent.ports import (
-    WATCHED_PHASES,
     Refused,
     Registered,
     Registration,
