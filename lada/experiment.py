@@ -49,7 +49,6 @@ BASELINE_METHOD = "random"  # every method's difference is taken to random+<same
 LOCAL_TRAINING_METHOD = f"{BASELINE_METHOD}+local"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
-# name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data)
 # name -> (description, [(zoo model, home domain)], Dirichlet concentration of private data).
 # Every scenario has one client whose home is the client-only domain, so the LLM direction
 # (contribution requests, novelty, Absorb) has something to learn.
