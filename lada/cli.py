@@ -783,6 +783,32 @@ def experiment_run(**kwargs: Any) -> None:
     sys.exit(code)
 
 
+@experiment_group.command("choices")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def experiment_choices(results: tuple[str, ...]) -> None:
+    """What each policy allocated, per round: where in the pool's gap quintiles, how
+    concentrated on clusters, and greedy accuracy on it before -> after (from one or more
+    sweeps' results.json)."""
+    from lada.choices import choice_rows, render_choices
+
+    runs: list[dict[str, Any]] = []
+    for path in results:
+        try:
+            loaded = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{path}: not a results JSON file ({exc})") from exc
+        if not isinstance(loaded, list) or not all(
+            isinstance(r, dict) and {"scenario", "seed", "method"} <= r.keys() for r in loaded
+        ):
+            raise CliError(f"{path}: expected a list of runs with scenario, seed and method")
+        runs.extend(loaded)
+    try:
+        rows = choice_rows(runs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"a run in {', '.join(results)} is malformed: {exc!r}") from exc
+    click.echo(render_choices(rows))
+
+
 @cli.command()
 @click.argument("what", type=click.Choice(["allocator", "llm", "load", "agent", "all"]))
 @click.option(

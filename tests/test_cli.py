@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     ["models", "build"],
     ["eval"],
     ["experiment", "run"],
+    ["experiment", "choices"],
     ["bench"],
 ]
 

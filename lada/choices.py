@@ -1,0 +1,134 @@
+"""What an allocation policy chose, read back from a sweep's finished runs.
+
+docs/results.md has to say *why* a policy ties `random` where it does, not only that it
+does. Each run records, per agent and round, the learnability gaps of the samples it was
+allocated, their clusters, and greedy accuracy on them before and after the round's training.
+This module turns those into one row per scenario, method and round: where in the pool's
+gap distribution the allocated samples sat (quintiles of what `full` saw, the whole pool, in
+the same scenario, seed, agent and round; `random`'s allocations where no `full` ran), how
+concentrated on clusters the choice was, and what the agent learned of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+QUINTILES = 5
+# methods whose allocations estimate the pool's gaps, best first: full sees the whole pool,
+# random a uniform sample of it
+REFERENCE_POLICIES = ("full", "random")
+
+Run = dict[str, Any]
+AgentKey = tuple[str, int, str, int]  # scenario, seed, agent, round
+
+
+def reference_gaps(runs: Iterable[Run]) -> dict[AgentKey, np.ndarray]:
+    """Per scenario, seed, agent and round: the gaps of the best reference policy's samples."""
+    found: dict[AgentKey, tuple[int, np.ndarray]] = {}
+    for run in runs:
+        policy = run.get("policy")
+        if policy not in REFERENCE_POLICIES:
+            continue
+        rank = REFERENCE_POLICIES.index(policy)
+        for agent, rounds in run.get("agents_rounds", {}).items():
+            for entry in rounds:
+                key = (run["scenario"], int(run["seed"]), agent, int(entry["round"]))
+                gaps = np.asarray(entry.get("gaps", []), float)
+                gaps = gaps[np.isfinite(gaps)]
+                if gaps.size and (key not in found or rank < found[key][0]):
+                    found[key] = (rank, gaps)
+    return {key: gaps for key, (_, gaps) in found.items()}
+
+
+def quintile_shares(gaps: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Share of `gaps` in each quintile of `reference` (Q1: smallest gaps, already known)."""
+    edges = np.quantile(reference, np.linspace(0, 1, QUINTILES + 1)[1:-1])
+    counts = np.bincount(np.searchsorted(edges, gaps, side="right"), minlength=QUINTILES)
+    return counts / max(len(gaps), 1)
+
+
+def top_cluster_share(clusters: dict[str, int]) -> float:
+    """Share of the round's samples from its most-allocated cluster (1.0: one arm only)."""
+    total = sum(clusters.values())
+    return max(clusters.values()) / total if total else float("nan")
+
+
+def _agent_round(entry: dict[str, Any], reference: np.ndarray | None) -> dict[str, Any]:
+    gaps = np.asarray(entry.get("gaps", []), float)
+    gaps = gaps[np.isfinite(gaps)]
+    shares = (
+        quintile_shares(gaps, reference)
+        if reference is not None and gaps.size
+        else np.full(QUINTILES, np.nan)
+    )
+    return {
+        "allocated": float(entry.get("allocated", 0)),
+        "mean_gap": float(gaps.mean()) if gaps.size else float("nan"),
+        "shares": shares,
+        "top_cluster": top_cluster_share(entry.get("clusters", {})),
+        "clusters": float(len(entry.get("clusters", {}))),
+        "acc_before": float(entry.get("accuracy_before", np.nan)),
+        "acc_after": float(entry.get("accuracy_after", np.nan)),
+    }
+
+
+def choice_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per scenario, method and round, each figure the mean over seeds and agents."""
+    references = reference_gaps(runs)
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        if "agents_rounds" not in run:  # a local-only row: nothing was allocated
+            continue
+        for agent, rounds in run["agents_rounds"].items():
+            for entry in rounds:
+                key = (run["scenario"], int(run["seed"]), agent, int(entry["round"]))
+                row = _agent_round(entry, references.get(key))
+                groups.setdefault((run["scenario"], run["method"], key[3]), []).append(row)
+    rows = []
+    for (scenario, method, round_number), members in sorted(groups.items()):
+        rows.append(
+            {
+                "scenario": scenario,
+                "method": method,
+                "round": round_number,
+                "agent_rounds": len(members),
+                **{
+                    name: float(np.nanmean([m[name] for m in members]))
+                    for name in (
+                        "allocated",
+                        "mean_gap",
+                        "top_cluster",
+                        "clusters",
+                        "acc_before",
+                        "acc_after",
+                    )
+                },
+                "shares": np.nanmean([m["shares"] for m in members], axis=0).tolist(),
+            }
+        )
+    return rows
+
+
+def render_choices(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (shares and accuracies in percent)."""
+    head = (
+        "| scenario | method | round | samples per agent | mean gap | "
+        + " | ".join(f"Q{q + 1}" for q in range(QUINTILES))
+        + " | top cluster | clusters | greedy acc on them before -> after |"
+    )
+    lines = [head, "|" + "---|" * (8 + QUINTILES)]
+    for row in rows:
+        shares = " | ".join(_pct(s) for s in row["shares"])
+        lines.append(
+            f"| {row['scenario']} | {row['method']} | {row['round']} | {row['allocated']:.0f} "
+            f"| {row['mean_gap']:.3f} | {shares} | {_pct(row['top_cluster'])} "
+            f"| {row['clusters']:.1f} | {_pct(row['acc_before'])} -> {_pct(row['acc_after'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "-" if np.isnan(value) else f"{100 * value:.0f}%"
