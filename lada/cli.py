@@ -769,6 +769,14 @@ def experiment_group() -> None:
     show_default=True,
     help="CPUs Ray reserves for each run (its torch threads).",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a base-config field by its dotted key, e.g. lada.ucb_alpha=1.0 "
+    "(repeatable; runs with other settings get other keys, so a resume never mixes them).",
+)
 def experiment_run(**kwargs: Any) -> None:
     """Run policy x loss x scenario x seed in simulation, as Ray tasks; write the tables.
 

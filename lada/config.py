@@ -390,10 +390,27 @@ def load_config(
         data = loaded.get(section, loaded) if section else loaded
     config = _from_dict(cls, data, where=yaml_path or "config")
     _apply_env(config, env if env is not None else dict(os.environ), section)
-    for dotted, value in (overrides or {}).items():
+    return apply_overrides(config, overrides or {})
+
+
+def apply_overrides(config: T, overrides: dict[str, Any]) -> T:
+    """Set dotted keys on `config` in place (`lada.ucb_alpha`); values are coerced to the
+    field's type. An unknown key or unreadable value is a ConfigError naming it."""
+    for dotted, value in overrides.items():
         if value is not None:
             _set_dotted(config, dotted, value)
     return config
+
+
+def parse_overrides(pairs: typing.Iterable[str], flag: str = "--set") -> dict[str, str]:
+    """`KEY=VALUE` strings (a CLI's repeated `--set`) -> {dotted key: raw value}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. lada.ucb_alpha=1.0")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from lada.config import ClusterAgentConfig, ClusterConfig, lada_home, load_config
+from lada.config import (
+    ClusterAgentConfig,
+    ClusterConfig,
+    ConfigError,
+    apply_overrides,
+    lada_home,
+    load_config,
+    parse_overrides,
+)
 from lada.redis_conn import RedisHandle, shutdown_embedded, start_embedded
 from lada.report import evaluate_agents
 
@@ -718,17 +726,28 @@ def run_experiment(
     address: str | None = None,
     workers: int | None = None,
     cpus_per_run: float = 1.0,
+    overrides: tuple[str, ...] = (),
 ) -> int:
-    """The sweep behind `lada experiment run`; writes results.json and results.md."""
+    """The sweep behind `lada experiment run`; writes results.json and results.md.
+
+    `overrides` are `--set KEY=VALUE` pairs on the base config, applied before the
+    scenarios: an ablation without a copied YAML (and a run key of its own).
+    """
     from lada.logs import configure_logging
 
     configure_logging("WARNING", as_json=False, service="experiment")
     check_address(address)
+    sets = parse_overrides(overrides)
     base = (
         load_config(ClusterConfig, config_path, section="experiment")
         if config_path
         else default_base(profile)
     )
+    for key, value in sets.items():
+        try:
+            apply_overrides(base, {key: value})
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}={value}: {exc}") from exc
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)

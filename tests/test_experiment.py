@@ -135,6 +135,53 @@ def test_a_changed_setting_reruns_and_a_subset_of_the_grid_resumes(
     assert line and " S1 lada sft s0  acc own " in line[0] and " ETA 00:00" in line[0]
 
 
+def test_a_set_override_resumes_the_runs_its_yaml_twin_finished(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--set lada.num_clusters=4` on a YAML without it is the same setting as the YAML with
+    it: the same run keys, so all four runs resume and nothing runs."""
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    plain = {"experiment": {k: v for k, v in MICRO_SWEEP["experiment"].items() if k != "lada"}}
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
+    grid = ("S1", "lada,random", "sft", 2)
+    capsys.readouterr()
+    code = run_experiment(
+        str(tmp_path / "plain.yaml"),
+        *grid,
+        "micro",
+        str(tmp_path),
+        overrides=("lada.num_clusters=4",),
+    )
+    assert code == 0
+    assert "resumed 4 of 4 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("nonsense", "--set 'nonsense': expected KEY=VALUE"),
+        ("lada.no_such=1", "--set lada.no_such=1: lada: unknown field 'no_such'"),
+        ("lada.ucb_alpha=abc", "--set lada.ucb_alpha=abc: ucb_alpha: cannot read 'abc' as float"),
+    ],
+)
+def test_a_bad_set_is_one_line_exit_1_and_runs_nothing(
+    setting: str, says: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "lada.cli", "experiment", "run", "--set", setting]
+        + ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", "1"]
+        + ["--profile", "micro", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert not out.exists()  # refused before anything was written
+
+
 def test_a_failed_run_is_reported_saved_nowhere_and_retried_next_time(
     sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
