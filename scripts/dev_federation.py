@@ -34,14 +34,6 @@ import yaml
 CONFIG_OWNED = ("learning_rate", "epochs")
 
 
-def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        out[key] = value
-    return out
-
-
 def typed(value: str) -> Any:
     """YAML scalars, and floats such as 1e-12 that YAML 1.1 reads as strings."""
     loaded = yaml.safe_load(value)
@@ -152,14 +144,14 @@ def main() -> None:
     import torch
 
     from lada.cluster import redis_for_cluster, resolve_models
-    from lada.config import ClusterConfig, load_config
+    from lada.config import ClusterConfig, load_config, parse_overrides
     from lada.report import evaluate_agents
     from lada.simulation import simulate
 
     config = load_config(ClusterConfig, args.config, section="cluster")
     torch.set_num_threads(max(1, config.torch_threads))
-    config = apply_sets(config, parse_pairs(args.sets))
-    patch_trainer(parse_pairs(args.trainer))
+    config = apply_sets(config, parse_overrides(args.sets))
+    patch_trainer(parse_overrides(args.trainer, flag="--trainer"))
     if args.absorb_lr:
         patch_absorb_lr(args.absorb_lr)
     absorb = [f"absorb_lr={args.absorb_lr:g}"] if args.absorb_lr else []
