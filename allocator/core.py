@@ -720,7 +720,10 @@ class AllocatorCore:
             else (np.zeros(0, np.int64), np.zeros(0))
         )
         gap_lo, gap_hi = band_gap_bounds(finite, learner.band_low, learner.band_high)
-        scores = ucb_scores(learner.reward_sum, learner.pulls, self.config.lada.ucb_alpha)
+        params = self.config.lada
+        scores = ucb_scores(
+            learner.reward_sum, learner.pulls, params.ucb_alpha, params.arm_prior_pulls
+        )
         return {
             "agent_id": agent_id,
             "histogram_edges": edges.tolist(),

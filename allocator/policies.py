@@ -218,6 +218,7 @@ class LadaPolicy(AllocationPolicy):
             params.ucb_alpha,
             np.array([a.capacity for a in request.agents]),
             np.stack([p.available for p in plans]),
+            params.arm_prior_pulls,
         )
         out: dict[str, np.ndarray] = {}
         for agent, plan, quota in zip(request.agents, plans, quotas, strict=True):

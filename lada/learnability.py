@@ -69,14 +69,30 @@ def mean_rewards(reward_sum: np.ndarray, pulls: np.ndarray) -> np.ndarray:
     return np.where(pulls > 0, np.asarray(reward_sum, float) / np.maximum(pulls, 1), 0.0)
 
 
-def ucb_scores(reward_sum: np.ndarray, pulls: np.ndarray, alpha: float) -> np.ndarray:
+def shrunk_means(reward_sum: np.ndarray, pulls: np.ndarray, prior_pulls: float) -> np.ndarray:
+    """Each arm's mean reward pulled toward the agent's mean over all arms, as if each arm
+    had `prior_pulls` extra pulls at that mean (*choice* beyond method.md: with 2-3 pulls an
+    arm, one sample's greedy flip otherwise decides it). 0: `mean_rewards`, the method."""
+    if prior_pulls <= 0:
+        return mean_rewards(reward_sum, pulls)
+    reward_sum, pulls = np.asarray(reward_sum, float), np.asarray(pulls, float)
+    overall = mean_rewards(
+        reward_sum.sum(axis=-1, keepdims=True), pulls.sum(axis=-1, keepdims=True)
+    )
+    return (reward_sum + prior_pulls * overall) / (pulls + prior_pulls)
+
+
+def ucb_scores(
+    reward_sum: np.ndarray, pulls: np.ndarray, alpha: float, prior_pulls: float = 0.0
+) -> np.ndarray:
     """score(c) = mean(c) + alpha * sqrt(ln(1 + N) / (1 + n(c))), N = pulls over all arms.
 
-    Works on (C,) for one agent or (K, C) for many at once.
+    Works on (C,) for one agent or (K, C) for many at once; mean as in `shrunk_means`.
     """
     pulls = np.asarray(pulls, float)
     total = pulls.sum(axis=-1, keepdims=True)
-    return mean_rewards(reward_sum, pulls) + alpha * np.sqrt(np.log1p(total) / (1.0 + pulls))
+    means = shrunk_means(reward_sum, pulls, prior_pulls)
+    return means + alpha * np.sqrt(np.log1p(total) / (1.0 + pulls))
 
 
 def arm_quotas(
@@ -85,6 +101,7 @@ def arm_quotas(
     alpha: float,
     budget: np.ndarray | int,
     available: np.ndarray,
+    prior_pulls: float = 0.0,
 ) -> np.ndarray:
     """Split each agent's budget over clusters by pulling the best UCB arm one sample at a time.
 
@@ -97,7 +114,7 @@ def arm_quotas(
     available = np.atleast_2d(np.asarray(available, np.int64))
     budgets = np.broadcast_to(np.asarray(budget, np.int64), (pulls.shape[0],))
     budgets = np.minimum(budgets, available.sum(axis=1))
-    means = mean_rewards(reward_sum, pulls)
+    means = shrunk_means(reward_sum, pulls, prior_pulls)
     quotas = np.zeros(pulls.shape, np.int64)
     rows = np.arange(pulls.shape[0])
     for step in range(int(budgets.max(initial=0))):

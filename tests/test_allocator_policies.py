@@ -121,6 +121,25 @@ def test_lada_round_one_is_even_across_clusters() -> None:
     assert Counter(pool.clusters[chosen].tolist()) == {c: 3 for c in range(8)}
 
 
+@pytest.mark.parametrize(("prior_pulls", "flipped_cluster_share"), [(0.0, 19), (8.0, 6)])
+def test_lada_round_two_follows_a_single_flip_unless_arm_means_are_shrunk(
+    prior_pulls: float, flipped_cluster_share: int
+) -> None:
+    """Round 2 after a report of 3 samples per cluster, one of which flipped to right in
+    cluster 2: without shrinkage it takes all 19 samples of that cluster;
+    `lada.arm_prior_pulls` reaches the policy's quotas."""
+    pool = _pool(16 * 19, clusters=16)
+    params = LadaHyperParams(num_clusters=16, arm_prior_pulls=prior_pulls)
+    reward_sum = np.full(16, 0.06)
+    reward_sum[2] += 1.0
+    learner = LearnerState(reward_sum, np.full(16, 3.0), 0.2, 0.8)
+    agent = AgentView("a", 45, learner)
+    request = AllocationRequest(2, pool, [agent], np.zeros(len(pool), bool), params)
+    chosen = make_policy("lada").allocate(request)["a"]
+    assert len(chosen) == 45
+    assert Counter(pool.clusters[chosen].tolist())[2] == flipped_cluster_share
+
+
 # ---- folding --------------------------------------------------------------------------------
 def test_folding_adds_rewards_to_the_sample_clusters_and_records_post_training_gaps() -> None:
     pool = _pool(4, clusters=2)

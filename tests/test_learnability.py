@@ -22,6 +22,7 @@ from lada.learnability import (
     sample_rewards,
     select_in_band,
     select_novel,
+    shrunk_means,
     skip_solved,
     tfidf_matrix,
     ucb_scores,
@@ -135,6 +136,35 @@ def test_quotas_respect_what_a_cluster_has_left() -> None:
 def test_quotas_never_exceed_the_pool() -> None:
     quotas = arm_quotas(np.zeros((2, 2)), np.zeros((2, 2)), 0.5, np.array([10, 1]), np.ones((2, 2)))
     assert quotas.tolist() == [[1, 1], [1, 0]]
+
+
+def one_flip_arms() -> tuple[np.ndarray, np.ndarray]:
+    """16 arms of 3 pulls earning 0.02 nlp progress a sample; arm 2 also had one greedy flip
+    to right, arm 7 one back to wrong (what a round-1 report looks like, docs/results.md)."""
+    reward_sum = np.full(16, 0.06)
+    reward_sum[2] += 1.0
+    reward_sum[7] -= 1.0
+    return reward_sum, np.full(16, 3.0)
+
+
+def test_one_greedy_flip_fills_its_arm_to_the_cap_under_the_methods_means() -> None:
+    quotas = arm_quotas(*one_flip_arms(), 0.5, budget=45, available=np.full(16, 16))[0]
+    assert (quotas[2], quotas[7]) == (16, 0)
+
+
+def test_prior_pulls_keep_one_flip_from_deciding_an_arm() -> None:
+    quotas = arm_quotas(
+        *one_flip_arms(), 0.5, budget=45, available=np.full(16, 16), prior_pulls=8.0
+    )[0]
+    assert (quotas[2], quotas[7], quotas.sum()) == (6, 1, 45)
+
+
+def test_shrunk_means_pull_each_arm_toward_the_agents_mean() -> None:
+    # overall 3/4: (3 + 2 * 0.75) / (3 + 2) and (0 + 2 * 0.75) / (1 + 2)
+    assert shrunk_means(np.array([3.0, 0.0]), np.array([3.0, 1.0]), 2.0) == pytest.approx(
+        [0.9, 0.5]
+    )
+    assert shrunk_means(np.array([3.0, 0.0]), np.array([3.0, 1.0]), 0.0).tolist() == [1.0, 0.0]
 
 
 # ---- band -------------------------------------------------------------------------------
