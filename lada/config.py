@@ -64,7 +64,7 @@ class LadaHyperParams:
     path_temperature: float = 0.8
     num_clusters: int = 16  # C
     ucb_alpha: float = 0.5
-    arm_prior_pulls: float = 0.0  # shrink arm means to the agent's mean (0: the method)
+    arm_prior_pulls: float = 0.0  # shrink arm means to the agent's mean (<= 0: the method)
     band_low_quantile: float = 0.2
     band_high_quantile: float = 0.8
     band_step: float = 0.05
