@@ -75,6 +75,22 @@ def resweep(base: ClusterConfig, out: Path, policies: list[str], seeds: int) -> 
     return run_sweep(base, (["S1"], policies, ["sft"], seeds), out, OPTIONS)
 
 
+def experiment_run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`lada experiment run ARGS` in its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lada.cli", "experiment", "run", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], says: str) -> None:
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+
+
 def test_every_method_runs_once_per_seed(sweep: Path) -> None:
     runs = json.loads((sweep / "results.json").read_text())
     assert sorted((r["method"], r["seed"]) for r in runs) == [
@@ -168,17 +184,9 @@ def test_a_bad_set_is_one_line_exit_1_and_runs_nothing(
     setting: str, says: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "lada.cli", "experiment", "run", "--set", setting]
-        + ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", "1"]
-        + ["--profile", "micro", "--out", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    grid = ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", "1"]
+    result = experiment_run_cli("--set", setting, *grid, "--profile", "micro", "--out", str(out))
+    assert_one_line_error(result, says)
     assert not out.exists()  # refused before anything was written
 
 
@@ -223,15 +231,8 @@ def test_a_sweep_killed_with_sigkill_loses_only_the_run_in_flight(
     [("not an address", "expected auto, host:port"), ("127.0.0.1:9", "cannot reach Ray")],
 )
 def test_a_bad_address_is_one_line_and_exit_1(address: str, says: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "lada.cli", "experiment", "run", "--address", address],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    result = experiment_run_cli("--address", address)
+    assert_one_line_error(result, says)
     assert result.stdout == ""
 
 
