@@ -72,7 +72,14 @@ def _agent_round(entry: dict[str, Any], reference: np.ndarray | None) -> dict[st
         "clusters": float(len(entry.get("clusters", {}))),
         "acc_before": float(entry.get("accuracy_before", np.nan)),
         "acc_after": float(entry.get("accuracy_after", np.nan)),
+        **_band_after(entry),
     }
+
+
+def _band_after(entry: dict[str, Any]) -> dict[str, float]:
+    """The band's quantiles after the round's fold (NaN where the run did not record them)."""
+    band = entry.get("band_after") or (np.nan, np.nan)
+    return {"band_low": float(band[0]), "band_high": float(band[1])}
 
 
 def choice_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -96,7 +103,7 @@ def choice_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 "round": round_number,
                 "agent_rounds": len(members),
                 **{
-                    name: float(np.nanmean([m[name] for m in members]))
+                    name: float(_nanmean([m[name] for m in members]))
                     for name in (
                         "allocated",
                         "mean_gap",
@@ -104,12 +111,23 @@ def choice_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "clusters",
                         "acc_before",
                         "acc_after",
+                        "band_low",
+                        "band_high",
                     )
                 },
-                "shares": np.nanmean([m["shares"] for m in members], axis=0).tolist(),
+                "shares": _nanmean([m["shares"] for m in members], axis=0).tolist(),
             }
         )
     return rows
+
+
+def _nanmean(values: Any, axis: int | None = None) -> Any:
+    """Mean over the finite values; NaN, silently, where there are none (older runs did not
+    record every figure)."""
+    array = np.asarray(values, float)
+    finite = np.isfinite(array)
+    with np.errstate(invalid="ignore"):
+        return np.where(finite, array, 0.0).sum(axis=axis) / finite.sum(axis=axis)
 
 
 def render_choices(rows: list[dict[str, Any]]) -> str:
@@ -117,16 +135,80 @@ def render_choices(rows: list[dict[str, Any]]) -> str:
     head = (
         "| scenario | method | round | samples per agent | mean gap | "
         + " | ".join(f"Q{q + 1}" for q in range(QUINTILES))
-        + " | top cluster | clusters | greedy acc on them before -> after |"
+        + " | top cluster | clusters | greedy acc on them before -> after | band after |"
     )
-    lines = [head, "|" + "---|" * (8 + QUINTILES)]
+    lines = [head, "|" + "---|" * (9 + QUINTILES)]
     for row in rows:
         shares = " | ".join(_pct(s) for s in row["shares"])
         lines.append(
             f"| {row['scenario']} | {row['method']} | {row['round']} | {row['allocated']:.0f} "
             f"| {row['mean_gap']:.3f} | {shares} | {_pct(row['top_cluster'])} "
-            f"| {row['clusters']:.1f} | {_pct(row['acc_before'])} -> {_pct(row['acc_after'])} |"
+            f"| {row['clusters']:.1f} | {_pct(row['acc_before'])} -> {_pct(row['acc_after'])} "
+            f"| {_band(row['band_low'], row['band_high'])} |"
         )
+    return "\n".join(lines)
+
+
+def _band(low: float, high: float) -> str:
+    return "-" if np.isnan(low) else f"q{low:.2f}-{high:.2f}"
+
+
+def reward_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per scenario and method, what the reward paid in each gap quintile: mean nlp progress
+    and mean greedy flip over every sample allocated there (all seeds, agents and rounds).
+    The band moves toward the third of it that earned more, so this is what steers it."""
+    references = reference_gaps(runs)
+    groups: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        for agent, rounds in run.get("agents_rounds", {}).items():
+            for entry in rounds:
+                key = (run["scenario"], int(run["seed"]), agent, int(entry["round"]))
+                if "nlp_progress" not in entry or key not in references:
+                    continue
+                edges = np.quantile(references[key], np.linspace(0, 1, QUINTILES + 1)[1:-1])
+                quintile = np.searchsorted(edges, np.asarray(entry["gaps"], float), side="right")
+                terms = (
+                    quintile,
+                    np.asarray(entry["nlp_progress"], float),
+                    np.asarray(entry["greedy_flips"], float),
+                )
+                groups.setdefault((run["scenario"], run["method"]), []).append(terms)
+    rows = []
+    for (scenario, method), members in sorted(groups.items()):
+        quintile, progress, flips = (np.concatenate(parts) for parts in zip(*members, strict=True))
+        rows.append(
+            {
+                "scenario": scenario,
+                "method": method,
+                "samples": np.bincount(quintile, minlength=QUINTILES).tolist(),
+                "nlp_progress": [_mean(progress[quintile == q]) for q in range(QUINTILES)],
+                "greedy_flips": [_mean(flips[quintile == q]) for q in range(QUINTILES)],
+            }
+        )
+    return rows
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def render_reward_rows(rows: list[dict[str, Any]]) -> str:
+    """The reward's two terms per gap quintile, as a Markdown table."""
+    quintiles = " | ".join(f"Q{q + 1}" for q in range(QUINTILES))
+    lines = [
+        f"| scenario | method | term | {quintiles} |",
+        "|" + "---|" * (3 + QUINTILES),
+    ]
+    for row in rows:
+        for term, name, fmt in (
+            ("samples", "samples", "{:.0f}"),
+            ("nlp_progress", "nlp progress", "{:+.4f}"),
+            ("greedy_flips", "greedy flip", "{:+.3f}"),
+        ):
+            cells = " | ".join(
+                "-" if np.isnan(v) else fmt.format(v) for v in np.asarray(row[term], float)
+            )
+            lines.append(f"| {row['scenario']} | {row['method']} | {name} | {cells} |")
     return "\n".join(lines)
 
 

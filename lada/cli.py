@@ -795,9 +795,9 @@ def experiment_run(**kwargs: Any) -> None:
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def experiment_choices(results: tuple[str, ...]) -> None:
     """What each policy allocated, per round: where in the pool's gap quintiles, how
-    concentrated on clusters, and greedy accuracy on it before -> after (from one or more
-    sweeps' results.json)."""
-    from lada.choices import choice_rows, render_choices
+    concentrated on clusters, greedy accuracy on it before -> after and where the band went;
+    then what the reward paid per gap quintile (from one or more sweeps' results.json)."""
+    from lada.choices import choice_rows, render_choices, render_reward_rows, reward_rows
 
     runs: list[dict[str, Any]] = []
     for path in results:
@@ -811,10 +811,13 @@ def experiment_choices(results: tuple[str, ...]) -> None:
             raise CliError(f"{path}: expected a list of runs with scenario, seed and method")
         runs.extend(loaded)
     try:
-        rows = choice_rows(runs)
+        rows, rewards = choice_rows(runs), reward_rows(runs)
     except (KeyError, TypeError, ValueError) as exc:
         raise CliError(f"a run in {', '.join(results)} is malformed: {exc!r}") from exc
     click.echo(render_choices(rows))
+    if rewards:  # runs that recorded the reward's terms per sample
+        click.echo("\nWhat the reward paid per gap quintile (every allocated sample):\n")
+        click.echo(render_reward_rows(rewards))
 
 
 @cli.command()

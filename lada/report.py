@@ -15,22 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from allocator.folding import parse_stats, report_arrays
 from lada.config import ClusterAgentConfig, ClusterConfig
-from lada.learnability import learnability_gaps
+from lada.learnability import learnability_gaps, sample_rewards
 from lada.state import StateStore
 from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
 
 
 def round_metrics(store: StateStore, round_number: int, agent_id: str) -> dict[str, Any]:
-    """Per-round numbers for one agent from what it reported (accuracy on its samples)."""
+    """Per-round numbers for one agent from what it reported (accuracy on its samples), with
+    what the learnable band is made of: each sample's gap and its reward's two terms, and
+    where the round's fold left the band."""
     allocation = store.get_allocation(round_number, agent_id)
-    stats = [
-        allocator_pb2.SampleStats.FromString(raw)
-        for raw in store.get_stats(round_number, agent_id).values()
-    ]
+    stats = parse_stats(store.get_stats(round_number, agent_id))
     before = [s.correct_before for s in stats]
     after = [s.correct_after for s in stats]
+    learner = store.round_learners(round_number).get(agent_id)
     return {
         "round": round_number,
         "allocated": len(allocation),
@@ -38,25 +39,35 @@ def round_metrics(store: StateStore, round_number: int, agent_id: str) -> dict[s
         "accuracy_before": float(np.mean(before)) if stats else None,
         "accuracy_after": float(np.mean(after)) if stats else None,
         "clusters": dict(Counter(a.cluster for a in allocation)),
-        "gaps": sample_gaps(stats),
+        **reward_terms_by_gap(stats),
+        "band_after": list(learner["band"]) if learner else None,  # type: ignore[call-overload]
     }
 
 
-def sample_gaps(stats: list[allocator_pb2.SampleStats]) -> list[float]:
-    """Learnability gaps (before training) of reported samples that have a correct path."""
+def reward_terms_by_gap(stats: list[allocator_pb2.SampleStats]) -> dict[str, list[float]]:
+    """For the reported samples that have a correct LLM path: the learnability gap before
+    training, and the two terms of the reward (method.md 1.4) earned on it: nlp progress
+    on the best correct path, and the greedy-correctness flip (-1, 0 or 1)."""
     if not stats:
-        return []
-    width = max(len(s.paths) for s in stats)
-    llm = np.zeros((len(stats), width))
-    slm = np.zeros((len(stats), width))
-    correct = np.zeros((len(stats), width), dtype=bool)
-    for row, sample in enumerate(stats):
-        for col, path in enumerate(sample.paths):
-            llm[row, col] = path.llm_normalized_logprob
-            slm[row, col] = path.slm_normalized_logprob_before
-            correct[row, col] = path.correct
-    gaps = learnability_gaps(llm, slm, correct)
-    return [float(g) for g in gaps if np.isfinite(g)]
+        return {"gaps": [], "nlp_progress": [], "greedy_flips": []}
+    report = report_arrays(stats)
+    gaps = learnability_gaps(report.llm_nlp, report.before, report.correct)
+    progress = sample_rewards(
+        report.llm_nlp,
+        report.before,
+        report.after,
+        report.correct,
+        report.correct_before,
+        report.correct_after,
+        correctness_weight=0.0,
+    )
+    flips = report.correct_after.astype(float) - report.correct_before.astype(float)
+    kept = np.isfinite(gaps)
+    return {
+        "gaps": gaps[kept].tolist(),
+        "nlp_progress": progress[kept].tolist(),
+        "greedy_flips": flips[kept].tolist(),
+    }
 
 
 def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:

@@ -19,6 +19,8 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 |                              |        | allocated_ms, contrib_{accepted,rejected_incorrect,  |
 |                              |        | rejected_unsound,rejected_over_cap} (counters)       |
 | `round:{r}:agents`           | hash   | agent_id -> AgentRoundState name                     |
+| `round:{r}:learners`         | hash   | agent_id -> learner JSON as folded after round r     |
+|                              |        | (the band's and arms' history, for reports)          |
 | `events`                     | stream | round events: round, phase, ts_ms (+ finished=1 once |
 |                              |        | the last round closed)                               |
 | `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, pos}            |
@@ -1354,6 +1356,11 @@ class StateStore:
         state = self.policy_state("learners")
         return {k: v for k, v in state.items() if isinstance(v, dict)}  # type: ignore[misc]
 
+    def round_learners(self, round_number: int) -> dict[str, dict[str, object]]:
+        """The learner state each agent folded in `round_number` had right after that fold."""
+        raw = self.redis.hgetall(self.key("round", round_number, "learners"))
+        return {_s(k): json.loads(_s(v)) for k, v in raw.items()}
+
     def folded_round(self) -> int:
         return int(self.policy_state("learners").get("folded_round", 0) or 0)  # type: ignore[arg-type]
 
@@ -1380,6 +1387,9 @@ class StateStore:
                     mapping = {k: json.dumps(v) for k, v in learners.items()}
                     mapping["folded_round"] = json.dumps(round_number)
                     pipe.hset(policy_key, mapping=mapping)
+                    if learners:
+                        history = {k: json.dumps(v) for k, v in learners.items()}
+                        pipe.hset(self.key("round", round_number, "learners"), mapping=history)
                     for agent_id, values in gaps.items():
                         if values:
                             pipe.hset(self.key("gaps", agent_id), mapping=dict(values))

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lada.choices import choice_rows, quintile_shares, reference_gaps, top_cluster_share
+from lada.choices import (
+    choice_rows,
+    quintile_shares,
+    reference_gaps,
+    reward_rows,
+    top_cluster_share,
+)
 from tests.test_cli import lada
 
 POOL_GAPS = [i / 10 for i in range(10)]  # quintile edges 0.18, 0.36, 0.54, 0.72
@@ -68,12 +74,50 @@ def test_a_rows_figures_are_the_mean_over_seeds_and_agents() -> None:
     assert (lada_row["acc_before"], lada_row["acc_after"]) == (0.25, 0.5)
 
 
+def test_a_row_shows_where_the_fold_left_the_band_on_average() -> None:
+    runs = [_run("lada", [0.5], {"0": 1}, seed) for seed in (0, 1)]
+    for run, band in zip(runs, ([0.25, 0.85], [0.35, 0.95]), strict=True):
+        run["agents_rounds"]["agent-a"][0]["band_after"] = band
+    (row,) = choice_rows(runs)
+    assert (row["band_low"], row["band_high"]) == pytest.approx((0.30, 0.90))
+
+
+def _with_terms(run: dict, progress: list[float], flips: list[float]) -> dict:
+    run["agents_rounds"]["agent-a"][0] |= {"nlp_progress": progress, "greedy_flips": flips}
+    return run
+
+
+def test_the_reward_terms_are_averaged_per_gap_quintile_of_the_reference() -> None:
+    runs = [
+        _run("full", POOL_GAPS, {"0": 10}),
+        _with_terms(_run("lada", [0.05, 0.1, 0.95], {"0": 3}), [0.1, 0.3, 0.8], [1, 0, -1]),
+    ]
+    (row,) = reward_rows(runs)  # `full` recorded no reward terms: no row of its own
+    assert row["method"] == "lada+sft"
+    assert row["samples"] == [2, 0, 0, 0, 1]
+    assert row["nlp_progress"][0] == pytest.approx(0.2)
+    assert row["nlp_progress"][4] == pytest.approx(0.8)
+    assert row["greedy_flips"][0] == pytest.approx(0.5)
+    assert np.isnan(row["nlp_progress"][2])
+
+
 def test_the_command_renders_a_table_from_results_files(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     results.write_text(json.dumps([_run("full", POOL_GAPS, {"0": 10}), _run("lada", [0.9], {})]))
     out = lada("experiment", "choices", str(results))
     assert out.returncode == 0, out.stderr
     assert "| S9 | lada+sft | 1 | 1 | 0.900 | 0% | 0% | 0% | 0% | 100% | - | 0.0 |" in out.stdout
+    assert "per gap quintile" not in out.stdout  # no run recorded the reward's terms
+
+
+def test_the_command_adds_the_reward_per_quintile_when_runs_recorded_it(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    lada_run = _with_terms(_run("lada", [0.9], {"0": 1}), [0.25], [1])
+    results.write_text(json.dumps([_run("full", POOL_GAPS, {"0": 10}), lada_run]))
+    out = lada("experiment", "choices", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "| S9 | lada+sft | nlp progress | - | - | - | - | +0.2500 |" in out.stdout
+    assert "| S9 | lada+sft | greedy flip | - | - | - | - | +1.000 |" in out.stdout
 
 
 def test_a_file_that_is_not_a_list_of_runs_is_one_line_naming_it(tmp_path: Path) -> None:

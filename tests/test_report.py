@@ -3,8 +3,11 @@ accuracy, beside it a baseline policy at the same budget, and the LLM per domain
 
 from __future__ import annotations
 
-from lada.report import llm_accuracy_of, render_markdown
+import pytest
+
+from lada.report import llm_accuracy_of, render_markdown, reward_terms_by_gap
 from lada.tasks import Problem, format_prompt
+from lada.v1 import allocator_pb2
 
 METRICS = {
     "run_id": "demo-1",
@@ -87,3 +90,29 @@ def test_agents_are_reported_in_the_order_the_config_lists_them() -> None:
     )
     registered = {"a": [1], "stranger": [3], "b": [2]}
     assert list(in_config_order(registered, config)) == ["b", "a", "stranger"]
+
+
+def _stats(sample_id: str, llm: float, before: float, after: float, correct: bool, flip: int):
+    path = allocator_pb2.PathStats(
+        llm_normalized_logprob=llm,
+        correct=correct,
+        slm_normalized_logprob_before=before,
+        slm_normalized_logprob_after=after,
+    )
+    return allocator_pb2.SampleStats(
+        sample_id=sample_id, paths=[path], correct_before=flip < 0, correct_after=flip > 0
+    )
+
+
+def test_each_samples_gap_comes_with_the_two_terms_of_its_reward() -> None:
+    terms = reward_terms_by_gap(
+        [
+            _stats("s0", llm=-0.5, before=-2.0, after=-1.25, correct=True, flip=1),
+            _stats("s1", llm=-0.2, before=-0.3, after=-0.35, correct=True, flip=-1),
+            _stats("s2", llm=-0.4, before=-1.0, after=-0.5, correct=False, flip=1),
+        ]
+    )
+    # s2 has no correct LLM path: no gap, so it is left out of all three lists alike
+    assert terms["gaps"] == pytest.approx([1.5, 0.1])
+    assert terms["nlp_progress"] == pytest.approx([0.75, -0.05])
+    assert terms["greedy_flips"] == [1.0, -1.0]

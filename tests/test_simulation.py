@@ -59,6 +59,10 @@ def test_simulated_round_reports_every_allocated_sample(
         assert round_one["allocated"] == 4
         assert round_one["reported"] == 4
         assert sum(round_one["clusters"].values()) == 4
+        # the round's fold is on record: where it left the band, and each gap's reward terms
+        assert len(round_one["band_after"]) == 2
+        assert len(round_one["gaps"]) == len(round_one["nlp_progress"])
+        assert len(round_one["gaps"]) == len(round_one["greedy_flips"])
         assert (tmp_path / "agents" / name / "checkpoints" / "round-1").is_dir()
     store.wipe()
 

@@ -243,6 +243,20 @@ def test_report_with_an_unallocated_sample_writes_nothing(store: StateStore) -> 
     assert store.snapshot() == before
 
 
+def test_each_fold_keeps_its_rounds_learners_and_a_refold_changes_nothing(
+    store: StateStore,
+) -> None:
+    first = {"agent-a": {"reward_sum": [0.5], "pulls": [1], "band": [0.25, 0.85]}}
+    second = {"agent-a": {"reward_sum": [0.9], "pulls": [2], "band": [0.3, 0.9]}}
+    assert store.fold_round(1, first, {}, {})
+    assert store.fold_round(2, second, {}, {})
+    assert not store.fold_round(2, first, {}, {})
+    assert store.round_learners(1) == first
+    assert store.round_learners(2) == second
+    assert store.learners() == second
+    assert store.round_learners(3) == {}
+
+
 def test_unreachable_redis_error_names_the_url() -> None:
     with pytest.raises(RedisUnavailable, match="redis://127.0.0.1:1/0"):
         connect("redis://127.0.0.1:1/0", socket_timeout=1.0)
