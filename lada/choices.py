@@ -25,9 +25,10 @@ Run = dict[str, Any]
 AgentKey = tuple[str, int, str, int]  # scenario, seed, agent, round
 
 
-def reference_gaps(runs: Iterable[Run]) -> dict[AgentKey, np.ndarray]:
-    """Per scenario, seed, agent and round: the gaps of the best reference policy's samples."""
-    found: dict[AgentKey, tuple[int, np.ndarray]] = {}
+def reference_entries(runs: Iterable[Run]) -> dict[AgentKey, dict[str, Any]]:
+    """Per scenario, seed, agent and round: the best reference policy's round entry (one
+    with gaps)."""
+    found: dict[AgentKey, tuple[int, dict[str, Any]]] = {}
     for run in runs:
         policy = run.get("policy")
         if policy not in REFERENCE_POLICIES:
@@ -36,16 +37,24 @@ def reference_gaps(runs: Iterable[Run]) -> dict[AgentKey, np.ndarray]:
         for agent, rounds in run.get("agents_rounds", {}).items():
             for entry in rounds:
                 key = (run["scenario"], int(run["seed"]), agent, int(entry["round"]))
-                gaps = np.asarray(entry.get("gaps", []), float)
-                gaps = gaps[np.isfinite(gaps)]
-                if gaps.size and (key not in found or rank < found[key][0]):
-                    found[key] = (rank, gaps)
-    return {key: gaps for key, (_, gaps) in found.items()}
+                if _finite_gaps(entry).size and (key not in found or rank < found[key][0]):
+                    found[key] = (rank, entry)
+    return {key: entry for key, (_, entry) in found.items()}
+
+
+def reference_gaps(runs: Iterable[Run]) -> dict[AgentKey, np.ndarray]:
+    """Per scenario, seed, agent and round: the gaps of the best reference policy's samples."""
+    return {key: _finite_gaps(entry) for key, entry in reference_entries(runs).items()}
+
+
+def _finite_gaps(entry: dict[str, Any]) -> np.ndarray:
+    gaps = np.asarray(entry.get("gaps", []), float)
+    return gaps[np.isfinite(gaps)]
 
 
 def quintile_shares(gaps: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Share of `gaps` in each quintile of `reference` (Q1: smallest gaps, already known)."""
-    edges = np.quantile(reference, np.linspace(0, 1, QUINTILES + 1)[1:-1])
+    edges = _quintile_edges(reference)
     counts = np.bincount(np.searchsorted(edges, gaps, side="right"), minlength=QUINTILES)
     return counts / max(len(gaps), 1)
 
@@ -57,8 +66,7 @@ def top_cluster_share(clusters: dict[str, int]) -> float:
 
 
 def _agent_round(entry: dict[str, Any], reference: np.ndarray | None) -> dict[str, Any]:
-    gaps = np.asarray(entry.get("gaps", []), float)
-    gaps = gaps[np.isfinite(gaps)]
+    gaps = _finite_gaps(entry)
     shares = (
         quintile_shares(gaps, reference)
         if reference is not None and gaps.size
@@ -165,7 +173,7 @@ def reward_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 key = (run["scenario"], int(run["seed"]), agent, int(entry["round"]))
                 if "nlp_progress" not in entry or key not in references:
                     continue
-                edges = np.quantile(references[key], np.linspace(0, 1, QUINTILES + 1)[1:-1])
+                edges = _quintile_edges(references[key])
                 quintile = np.searchsorted(edges, np.asarray(entry["gaps"], float), side="right")
                 terms = (
                     quintile,
@@ -186,6 +194,42 @@ def reward_rows(runs: list[Run]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def equal_quota_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per scenario: the gap quintiles an equal quota per cluster would fill, estimated
+    from the reference policy's samples (each cluster's own quintile mix, clusters weighted
+    alike). `lada`'s first round is such an allocation: no arm has a pull, no gap is known."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for (scenario, *_), entry in sorted(reference_entries(runs).items()):
+        if "gap_clusters" not in entry:
+            continue
+        gaps = np.asarray(entry["gaps"], float)
+        clusters = np.asarray(entry["gap_clusters"], np.int64)
+        quintile = np.searchsorted(_quintile_edges(gaps), gaps, side="right")
+        per_cluster = [
+            np.bincount(quintile[clusters == c], minlength=QUINTILES) / (clusters == c).sum()
+            for c in np.unique(clusters)
+        ]
+        groups.setdefault(scenario, []).append(np.mean(per_cluster, axis=0))
+    return [
+        {"scenario": scenario, "agent_rounds": len(shares), "shares": np.mean(shares, 0).tolist()}
+        for scenario, shares in groups.items()
+    ]
+
+
+def _quintile_edges(reference: np.ndarray) -> np.ndarray:
+    return np.quantile(reference, np.linspace(0, 1, QUINTILES + 1)[1:-1])
+
+
+def render_equal_quota_rows(rows: list[dict[str, Any]]) -> str:
+    """The shares an equal quota per cluster would give, as a Markdown table."""
+    quintiles = " | ".join(f"Q{q + 1}" for q in range(QUINTILES))
+    lines = [f"| scenario | agent-rounds | {quintiles} |", "|" + "---|" * (2 + QUINTILES)]
+    for row in rows:
+        shares = " | ".join(_pct(v) for v in row["shares"])
+        lines.append(f"| {row['scenario']} | {row['agent_rounds']} | {shares} |")
+    return "\n".join(lines)
 
 
 def _mean(values: np.ndarray) -> float:

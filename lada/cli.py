@@ -797,7 +797,14 @@ def experiment_choices(results: tuple[str, ...]) -> None:
     """What each policy allocated, per round: where in the pool's gap quintiles, how
     concentrated on clusters, greedy accuracy on it before -> after and where the band went;
     then what the reward paid per gap quintile (from one or more sweeps' results.json)."""
-    from lada.choices import choice_rows, render_choices, render_reward_rows, reward_rows
+    from lada.choices import (
+        choice_rows,
+        equal_quota_rows,
+        render_choices,
+        render_equal_quota_rows,
+        render_reward_rows,
+        reward_rows,
+    )
 
     runs: list[dict[str, Any]] = []
     for path in results:
@@ -811,13 +818,16 @@ def experiment_choices(results: tuple[str, ...]) -> None:
             raise CliError(f"{path}: expected a list of runs with scenario, seed and method")
         runs.extend(loaded)
     try:
-        rows, rewards = choice_rows(runs), reward_rows(runs)
+        rows, rewards, equal = choice_rows(runs), reward_rows(runs), equal_quota_rows(runs)
     except (KeyError, TypeError, ValueError) as exc:
         raise CliError(f"a run in {', '.join(results)} is malformed: {exc!r}") from exc
     click.echo(render_choices(rows))
     if rewards:  # runs that recorded the reward's terms per sample
         click.echo("\nWhat the reward paid per gap quintile (every allocated sample):\n")
         click.echo(render_reward_rows(rewards))
+    if equal:  # reference runs that recorded each sample's cluster
+        click.echo("\nWhat an equal quota per cluster would pick (from the reference's samples):\n")
+        click.echo(render_equal_quota_rows(equal))
 
 
 @cli.command()

@@ -39,17 +39,19 @@ def round_metrics(store: StateStore, round_number: int, agent_id: str) -> dict[s
         "accuracy_before": float(np.mean(before)) if stats else None,
         "accuracy_after": float(np.mean(after)) if stats else None,
         "clusters": dict(Counter(a.cluster for a in allocation)),
-        **reward_terms_by_gap(stats),
+        **reward_terms_by_gap(stats, {a.sample_id: a.cluster for a in allocation}),
         "band_after": list(learner["band"]) if learner else None,  # type: ignore[call-overload]
     }
 
 
-def reward_terms_by_gap(stats: list[allocator_pb2.SampleStats]) -> dict[str, list[float]]:
+def reward_terms_by_gap(
+    stats: list[allocator_pb2.SampleStats], cluster_of: dict[str, int]
+) -> dict[str, list[float]]:
     """For the reported samples that have a correct LLM path: the learnability gap before
-    training, and the two terms of the reward (method.md 1.4) earned on it: nlp progress
-    on the best correct path, and the greedy-correctness flip (-1, 0 or 1)."""
+    training, the sample's cluster, and the two terms of the reward (method.md 1.4) earned
+    on it: nlp progress on the best correct path, and the greedy-correctness flip (-1, 0, 1)."""
     if not stats:
-        return {"gaps": [], "nlp_progress": [], "greedy_flips": []}
+        return {"gaps": [], "gap_clusters": [], "nlp_progress": [], "greedy_flips": []}
     report = report_arrays(stats)
     gaps = learnability_gaps(report.llm_nlp, report.before, report.correct)
     progress = sample_rewards(
@@ -65,6 +67,7 @@ def reward_terms_by_gap(stats: list[allocator_pb2.SampleStats]) -> dict[str, lis
     kept = np.isfinite(gaps)
     return {
         "gaps": gaps[kept].tolist(),
+        "gap_clusters": [cluster_of[s] for s, k in zip(report.sample_ids, kept, strict=True) if k],
         "nlp_progress": progress[kept].tolist(),
         "greedy_flips": flips[kept].tolist(),
     }

@@ -12,6 +12,7 @@ import pytest
 
 from lada.choices import (
     choice_rows,
+    equal_quota_rows,
     quintile_shares,
     reference_gaps,
     reward_rows,
@@ -99,6 +100,14 @@ def test_the_reward_terms_are_averaged_per_gap_quintile_of_the_reference() -> No
     assert row["nlp_progress"][4] == pytest.approx(0.8)
     assert row["greedy_flips"][0] == pytest.approx(0.5)
     assert np.isnan(row["nlp_progress"][2])
+
+
+def test_an_equal_quota_per_cluster_weights_a_small_clusters_quintiles_like_a_large_ones() -> None:
+    full_run = _run("full", POOL_GAPS, {"0": 8, "1": 2})
+    # eight samples of cluster 0 spread over Q1-Q4; the two largest gaps form cluster 1
+    full_run["agents_rounds"]["agent-a"][0]["gap_clusters"] = [0] * 8 + [1] * 2
+    (row,) = equal_quota_rows([full_run])
+    assert row["shares"] == pytest.approx([1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 2])
 
 
 def test_the_command_renders_a_table_from_results_files(tmp_path: Path) -> None:

@@ -110,9 +110,11 @@ def test_each_samples_gap_comes_with_the_two_terms_of_its_reward() -> None:
             _stats("s0", llm=-0.5, before=-2.0, after=-1.25, correct=True, flip=1),
             _stats("s1", llm=-0.2, before=-0.3, after=-0.35, correct=True, flip=-1),
             _stats("s2", llm=-0.4, before=-1.0, after=-0.5, correct=False, flip=1),
-        ]
+        ],
+        {"s0": 3, "s1": 0, "s2": 1},
     )
     # s2 has no correct LLM path: no gap, so it is left out of all three lists alike
     assert terms["gaps"] == pytest.approx([1.5, 0.1])
     assert terms["nlp_progress"] == pytest.approx([0.75, -0.05])
     assert terms["greedy_flips"] == [1.0, -1.0]
+    assert terms["gap_clusters"] == [3, 0]

@@ -63,6 +63,7 @@ def test_simulated_round_reports_every_allocated_sample(
         assert len(round_one["band_after"]) == 2
         assert len(round_one["gaps"]) == len(round_one["nlp_progress"])
         assert len(round_one["gaps"]) == len(round_one["greedy_flips"])
+        assert len(round_one["gaps"]) == len(round_one["gap_clusters"])
         assert (tmp_path / "agents" / name / "checkpoints" / "round-1").is_dir()
     store.wipe()
 
