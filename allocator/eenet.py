@@ -33,7 +33,6 @@ from lada.learnability import (
     impute_unknown_gaps,
     learnability_gaps,
     mean_rewards,
-    sample_rewards,
     skip_solved,
 )
 from lada.state import AgentRoundState, NotFound
@@ -92,15 +91,7 @@ def _report(raw: dict[str, bytes], pool: PoolIndex, params: LadaHyperParams) -> 
     """One stored report as pool rows, rewards computed exactly as `fold_report` does."""
     stats = [s for s in parse_stats(raw) if s.sample_id in pool.index_of]
     arrays = report_arrays(stats)
-    reward = sample_rewards(
-        arrays.llm_nlp,
-        arrays.before,
-        arrays.after,
-        arrays.correct,
-        arrays.correct_before,
-        arrays.correct_after,
-        params.correctness_reward_weight,
-    )
+    reward = arrays.rewards(params.correctness_reward_weight)
     return _Report(
         np.array([pool.index_of[s] for s in arrays.sample_ids], np.int64),
         learnability_gaps(arrays.llm_nlp, arrays.before, arrays.correct),

@@ -35,6 +35,18 @@ class ReportArrays:
     correct_before: np.ndarray
     correct_after: np.ndarray
 
+    def rewards(self, correctness_weight: float) -> np.ndarray:
+        """Each sample's reward (method.md 1.4); weight 0 leaves the nlp-progress term alone."""
+        return sample_rewards(
+            self.llm_nlp,
+            self.before,
+            self.after,
+            self.correct,
+            self.correct_before,
+            self.correct_after,
+            correctness_weight,
+        )
+
 
 def report_arrays(stats: Sequence[allocator_pb2.SampleStats]) -> ReportArrays:
     n = len(stats)
@@ -84,15 +96,7 @@ def fold_report(
     """Rewards into the cluster arms, the band moved by where in it reward was earned, and
     the post-training gap recorded as the agent's current gap on each sample."""
     clusters = np.array([pool.clusters[pool.index_of[s]] for s in report.sample_ids], np.int64)
-    rewards = sample_rewards(
-        report.llm_nlp,
-        report.before,
-        report.after,
-        report.correct,
-        report.correct_before,
-        report.correct_after,
-        params.correctness_reward_weight,
-    )
+    rewards = report.rewards(params.correctness_reward_weight)
     gap_before = learnability_gaps(report.llm_nlp, report.before, report.correct)
     gap_after = learnability_gaps(report.llm_nlp, report.after, report.correct)
     history = np.concatenate([known_gaps, gap_before])

@@ -17,21 +17,22 @@ import numpy as np
 
 from allocator.folding import parse_stats, report_arrays
 from lada.config import ClusterAgentConfig, ClusterConfig
-from lada.learnability import learnability_gaps, sample_rewards
+from lada.learnability import learnability_gaps
 from lada.state import StateStore
 from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
 
 
-def round_metrics(store: StateStore, round_number: int, agent_id: str) -> dict[str, Any]:
+def round_metrics(
+    store: StateStore, round_number: int, agent_id: str, learner: dict[str, Any] | None
+) -> dict[str, Any]:
     """Per-round numbers for one agent from what it reported (accuracy on its samples), with
     what the learnable band is made of: each sample's gap and its reward's two terms, and
-    where the round's fold left the band."""
+    where the round's fold left the band (`learner`, from `StateStore.round_learners`)."""
     allocation = store.get_allocation(round_number, agent_id)
     stats = parse_stats(store.get_stats(round_number, agent_id))
     before = [s.correct_before for s in stats]
     after = [s.correct_after for s in stats]
-    learner = store.round_learners(round_number).get(agent_id)
     return {
         "round": round_number,
         "allocated": len(allocation),
@@ -40,7 +41,7 @@ def round_metrics(store: StateStore, round_number: int, agent_id: str) -> dict[s
         "accuracy_after": float(np.mean(after)) if stats else None,
         "clusters": dict(Counter(a.cluster for a in allocation)),
         **reward_terms_by_gap(stats, {a.sample_id: a.cluster for a in allocation}),
-        "band_after": list(learner["band"]) if learner else None,  # type: ignore[call-overload]
+        "band_after": list(learner["band"]) if learner else None,
     }
 
 
@@ -54,15 +55,7 @@ def reward_terms_by_gap(
         return {"gaps": [], "gap_clusters": [], "nlp_progress": [], "greedy_flips": []}
     report = report_arrays(stats)
     gaps = learnability_gaps(report.llm_nlp, report.before, report.correct)
-    progress = sample_rewards(
-        report.llm_nlp,
-        report.before,
-        report.after,
-        report.correct,
-        report.correct_before,
-        report.correct_after,
-        correctness_weight=0.0,
-    )
+    progress = report.rewards(correctness_weight=0.0)
     flips = report.correct_after.astype(float) - report.correct_before.astype(float)
     kept = np.isfinite(gaps)
     return {
@@ -77,7 +70,11 @@ def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:
     """Every agent's per-round metrics, keyed by agent name."""
     agents = store.list_agents()
     rounds = range(1, store.current_round() + 1)
-    return {a.name: [round_metrics(store, r, a.agent_id) for r in rounds] for a in agents}
+    learners = {r: store.round_learners(r) for r in rounds}
+    return {
+        a.name: [round_metrics(store, r, a.agent_id, learners[r].get(a.agent_id)) for r in rounds]
+        for a in agents
+    }
 
 
 LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test sets

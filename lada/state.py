@@ -1384,12 +1384,11 @@ class StateStore:
                     if int(folded) >= round_number:
                         return False
                     pipe.multi()
-                    mapping = {k: json.dumps(v) for k, v in learners.items()}
-                    mapping["folded_round"] = json.dumps(round_number)
-                    pipe.hset(policy_key, mapping=mapping)
-                    if learners:
-                        history = {k: json.dumps(v) for k, v in learners.items()}
-                        pipe.hset(self.key("round", round_number, "learners"), mapping=history)
+                    encoded = {k: json.dumps(v) for k, v in learners.items()}
+                    folded = {"folded_round": json.dumps(round_number)}
+                    pipe.hset(policy_key, mapping=encoded | folded)
+                    if encoded:
+                        pipe.hset(self.key("round", round_number, "learners"), mapping=encoded)
                     for agent_id, values in gaps.items():
                         if values:
                             pipe.hset(self.key("gaps", agent_id), mapping=dict(values))
