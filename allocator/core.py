@@ -359,6 +359,7 @@ class AllocatorCore:
         self.problems = list(problems)
         self.by_id = {p.id: p for p in self.problems}
         self.fingerprint = pool_fingerprint(self.problems)
+        config.lada.check()
         self.policy = make_policy(config.policy)
         self._event_feed = RoundEventFeed(
             store, self.settings.watch_block_ms, self.total_rounds, self.fetch_window_ms

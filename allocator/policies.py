@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from lada.config import LadaHyperParams
+from lada.config import FIRST_ROUND_PROPORTIONAL, LadaHyperParams
 from lada.learnability import (
     arm_quotas,
     band_distance,
     band_gap_bounds,
     impute_unknown_gaps,
+    proportional_quotas,
     skip_solved,
 )
 
@@ -212,14 +213,20 @@ class LadaPolicy(AllocationPolicy):
         ]
         if not plans:
             return {}
+        pulls = np.stack([a.learner.pulls for a in request.agents])
+        budgets = np.array([a.capacity for a in request.agents])
+        available = np.stack([p.available for p in plans])
         quotas = arm_quotas(
             np.stack([a.learner.reward_sum for a in request.agents]),
-            np.stack([a.learner.pulls for a in request.agents]),
+            pulls,
             params.ucb_alpha,
-            np.array([a.capacity for a in request.agents]),
-            np.stack([p.available for p in plans]),
+            budgets,
+            available,
             params.arm_prior_pulls,
         )
+        if params.first_round_split == FIRST_ROUND_PROPORTIONAL:
+            cold = pulls.sum(axis=1) == 0
+            quotas[cold] = proportional_quotas(budgets[cold], available[cold])
         out: dict[str, np.ndarray] = {}
         for agent, plan, quota in zip(request.agents, plans, quotas, strict=True):
             rng = agent_rng(request.seed, request.round, agent.draw_key)

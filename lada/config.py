@@ -41,6 +41,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
 ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
 ABSORB_MODES = (ABSORB_REBASE, ABSORB_CONTINUE)
+FIRST_ROUND_EVEN = "even"  # no pulls yet: the same quota for every cluster (method.md 1.5)
+FIRST_ROUND_PROPORTIONAL = "proportional"  # no pulls yet: quotas as a uniform draw would give
+FIRST_ROUND_SPLITS = (FIRST_ROUND_EVEN, FIRST_ROUND_PROPORTIONAL)
 ROLE_ALL = "all"  # an allocator process serves the RPCs and drives the rounds
 ROLE_RPC = "rpc"  # serves the RPCs only; another process drives (state is all in Redis)
 ROLE_DRIVER = "driver"  # drives the rounds only (health service on its port, no Allocator RPCs)
@@ -65,6 +68,9 @@ class LadaHyperParams:
     num_clusters: int = 16  # C
     ucb_alpha: float = 0.5
     arm_prior_pulls: float = 0.0  # shrink arm means to the agent's mean (<= 0: the method)
+    # how an agent's budget is split over clusters before any arm has a pull: `even` (the
+    # method, round-robin UCB) or `proportional` to each cluster's available samples
+    first_round_split: str = FIRST_ROUND_EVEN
     band_low_quantile: float = 0.2
     band_high_quantile: float = 0.8
     band_step: float = 0.05
@@ -83,6 +89,14 @@ class LadaHyperParams:
     eenet_epochs: int = 30  # full-batch passes over all rewards so far, per allocation
     eenet_learning_rate: float = 1e-2
     eenet_score_threshold: float = 0.0  # keep samples whose min-max scaled f1 + f2 passes it
+
+    def check(self) -> None:
+        """Reject a value no code path accepts when the allocator starts, not at round 1."""
+        if self.first_round_split not in FIRST_ROUND_SPLITS:
+            raise ConfigError(
+                f"lada.first_round_split: {self.first_round_split!r} is not one of "
+                f"{', '.join(FIRST_ROUND_SPLITS)}"
+            )
 
 
 @dataclass

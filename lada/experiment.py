@@ -541,6 +541,15 @@ def check_address(address: str | None) -> None:
         raise SweepError(f"cannot reach Ray at {address}: {exc}") from exc
 
 
+def ray_log_dir() -> str:
+    """Where a local Ray writes its session's logs (RAY_TMPDIR, else TMPDIR, else /tmp)."""
+    try:
+        from ray._common.utils import get_default_ray_temp_dir  # private: moved before
+    except ImportError:
+        return "/tmp/ray/session_latest/logs"
+    return os.path.join(get_default_ray_temp_dir(), "session_latest", "logs")
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, workers: int | None, cpus_per_run: float) -> Iterator[None]:
     """Connect to `address`, or start a local Ray; an already initialised one is reused."""
@@ -564,9 +573,9 @@ def ray_session(address: str | None, workers: int | None, cpus_per_run: float) -
                 object_store_memory=OBJECT_STORE_BYTES,
                 **quiet,
             )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # Ray raises plain Exception too (a raylet that never registers)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        hint = f" ({AUTH_HINT})" if address else ""
+        hint = f" ({AUTH_HINT})" if address else f" (Ray's logs: {ray_log_dir()})"
         raise SweepError(f"cannot start Ray at {address or 'this machine'}: {first}{hint}") from exc
     try:
         yield
@@ -748,6 +757,7 @@ def run_experiment(
             apply_overrides(base, {key: value})
         except ConfigError as exc:
             raise ConfigError(f"--set {key}={value}: {exc}") from exc
+    base.lada.check()  # before any run starts, not in every run's allocator
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)

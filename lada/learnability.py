@@ -130,6 +130,26 @@ def arm_quotas(
     return quotas
 
 
+def proportional_quotas(budget: np.ndarray | int, available: np.ndarray) -> np.ndarray:
+    """Split each agent's budget over clusters in proportion to its available samples, by
+    largest remainder: the cluster mix a uniform draw from the pool gives, without its noise
+    (*choice*, `lada.first_round_split`). Shapes: (K, C) in, (K, C) out."""
+    available = np.atleast_2d(np.asarray(available, np.int64))
+    budgets = np.broadcast_to(np.asarray(budget, np.int64), (available.shape[0],))
+    budgets = np.minimum(budgets, available.sum(axis=1))
+    totals = np.maximum(available.sum(axis=1, keepdims=True), 1)
+    exact = available * budgets[:, None] / totals
+    quotas = np.floor(exact).astype(np.int64)
+    # each row's leftover goes to its largest remainders; a remainder > 0 has room (< available)
+    by_remainder = np.argsort(-(exact - quotas), axis=1, kind="stable")
+    leftover = budgets - quotas.sum(axis=1)
+    gets_one = np.arange(available.shape[1])[None, :] < leftover[:, None]
+    np.put_along_axis(
+        quotas, by_remainder, np.take_along_axis(quotas, by_remainder, 1) + gets_one, 1
+    )
+    return quotas
+
+
 # ---- 1.6 the learnable band ----------------------------------------------------------------
 def band_gap_bounds(known_gaps: np.ndarray, q_lo: float, q_hi: float) -> tuple[float, float]:
     """Gap values at the band's quantiles; (-inf, inf) when nothing is known (all in band)."""

@@ -24,7 +24,7 @@ from allocator.policies import (
     make_policy,
 )
 from allocator.service import cluster_model_message
-from lada.config import AllocatorConfig, LadaHyperParams
+from lada.config import AllocatorConfig, ConfigError, LadaHyperParams
 from lada.learnability import assign_clusters
 from lada.state import StateStore
 from lada.tasks import Problem, load_dataset
@@ -119,6 +119,39 @@ def test_lada_round_one_is_even_across_clusters() -> None:
     request = AllocationRequest(1, pool, [agent], np.zeros(400, bool), params)
     chosen = make_policy("lada").allocate(request)["a"]
     assert Counter(pool.clusters[chosen].tolist()) == {c: 3 for c in range(8)}
+
+
+@pytest.mark.parametrize(
+    ("split", "shares"), [("even", [5, 5, 5, 5]), ("proportional", [12, 4, 2, 2])]
+)
+def test_lada_round_one_split_follows_first_round_split(split: str, shares: list[int]) -> None:
+    """Clusters of 120 / 40 / 20 / 20 samples, 20 to allocate: `even` (the method) gives each
+    cluster 5; `proportional` gives what a uniform draw would, 10% of each."""
+    sizes = [120, 40, 20, 20]
+    pool = PoolIndex([f"s{i}" for i in range(200)], np.repeat(np.arange(4), sizes), 4)
+    params = LadaHyperParams(num_clusters=4, first_round_split=split)
+    agent = AgentView("a", 20, LearnerState.fresh(4, params))
+    request = AllocationRequest(1, pool, [agent], np.zeros(200, bool), params)
+    chosen = make_policy("lada").allocate(request)["a"]
+    assert [Counter(pool.clusters[chosen].tolist())[c] for c in range(4)] == shares
+
+
+def test_proportional_first_round_split_leaves_an_agent_with_pulls_to_ucb() -> None:
+    """Only agents with no pull yet are split in proportion; one with rewards follows its arms
+    (cluster 1 earned 4.0 over 2 pulls: it takes the whole budget, as under `even`)."""
+    pool = PoolIndex([f"s{i}" for i in range(200)], np.repeat(np.arange(4), [120, 40, 20, 20]), 4)
+    params = LadaHyperParams(num_clusters=4, first_round_split="proportional")
+    learner = LearnerState(np.array([0.0, 4.0, 0.0, 0.0]), np.full(4, 2.0), 0.2, 0.8)
+    agents = [AgentView("old", 8, learner), AgentView("new", 8, LearnerState.fresh(4, params))]
+    request = AllocationRequest(2, pool, agents, np.zeros(200, bool), params)
+    chosen = make_policy("lada").allocate(request)
+    assert Counter(pool.clusters[chosen["old"]].tolist()) == {1: 8}
+    assert [Counter(pool.clusters[chosen["new"]].tolist())[c] for c in range(4)] == [5, 1, 1, 1]
+
+
+def test_an_unknown_first_round_split_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match="lada.first_round_split: 'uniform'"):
+        LadaHyperParams(first_round_split="uniform").check()
 
 
 @pytest.mark.parametrize(("prior_pulls", "flipped_cluster_share"), [(0.0, 19), (8.0, 6)])

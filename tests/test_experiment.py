@@ -20,6 +20,7 @@ import yaml
 
 from lada.config import ClusterConfig, load_config
 from lada.experiment import (
+    SweepError,
     SweepOutcome,
     ray_session,
     render_table,
@@ -178,6 +179,7 @@ def test_a_set_override_resumes_the_runs_its_yaml_twin_finished(
         ("nonsense", "--set 'nonsense': expected KEY=VALUE"),
         ("lada.no_such=1", "--set lada.no_such=1: lada: unknown field 'no_such'"),
         ("lada.ucb_alpha=abc", "--set lada.ucb_alpha=abc: ucb_alpha: cannot read 'abc' as float"),
+        ("lada.first_round_split=x", "lada.first_round_split: 'x' is not one of even, prop"),
     ],
 )
 def test_a_bad_set_is_one_line_exit_1_and_runs_nothing(
@@ -234,6 +236,27 @@ def test_a_bad_address_is_one_line_and_exit_1(address: str, says: str) -> None:
     result = experiment_run_cli("--address", address)
     assert_one_line_error(result, says)
     assert result.stdout == ""
+
+
+def test_a_local_ray_that_never_starts_is_one_line_naming_its_logs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ray's node-startup timeout (a plain Exception after 30 s, ray/_private/node.py) cannot
+    be provoked on demand, so `ray.init` is replaced by one raising it: a mock, on purpose."""
+    import ray
+
+    def timed_out(**_: Any) -> None:
+        raise Exception("The current node timed out during startup. This could happen.\nMore")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    with pytest.raises(SweepError) as raised, ray_session(None, workers=1, cpus_per_run=1.0):
+        pass
+    assert str(raised.value) == (
+        "cannot start Ray at this machine: The current node timed out during startup. This "
+        f"could happen. (Ray's logs: {tmp_path}/ray/session_latest/logs)"
+    )
 
 
 def _run(method: str, seed: int, own: float, every: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from lada.learnability import (
     learnability_gaps,
     llm_accuracy,
     novelty_scores,
+    proportional_quotas,
     sample_rewards,
     select_in_band,
     select_novel,
@@ -157,6 +158,23 @@ def test_prior_pulls_keep_one_flip_from_deciding_an_arm() -> None:
         *one_flip_arms(), 0.5, budget=45, available=np.full(16, 16), prior_pulls=8.0
     )[0]
     assert (quotas[2], quotas[7], quotas.sum()) == (6, 1, 45)
+
+
+def test_proportional_quotas_follow_each_clusters_available_samples() -> None:
+    # 45 of 150: exactly 30% of each cluster, 27 / 9 / 6 / 3
+    quotas = proportional_quotas(45, np.array([[90, 30, 20, 10]]))
+    assert quotas.tolist() == [[27, 9, 6, 3]]
+
+
+def test_proportional_quotas_give_the_leftover_to_the_largest_remainders() -> None:
+    # 10 of 16: 6.25 / 1.875 / 1.25 / 0.625 -> floors 6 / 1 / 1 / 0, two left for 1.875, 0.625
+    quotas = proportional_quotas(10, np.array([[10, 3, 2, 1]]))
+    assert quotas.tolist() == [[6, 2, 1, 1]]
+
+
+def test_proportional_quotas_never_exceed_the_pool() -> None:
+    quotas = proportional_quotas(np.array([10, 2]), np.array([[1, 2], [0, 5]]))
+    assert quotas.tolist() == [[1, 2], [0, 2]]
 
 
 def test_shrunk_means_pull_each_arm_toward_the_agents_mean() -> None:
