@@ -41,7 +41,7 @@ from lada.config import (
     parse_overrides,
 )
 from lada.redis_conn import RedisHandle, shutdown_embedded, start_embedded
-from lada.report import evaluate_agents
+from lada.report import PhaseTimes, evaluate_agents
 
 log = logging.getLogger("lada.experiment")
 
@@ -148,21 +148,25 @@ def run_combination(
     from lada.simulation import simulate
     from lada.tasks import load_dataset
 
-    metrics = simulate(config, workdir, redis, models)
+    times = PhaseTimes()
+    metrics = simulate(config, workdir, redis, models, times)
     tests = [
         p
         for path in sorted((workdir / "data" / "test").glob("*.jsonl"))
         for p in load_dataset(f"jsonl:{path}")
     ]
     test_spec = write_jsonl(tests, workdir / "data" / "test-all.jsonl")
-    metrics["final"] = evaluate_agents(config.agents, workdir, models, test_spec, trained=True)
+    with times.phase("agents' evaluation"):
+        metrics["final"] = evaluate_agents(config.agents, workdir, models, test_spec, trained=True)
     metrics["samples_distilled"] = sum(
         r["reported"] for rounds in metrics["agents_rounds"].values() for r in rounds
     )
     if config.policy in LOCAL_ONLY_POLICIES:  # rows deduplicated per scenario and seed
-        metrics["local_only"] = evaluate_agents(
-            config.agents, workdir, models, test_spec, trained=False
-        )
+        with times.phase("starting models' evaluation"):
+            metrics["local_only"] = evaluate_agents(
+                config.agents, workdir, models, test_spec, trained=False
+            )
+    metrics["phase_seconds"] = times.rounded()
     return metrics
 
 
@@ -304,6 +308,27 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             + f"{_pm(r['own_nlp_mean'], r['own_nlp_ci'])} | {r['samples']:.0f} | "
             f"{llm_cell(r)} | {r['wall_s']:.0f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def render_phase_table(runs: list[dict[str, Any]]) -> str:
+    """Mean wall seconds per phase of a run, per scenario x method: where a run's minutes
+    go (runs from before phases were recorded are left out; "" when none has them)."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for run in runs:
+        if run.get("phase_seconds"):
+            groups.setdefault((run["scenario"], run["method"]), []).append(run["phase_seconds"])
+    if not groups:
+        return ""
+    phases = list(dict.fromkeys(p for runs_ in groups.values() for r in runs_ for p in r))
+    lines = [
+        "| scenario | method | runs | " + " | ".join(phases) + " | total s |",
+        "|---|---|---|" + "---|" * (len(phases) + 1),
+    ]
+    for (scenario, method), members in sorted(groups.items()):
+        means = [float(np.mean([m.get(p, 0.0) for m in members])) for p in phases]
+        cells = " | ".join(f"{v:.0f}" for v in means)
+        lines.append(f"| {scenario} | {method} | {len(members)} | {cells} | {sum(means):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -765,7 +790,10 @@ def run_experiment(
     outcome = run_sweep(base, grid, out, {**options, "cpus_per_run": cpus_per_run})
     (out / "results.json").write_text(json.dumps(outcome.runs, indent=2, default=str))
     rows = summarise(outcome.runs)
-    (out / "results.md").write_text(render_table(rows))
+    phases = render_phase_table(outcome.runs)
+    (out / "results.md").write_text(
+        render_table(rows) + (f"\nWall seconds per phase of a run:\n\n{phases}" if phases else "")
+    )
     write_plots(rows, out)
     print(render_table(rows))
     if outcome.failed:

@@ -30,7 +30,7 @@ from lada.config import (
 )
 from lada.learnability import ClusterModel
 from lada.redis_conn import RedisHandle
-from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics
+from lada.report import LLM_EVAL_MAX_TOKENS, PhaseTimes, llm_accuracy_of, run_metrics
 from lada.state import Phase, StateStore
 from llm_service.core import LLMCore
 from llm_service.types import BASE_VERSION, Sampling
@@ -162,6 +162,7 @@ class SimulatedRun:
     core: AllocatorCore
     driver: RoundDriver
     agents: dict[str, Agent]
+    llm: LLMCore
 
 
 def drive_until(
@@ -182,14 +183,18 @@ def drive_until(
         raise RuntimeError(f"round {round_number} stuck in {phase} (wanted {sorted(phases)})")
 
 
-def run_rounds(run: SimulatedRun, rounds: int) -> None:
+def run_rounds(run: SimulatedRun, rounds: int, times: PhaseTimes | None = None) -> None:
     """Each round: allocate, let every agent work it in turn, close and fold."""
+    times = times or PhaseTimes()
     for round_number in range(1, rounds + 1):
-        drive_until(run.driver, run.store, round_number, {Phase.ALLOCATED})
+        with times.phase("allocate (LLM paths, policy)"):
+            drive_until(run.driver, run.store, round_number, {Phase.ALLOCATED})
         for name, agent in run.agents.items():
             log.info("agent works round", extra={"agent": name, "round": round_number})
-            agent.work_round(round_number)
-        drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
+            with times.phase("agents' rounds (score, train, contribute)"):
+                agent.work_round(round_number)
+        with times.phase("close (fold, LLM absorb)"):
+            drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
 
 
 def build_llm(model: Path, public_pool: str, state_dir: Path) -> LLMCore:
@@ -243,13 +248,40 @@ def core_answers(llm: LLMCore) -> Callable[[list[str], str], list[str]]:
 
 
 def simulate(
-    config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
+    config: ClusterConfig,
+    workdir: Path,
+    redis: RedisHandle,
+    models: dict[str, Path],
+    times: PhaseTimes | None = None,
 ) -> dict[str, Any]:
-    """Run a whole federation in this process; returns the run's metrics."""
+    """Run a whole federation in this process; returns the run's metrics, with the wall
+    seconds of each phase under `phase_seconds` (summed into `times` when given)."""
+    from lada.tasks import load_dataset
+
+    times = times or PhaseTimes()
+    started = time.monotonic()
+    with times.phase("set up (data, models)"):
+        run, tests = _set_up(config, workdir, redis, models)
+    try:
+        run_rounds(run, config.rounds, times)
+        with times.phase("LLM evaluation"):
+            problems = [p for spec in tests for p in load_dataset(spec)]
+            versions = [BASE_VERSION, run.llm.serving_version]
+            accuracy = llm_accuracy_of(core_answers(run.llm), versions, problems)
+        metrics = run_metrics(config, run.store, "simulation", started, accuracy)
+    finally:
+        run.llm.close()
+    metrics["phase_seconds"] = times.rounded()
+    return metrics
+
+
+def _set_up(
+    config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
+) -> tuple[SimulatedRun, list[str]]:
+    """The federation's data, allocator, LLM and agents; and its test sets' specs."""
     from lada.cluster import carve_data
     from lada.tasks import load_dataset
 
-    started = time.monotonic()
     data = carve_data(config, workdir / "data")
     run_id = f"sim-{config.run_id}-{int(time.time() * 1000)}"
     store = StateStore(redis.client, run_id)
@@ -273,11 +305,5 @@ def simulate(
         )
         for agent in config.agents
     }
-    run = SimulatedRun(store, core, RoundDriver(core, InProcessLLMGateway(llm)), agents)
-    try:
-        run_rounds(run, config.rounds)
-        tests = [p for spec in data.test.values() for p in load_dataset(spec)]
-        accuracy = llm_accuracy_of(core_answers(llm), [BASE_VERSION, llm.serving_version], tests)
-        return run_metrics(config, store, "simulation", started, accuracy)
-    finally:
-        llm.close()
+    run = SimulatedRun(store, core, RoundDriver(core, InProcessLLMGateway(llm)), agents, llm)
+    return run, list(data.test.values())

@@ -23,6 +23,7 @@ from lada.experiment import (
     SweepError,
     SweepOutcome,
     ray_session,
+    render_phase_table,
     render_table,
     run_experiment,
     run_sweep,
@@ -30,6 +31,14 @@ from lada.experiment import (
 )
 from lada.zoo import ZooManifest
 from tests.procs import REPO_ROOT
+
+SIMULATION_PHASES = [
+    "set up (data, models)",
+    "allocate (LLM paths, policy)",
+    "agents' rounds (score, train, contribute)",
+    "close (fold, LLM absorb)",
+    "LLM evaluation",
+]
 
 pytestmark = [pytest.mark.slow]
 
@@ -114,12 +123,38 @@ def test_every_method_runs_once_per_seed(sweep: Path) -> None:
 
 
 def test_the_table_gives_mean_and_spread_over_seeds_and_the_llm_columns(sweep: Path) -> None:
-    table = (sweep / "results.md").read_text()
+    table = (sweep / "results.md").read_text().split("Wall seconds per phase")[0]
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| S1")}
     assert (sweep / "results-S1.png").stat().st_size > 0  # one plot per scenario
     assert set(rows) == {"lada+sft", "random+sft", "local-only"}
     assert all(" | 2 | " in row and " ± " in row for row in rows.values())
     assert all(" -> " in row for m, row in rows.items() if m != "local-only")  # LLM before -> after
+
+
+def test_each_run_records_where_its_minutes_went(sweep: Path) -> None:
+    runs = [r for r in json.loads((sweep / "results.json").read_text()) if r.get("policy")]
+    assert len(runs) == 4
+    for run in runs:
+        phases = run["phase_seconds"]
+        assert list(phases) == [*SIMULATION_PHASES, "agents' evaluation"] + (
+            ["starting models' evaluation"] if run["policy"] == "random" else []
+        )
+        assert all(seconds >= 0 for seconds in phases.values())
+        # the simulation's phases fit in its wall time (the evaluations come after it)
+        simulated = sum(phases[p] for p in SIMULATION_PHASES)
+        assert simulated <= run["wall_seconds"] + 0.5
+    table = (sweep / "results.md").read_text().split("Wall seconds per phase of a run:")[1]
+    assert "| S1 | lada+sft | 2 | " in table and "| S1 | random+sft | 2 | " in table
+
+
+def test_the_phase_table_averages_each_phase_over_a_methods_runs() -> None:
+    runs = [
+        {"scenario": "S1", "method": "lada+sft", "phase_seconds": {"rounds": 10.0, "eval": 4.0}},
+        {"scenario": "S1", "method": "lada+sft", "phase_seconds": {"rounds": 20.0, "eval": 6.0}},
+        {"scenario": "S1", "method": "local-only", "final": {}},
+    ]
+    assert render_phase_table(runs).splitlines()[2] == "| S1 | lada+sft | 2 | 15 | 5 | 20 |"
+    assert render_phase_table(runs[2:]) == ""
 
 
 def test_a_rerun_resumes_every_finished_run_and_writes_the_same_results(
