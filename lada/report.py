@@ -118,12 +118,17 @@ class PhaseTimes:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, within: str | None = None) -> Iterator[None]:
+        """Time a phase; one nested `within` another is taken out of that one's seconds,
+        so the phases add up to the run."""
         started = time.monotonic()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+            elapsed = time.monotonic() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            if within is not None:
+                self.seconds[within] = self.seconds.get(within, 0.0) - elapsed
 
     def rounded(self) -> dict[str, float]:
         return {name: round(value, 1) for name, value in self.seconds.items()}

@@ -52,6 +52,9 @@ from slm_agent.trainer import LocalTrainer
 
 log = logging.getLogger("lada.simulation")
 
+AGENT_ROUNDS_PHASE = "agents' rounds (score, train, contribute)"
+LLM_PATHS_PHASE = "LLM paths for the agents"  # timed inside the agents' rounds, not twice
+
 
 class InProcessAllocator:
     """The agent's AllocatorPort over an AllocatorCore (no gRPC, same core calls)."""
@@ -112,19 +115,21 @@ class InProcessAllocator:
 class InProcessLLM:
     """The agent's LLMPort over an LLMCore, with the service's default sampling seed."""
 
-    def __init__(self, core: LLMCore) -> None:
+    def __init__(self, core: LLMCore, times: PhaseTimes | None = None) -> None:
         self.core = core
+        self.times = times or PhaseTimes()
 
     def reasoning_paths(
         self, samples: Sequence[AllocatedSample], n: int, temperature: float, max_tokens: int
     ) -> dict[str, list[LLMPath]]:
         sampling = Sampling(n=n, temperature=temperature, max_tokens=max_tokens)
         out: dict[str, list[LLMPath]] = {}
-        for version, ids in ids_by_version(samples).items():
-            for sample in self.core.generate(ids, [], sampling, version).results:
-                out[sample.sample_id] = [
-                    LLMPath(p.text, p.normalized_logprob, p.correct) for p in sample.paths
-                ]
+        with self.times.phase(LLM_PATHS_PHASE, within=AGENT_ROUNDS_PHASE):
+            for version, ids in ids_by_version(samples).items():
+                for sample in self.core.generate(ids, [], sampling, version).results:
+                    out[sample.sample_id] = [
+                        LLMPath(p.text, p.normalized_logprob, p.correct) for p in sample.paths
+                    ]
         return out
 
 
@@ -187,11 +192,11 @@ def run_rounds(run: SimulatedRun, rounds: int, times: PhaseTimes | None = None) 
     """Each round: allocate, let every agent work it in turn, close and fold."""
     times = times or PhaseTimes()
     for round_number in range(1, rounds + 1):
-        with times.phase("allocate (LLM paths, policy)"):
+        with times.phase("allocate (policy)"):
             drive_until(run.driver, run.store, round_number, {Phase.ALLOCATED})
         for name, agent in run.agents.items():
             log.info("agent works round", extra={"agent": name, "round": round_number})
-            with times.phase("agents' rounds (score, train, contribute)"):
+            with times.phase(AGENT_ROUNDS_PHASE):
                 agent.work_round(round_number)
         with times.phase("close (fold, LLM absorb)"):
             drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
@@ -261,7 +266,7 @@ def simulate(
     times = times or PhaseTimes()
     started = time.monotonic()
     with times.phase("set up (data, models)"):
-        run, tests = _set_up(config, workdir, redis, models)
+        run, tests = _set_up(config, workdir, redis, models, times)
     try:
         run_rounds(run, config.rounds, times)
         with times.phase("LLM evaluation"):
@@ -276,7 +281,11 @@ def simulate(
 
 
 def _set_up(
-    config: ClusterConfig, workdir: Path, redis: RedisHandle, models: dict[str, Path]
+    config: ClusterConfig,
+    workdir: Path,
+    redis: RedisHandle,
+    models: dict[str, Path],
+    times: PhaseTimes,
 ) -> tuple[SimulatedRun, list[str]]:
     """The federation's data, allocator, LLM and agents; and its test sets' specs."""
     from lada.cluster import carve_data
@@ -301,7 +310,7 @@ def _set_up(
             data.public,
             workdir / "agents" / agent.name,
             InProcessAllocator(core),
-            InProcessLLM(llm),
+            InProcessLLM(llm, times),
         )
         for agent in config.agents
     }

@@ -34,7 +34,8 @@ from tests.procs import REPO_ROOT
 
 SIMULATION_PHASES = [
     "set up (data, models)",
-    "allocate (LLM paths, policy)",
+    "allocate (policy)",
+    "LLM paths for the agents",
     "agents' rounds (score, train, contribute)",
     "close (fold, LLM absorb)",
     "LLM evaluation",
