@@ -40,8 +40,9 @@ from lada.config import (
     load_config,
     parse_overrides,
 )
+from lada.phases import PhaseTimes
 from lada.redis_conn import RedisHandle, shutdown_embedded, start_embedded
-from lada.report import PhaseTimes, evaluate_agents
+from lada.report import evaluate_agents
 
 log = logging.getLogger("lada.experiment")
 

@@ -6,11 +6,10 @@ metrics shape, so one writer serves both.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,29 +108,6 @@ def in_config_order(per_agent: dict[str, Any], config: ClusterConfig) -> dict[st
     """Agents as the config lists them, not as they happened to register (they start together)."""
     rank = {a.name: i for i, a in enumerate(config.agents)}
     return dict(sorted(per_agent.items(), key=lambda item: rank.get(item[0], len(rank))))
-
-
-class PhaseTimes:
-    """Wall seconds per phase of a run, summed over repeats: where a run's minutes go."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str, within: str | None = None) -> Iterator[None]:
-        """Time a phase; one nested `within` another is taken out of that one's seconds,
-        so the phases add up to the run."""
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            elapsed = time.monotonic() - started
-            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-            if within is not None:
-                self.seconds[within] = self.seconds.get(within, 0.0) - elapsed
-
-    def rounded(self) -> dict[str, float]:
-        return {name: round(value, 1) for name, value in self.seconds.items()}
 
 
 def run_metrics(

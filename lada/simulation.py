@@ -29,8 +29,9 @@ from lada.config import (
     allocator_for_cluster,
 )
 from lada.learnability import ClusterModel
+from lada.phases import PhaseTimes
 from lada.redis_conn import RedisHandle
-from lada.report import LLM_EVAL_MAX_TOKENS, PhaseTimes, llm_accuracy_of, run_metrics
+from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics
 from lada.state import Phase, StateStore
 from llm_service.core import LLMCore
 from llm_service.types import BASE_VERSION, Sampling
@@ -52,7 +53,7 @@ from slm_agent.trainer import LocalTrainer
 
 log = logging.getLogger("lada.simulation")
 
-AGENT_ROUNDS_PHASE = "agents' rounds (score, train, contribute)"
+AGENT_ROUNDS_PHASE = "agents' rounds, the rest"  # what the agent's own steps leave
 LLM_PATHS_PHASE = "LLM paths for the agents"  # timed inside the agents' rounds, not twice
 
 
@@ -198,8 +199,17 @@ def run_rounds(run: SimulatedRun, rounds: int, times: PhaseTimes | None = None) 
             log.info("agent works round", extra={"agent": name, "round": round_number})
             with times.phase(AGENT_ROUNDS_PHASE):
                 agent.work_round(round_number)
+            times.add_all(_agent_steps(agent, round_number), within=AGENT_ROUNDS_PHASE)
         with times.phase("close (fold, LLM absorb)"):
             drive_until(run.driver, run.store, round_number, {Phase.CLOSED})
+
+
+def _agent_steps(agent: Agent, round_number: int) -> dict[str, float]:
+    """The agent's own wall seconds per step of a round it trained (from its checkpoint)."""
+    if agent.progress.last_trained_round < round_number:
+        return {}
+    outcome = agent.store.load_outcome(round_number)
+    return {f"agent: {step}": seconds for step, seconds in outcome.seconds.items()}
 
 
 def build_llm(model: Path, public_pool: str, state_dir: Path) -> LLMCore:

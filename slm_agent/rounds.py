@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lada.phases import PhaseTimes
 from lada.tasks import Problem, format_prompt, is_correct, is_sound
 from slm_agent.losses import PathSet
 from slm_agent.trainer import LocalTrainer, TrainReport
@@ -89,6 +90,7 @@ class RoundOutcome:
     correct_path_nlp_before: float = float("nan")
     correct_path_nlp_after: float = float("nan")
     train: TrainReport = field(default_factory=TrainReport)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per step
 
     def summary(self) -> dict[str, Any]:
         """The numbers worth logging and checkpointing (no stats list, no texts)."""
@@ -104,6 +106,7 @@ class RoundOutcome:
             "requested_contributions": len(set(self.requested) & set(self.contributions)),
             "train_steps": self.train.steps,
             "train_seconds": round(self.train.seconds, 3),
+            "seconds": {step: round(value, 3) for step, value in self.seconds.items()},
             "loss": self.train.mean_parts,
         }
 
@@ -229,15 +232,22 @@ def run_round(
     problems = [pool[a.sample_id] for a in allocation]
     questions = [p.question for p in problems]
     seed = trainer.settings.seed * 1_000_003 + round_number
-    own = trainer.sample_paths(questions, trainer.settings.own_paths_per_sample, seed)
+    times = PhaseTimes()
+    with times.phase("own paths"):
+        own = trainer.sample_paths(questions, trainer.settings.own_paths_per_sample, seed)
     path_sets = build_path_sets(
         problems, llm_paths, own, sample_weights(allocation, cluster_weights)
     )
-    before = _score_all(trainer, path_sets)
-    correct_before = trainer.greedy_correct(problems)
-    report = trainer.train_round(path_sets, round_number)
-    after = _score_all(trainer, path_sets)
-    answers_after = trainer.greedy_answers(questions)
+    with times.phase("score before"):
+        before = _score_all(trainer, path_sets)
+    with times.phase("greedy before"):
+        correct_before = trainer.greedy_correct(problems)
+    with times.phase("train"):
+        report = trainer.train_round(path_sets, round_number)
+    with times.phase("score after"):
+        after = _score_all(trainer, path_sets)
+    with times.phase("greedy after"):
+        answers_after = trainer.greedy_answers(questions)
     correct_after = [is_correct(a, p.answer) for a, p in zip(answers_after, problems, strict=True)]
     stats = [
         SampleStat(
@@ -258,7 +268,8 @@ def run_round(
     if contribute_domains:
         contributions = pick_contributions(problems, answers_after, own, contribute_domains)
         asked = requested_problems(requested, pool, allocation)
-        contributions.update(answer_requests(trainer, asked))
+        with times.phase("answer requests"):
+            contributions.update(answer_requests(trainer, asked))
     count = max(len(problems), 1)
     return RoundOutcome(
         round=round_number,
@@ -270,6 +281,7 @@ def run_round(
         correct_path_nlp_before=_mean_correct_nlp(path_sets, before),
         correct_path_nlp_after=_mean_correct_nlp(path_sets, after),
         train=report,
+        seconds=times.seconds,
     )
 
 

@@ -15,6 +15,7 @@ from slm_agent.losses import PathSet, make_loss
 from slm_agent.rounds import (
     AllocatedSample,
     LLMPath,
+    RoundOutcome,
     build_path_sets,
     pick_contributions,
     run_round,
@@ -247,6 +248,10 @@ def test_a_round_reports_every_path_of_every_allocated_sample(
         assert all(p.slm_normalized_logprob_before < 0 for p in spoken)  # empty paths score 0
     assert outcome.train.steps == 2  # 6 samples, 4 per step
     assert outcome.correct_path_nlp_after > outcome.correct_path_nlp_before
+    # where the round's time went, step by step, kept with the outcome
+    steps = ["own paths", "score before", "greedy before", "train", "score after", "greedy after"]
+    assert list(outcome.seconds) == steps and all(v >= 0 for v in outcome.seconds.values())
+    assert RoundOutcome.from_json(outcome.to_json()).seconds == outcome.seconds
 
 
 def test_contributions_are_sound_paths_the_agent_wrote_for_its_own_domains() -> None:

@@ -36,10 +36,11 @@ SIMULATION_PHASES = [
     "set up (data, models)",
     "allocate (policy)",
     "LLM paths for the agents",
-    "agents' rounds (score, train, contribute)",
+    "agents' rounds, the rest",
     "close (fold, LLM absorb)",
     "LLM evaluation",
 ]
+AGENT_STEPS = ["own paths", "score before", "greedy before", "train", "score after"]
 
 pytestmark = [pytest.mark.slow]
 
@@ -137,12 +138,15 @@ def test_each_run_records_where_its_minutes_went(sweep: Path) -> None:
     assert len(runs) == 4
     for run in runs:
         phases = run["phase_seconds"]
-        assert list(phases) == [*SIMULATION_PHASES, "agents' evaluation"] + (
+        evaluations = ["agents' evaluation"] + (
             ["starting models' evaluation"] if run["policy"] == "random" else []
         )
+        agent_steps = [p for p in phases if p.startswith("agent: ")]
+        assert {f"agent: {step}" for step in AGENT_STEPS} <= set(agent_steps)
+        assert set(phases) == {*SIMULATION_PHASES, *agent_steps, *evaluations}
         assert all(seconds >= 0 for seconds in phases.values())
         # the simulation's phases fit in its wall time (the evaluations come after it)
-        simulated = sum(phases[p] for p in SIMULATION_PHASES)
+        simulated = sum(phases[p] for p in [*SIMULATION_PHASES, *agent_steps])
         assert simulated <= run["wall_seconds"] + 0.5
     table = (sweep / "results.md").read_text().split("Wall seconds per phase of a run:")[1]
     assert "| S1 | lada+sft | 2 | " in table and "| S1 | random+sft | 2 | " in table

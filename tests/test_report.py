@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lada.report import PhaseTimes, llm_accuracy_of, render_markdown, reward_terms_by_gap
+from lada.report import llm_accuracy_of, render_markdown, reward_terms_by_gap
 from lada.tasks import Problem, format_prompt
 from lada.v1 import allocator_pb2
 
@@ -118,13 +118,3 @@ def test_each_samples_gap_comes_with_the_two_terms_of_its_reward() -> None:
     assert terms["nlp_progress"] == pytest.approx([0.75, -0.05])
     assert terms["greedy_flips"] == [1.0, -1.0]
     assert terms["gap_clusters"] == [3, 0]
-
-
-def test_a_nested_phase_is_taken_out_of_its_parent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A round of 10 s in which 4 s are the LLM's paths: 6 + 4, not 10 + 4."""
-    clock = iter([0.0, 3.0, 7.0, 10.0])
-    monkeypatch.setattr("lada.report.time.monotonic", lambda: next(clock))
-    times = PhaseTimes()
-    with times.phase("round"), times.phase("paths", within="round"):
-        pass
-    assert times.rounded() == {"paths": 4.0, "round": 6.0}
