@@ -345,7 +345,8 @@ class OperatorClient(_Client):
                     ),
                 )
                 entry["samples"] = [
-                    {"sample_id": s.sample_id, "cluster": s.cluster} for s in reply.samples
+                    {"sample_id": s.sample_id, "cluster": s.cluster, "scan_only": s.scan_only}
+                    for s in reply.samples
                 ]
                 entry["contribution_requests"] = list(reply.contribution_requests)
             entries.append(entry)

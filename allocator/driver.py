@@ -18,11 +18,14 @@ from allocator.folding import (
     fold_report,
     parse_stats,
     report_arrays,
+    scan_gaps,
+    split_scans,
     unlearnable_mask,
 )
 from allocator.llm_gateway import Contribution, LLMGateway
 from allocator.policies import AgentView, AllocationRequest, LearnerState
 from allocator.requests import round_requests, weak_samples
+from allocator.scans import round_scans
 from lada import metrics
 from lada.learnability import novelty_scores, select_novel
 from lada.state import AgentRecord, AgentRoundState, Allocation, Phase, now_ms
@@ -100,22 +103,27 @@ class RoundDriver:
         participants = self._live(self.store.active_agents(r))
         request = self.allocation_request(r, participants)
         chosen = self.core.policy.allocate(request)
+        requested_idx = self.contribution_requests(r, participants, chosen)
+        scans = round_scans(request, chosen, requested_idx)
         version = self._llm_version()
         pool = self.core.pool
+
+        def allocated(i: int, scan_only: bool = False) -> Allocation:
+            return Allocation(pool.sample_ids[i], int(pool.clusters[i]), version, scan_only)
+
         allocations = {
-            agent_id: [
-                Allocation(pool.sample_ids[i], int(pool.clusters[i]), version) for i in indices
-            ]
+            agent_id: [allocated(i) for i in indices]
+            + [allocated(i, scan_only=True) for i in scans.get(agent_id, ())]
             for agent_id, indices in chosen.items()
         }
         requested = {
             agent_id: [pool.sample_ids[i] for i in indices]
-            for agent_id, indices in self.contribution_requests(r, participants, chosen).items()
+            for agent_id, indices in requested_idx.items()
         }
         deadline = self.core.deadline_for_new_round()
         recorded = self.store.record_round_allocations(r, allocations, deadline, requested)
         if recorded:
-            total = sum(len(v) for v in allocations.values())
+            total = sum(len(v) for v in chosen.values())
             metrics.SAMPLES_ALLOCATED.labels(self.core.config.policy).inc(total)
             log.info("round allocated", extra={"round": r, "agents": len(allocations)})
         return recorded
@@ -237,7 +245,7 @@ class RoundDriver:
         reported = self.store.get_stats_many(r, reporters)
         known_gaps = self.store.known_gaps_many(reporters)
         for agent_id in reporters:
-            stats = parse_stats(reported[agent_id])
+            stats, scanned = split_scans(parse_stats(reported[agent_id]))
             if not stats:
                 continue
             _, known, _ = decode_known_gaps(known_gaps[agent_id], core.pool)
@@ -248,6 +256,10 @@ class RoundDriver:
             learners[agent_id] = result.learner.to_json()
             gaps[agent_id] = result.gaps
             llm_acc.update(result.llm_acc)
+            if scanned:
+                scan_gap, scan_acc = scan_gaps(report_arrays(scanned))
+                gaps[agent_id] = {**scan_gap, **result.gaps}
+                llm_acc.update({**scan_acc, **result.llm_acc})
         folded = self.store.fold_round(r, learners, gaps, llm_acc)
         if folded:
             log.info("round folded", extra={"round": r, "agents": len(learners)})

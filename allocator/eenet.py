@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from allocator.folding import accuracy_of, parse_stats, report_arrays
+from allocator.folding import accuracy_of, parse_stats, report_arrays, split_scans
 from allocator.policies import (
     AgentView,
     AllocationPolicy,
@@ -89,7 +89,8 @@ class _Report:
 
 def _report(raw: dict[str, bytes], pool: PoolIndex, params: LadaHyperParams) -> _Report:
     """One stored report as pool rows, rewards computed exactly as `fold_report` does."""
-    stats = [s for s in parse_stats(raw) if s.sample_id in pool.index_of]
+    trained, _ = split_scans(parse_stats(raw))  # a scan earns no reward
+    stats = [s for s in trained if s.sample_id in pool.index_of]
     arrays = report_arrays(stats)
     reward = arrays.rewards(params.correctness_reward_weight)
     return _Report(

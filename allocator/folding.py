@@ -127,6 +127,30 @@ def fold_report(
     )
 
 
+def split_scans(
+    stats: Sequence[allocator_pb2.SampleStats],
+) -> tuple[list[allocator_pb2.SampleStats], list[allocator_pb2.SampleStats]]:
+    """(trained, scanned): only trained samples earn rewards and move the arms and the band;
+    scanned ones (`lada.scan_per_round`) only tell the agent's gap."""
+    trained = [s for s in stats if not s.scan_only]
+    return trained, [s for s in stats if s.scan_only]
+
+
+def scan_gaps(scans: ReportArrays) -> tuple[dict[str, str], dict[str, str]]:
+    """A scan's measured gaps ("gap|0": greedy correctness was not taken) and the LLM's
+    accuracy on the scanned samples, in the shapes `FoldResult` uses."""
+    gaps = learnability_gaps(scans.llm_nlp, scans.after, scans.correct)
+    accuracy = llm_accuracy(scans.correct, scans.path_count)
+    return (
+        {s: f"{float(g)!r}|0" for s, g in zip(scans.sample_ids, gaps, strict=True)},
+        {
+            s: f"{int(scans.correct[i].sum())}/{int(scans.path_count[i])}"
+            for i, s in enumerate(scans.sample_ids)
+            if np.isfinite(accuracy[i])
+        },
+    )
+
+
 def decode_known_gaps(
     raw: Mapping[str, str], pool: PoolIndex
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -198,7 +198,10 @@ class _Translations:
             round=view.round,
             samples=[
                 allocator_pb2.AllocatedSample(
-                    sample_id=a.sample_id, llm_model_version=a.version, cluster=a.cluster
+                    sample_id=a.sample_id,
+                    llm_model_version=a.version,
+                    cluster=a.cluster,
+                    scan_only=a.scan_only,
                 )
                 for a in view.samples
             ],

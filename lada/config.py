@@ -78,6 +78,9 @@ class LadaHyperParams:
     novelty_max_llm_accuracy: float = 0.5
     llm_budget: int = 64  # B_L: contributions absorbed per round
     contribution_requests: int = 32  # public samples each agent is asked for paths on, per round
+    # gap scan (not in the paper's method; 0 = off): never-measured public samples each agent
+    # scores after a round's training, so the band can rank them by measured gap next round
+    scan_per_round: int = 0
     tau: float = 1.0
     contrastive_lambda: float = 1.0
     align_beta: float = 0.5
@@ -96,6 +99,10 @@ class LadaHyperParams:
             raise ConfigError(
                 f"lada.first_round_split: {self.first_round_split!r} is not one of "
                 f"{', '.join(FIRST_ROUND_SPLITS)}"
+            )
+        if self.scan_per_round < 0:
+            raise ConfigError(
+                f"lada.scan_per_round: must not be negative, got {self.scan_per_round}"
             )
 
 

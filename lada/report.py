@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from allocator.folding import parse_stats, report_arrays
+from allocator.folding import parse_stats, report_arrays, split_scans
 from lada.config import ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
@@ -29,14 +29,15 @@ def round_metrics(
     """Per-round numbers for one agent from what it reported (accuracy on its samples), with
     what the learnable band is made of: each sample's gap and its reward's two terms, and
     where the round's fold left the band (`learner`, from `StateStore.round_learners`)."""
-    allocation = store.get_allocation(round_number, agent_id)
-    stats = parse_stats(store.get_stats(round_number, agent_id))
+    allocation = [a for a in store.get_allocation(round_number, agent_id) if not a.scan_only]
+    stats, scanned = split_scans(parse_stats(store.get_stats(round_number, agent_id)))
     before = [s.correct_before for s in stats]
     after = [s.correct_after for s in stats]
     return {
         "round": round_number,
         "allocated": len(allocation),
         "reported": len(stats),
+        "scanned": len(scanned),
         "accuracy_before": float(np.mean(before)) if stats else None,
         "accuracy_after": float(np.mean(after)) if stats else None,
         "clusters": dict(Counter(a.cluster for a in allocation)),

@@ -95,7 +95,7 @@ class InProcessAllocator:
     def get_allocation(self, round_number: int) -> RoundAllocation:
         view = self.core.allocation(self.agent_id, round_number)
         return RoundAllocation(
-            [AllocatedSample(a.sample_id, a.cluster, a.version) for a in view.samples],
+            [AllocatedSample(a.sample_id, a.cluster, a.version, a.scan_only) for a in view.samples],
             view.contribution_requests,
         )
 

@@ -23,7 +23,7 @@ Key schema (every key is prefixed `lada:{run_id}:`, so runs never collide):
 |                              |        | (the band's and arms' history, for reports)          |
 | `events`                     | stream | round events: round, phase, ts_ms (+ finished=1 once |
 |                              |        | the last round closed)                               |
-| `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, pos}            |
+| `alloc:{r}:{agent_id}`       | hash   | sample_id -> JSON {cluster, version, [scan,] pos}    |
 | `requests:{r}:{agent_id}`    | list   | sample IDs the agent is asked to contribute paths on |
 |                              |        | (method.md 2), written with `alloc:{r}:*`            |
 | `stats:{r}:{agent_id}`       | hash   | sample_id -> serialized lada.v1.SampleStats          |
@@ -569,6 +569,7 @@ class Allocation:
     sample_id: str
     cluster: int
     version: str
+    scan_only: bool = False  # a gap scan: scored and reported, not trained on
 
 
 # What GetAllocation reads of a round for one agent: the round's phase and deadline, the
@@ -616,9 +617,22 @@ def _caller_record(reply: list[Any], token_hash: str) -> AgentRecord:
     return _checked_agent(_s(reply[0]), raw, token_hash)
 
 
+def _allocation_meta(allocation: Allocation, pos: int) -> dict[str, Any]:
+    """The stored value of one allocated sample; `scan` only when set, so allocations without
+    gap scans are stored as before."""
+    meta: dict[str, Any] = {"cluster": allocation.cluster, "version": allocation.version}
+    if allocation.scan_only:
+        meta["scan"] = 1
+    meta["pos"] = pos
+    return meta
+
+
 def _allocation_rows(raw: Mapping[bytes, bytes]) -> list[Allocation]:
     rows = sorted(((json.loads(v), _s(k)) for k, v in raw.items()), key=lambda r: r[0]["pos"])
-    return [Allocation(sample_id, meta["cluster"], meta["version"]) for meta, sample_id in rows]
+    return [
+        Allocation(sample_id, meta["cluster"], meta["version"], bool(meta.get("scan")))
+        for meta, sample_id in rows
+    ]
 
 
 def _s(value: bytes | str | None) -> str:
@@ -1299,9 +1313,7 @@ class StateStore:
                 pipe.hset(
                     key,
                     mapping={
-                        a.sample_id: json.dumps(
-                            {"cluster": a.cluster, "version": a.version, "pos": pos}
-                        )
+                        a.sample_id: json.dumps(_allocation_meta(a, pos))
                         for pos, a in enumerate(samples)
                     },
                 )

@@ -175,7 +175,7 @@ class GrpcAllocator:
         )
         return RoundAllocation(
             [
-                AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version)
+                AllocatedSample(s.sample_id, int(s.cluster), s.llm_model_version, s.scan_only)
                 for s in reply.samples
             ],
             list(reply.contribution_requests),
@@ -236,6 +236,7 @@ def _report_messages(
                     sample_id=s.sample_id,
                     correct_before=s.correct_before,
                     correct_after=s.correct_after,
+                    scan_only=s.scan_only,
                     paths=[
                         allocator_pb2.PathStats(
                             llm_normalized_logprob=p.llm_normalized_logprob,

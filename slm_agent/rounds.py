@@ -29,6 +29,7 @@ class AllocatedSample:
     sample_id: str
     cluster: int = 0
     llm_version: str = ""
+    scan_only: bool = False  # a gap scan: score after training and report; never train on it
 
 
 @dataclass
@@ -75,6 +76,7 @@ class SampleStat:
     paths: list[PathStat]
     correct_before: bool
     correct_after: bool
+    scan_only: bool = False  # scored after training, not trained on, no greedy answer
 
 
 @dataclass
@@ -96,7 +98,8 @@ class RoundOutcome:
         """The numbers worth logging and checkpointing (no stats list, no texts)."""
         return {
             "round": self.round,
-            "samples": len(self.stats),
+            "samples": sum(not s.scan_only for s in self.stats),
+            "scanned": sum(s.scan_only for s in self.stats),
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
             "correct_path_nlp_before": _finite_or_none(self.correct_path_nlp_before),
@@ -121,6 +124,7 @@ class RoundOutcome:
                 [PathStat(**p) for p in s["paths"]],
                 s["correct_before"],
                 s["correct_after"],
+                s.get("scan_only", False),
             )
             for s in data["stats"]
         ]
@@ -225,19 +229,21 @@ def run_round(
     samples of those domains become contributions (`pick_contributions`), and so do its
     sound greedy paths, after training, for the `requested` public samples (the allocator
     chose those by domain already). Requested samples are neither trained on nor reported.
+    Scanned samples (`scan_only`) are not trained on: they are scored after training and
+    reported as `scan_stats`.
     """
     missing = [a.sample_id for a in allocation if a.sample_id not in pool]
     if missing:
         raise KeyError(f"sample_id: not in the agent's public pool: {', '.join(missing[:5])}")
-    problems = [pool[a.sample_id] for a in allocation]
+    scans = [a for a in allocation if a.scan_only]
+    trained = [a for a in allocation if not a.scan_only]
+    problems = [pool[a.sample_id] for a in trained]
     questions = [p.question for p in problems]
     seed = trainer.settings.seed * 1_000_003 + round_number
     times = PhaseTimes()
     with times.phase("own paths"):
         own = trainer.sample_paths(questions, trainer.settings.own_paths_per_sample, seed)
-    path_sets = build_path_sets(
-        problems, llm_paths, own, sample_weights(allocation, cluster_weights)
-    )
+    path_sets = build_path_sets(problems, llm_paths, own, sample_weights(trained, cluster_weights))
     with times.phase("score before"):
         before = _score_all(trainer, path_sets)
     with times.phase("greedy before"):
@@ -263,6 +269,9 @@ def run_round(
             problems, path_sets, before, after, correct_before, correct_after, strict=True
         )
     ]
+    if scans:
+        with times.phase("scan"):
+            stats += scan_stats(trainer, [pool[a.sample_id] for a in scans], llm_paths)
     contributions: dict[str, str] = {}
     asked: list[Problem] = []
     if contribute_domains:
@@ -283,6 +292,27 @@ def run_round(
         train=report,
         seconds=times.seconds,
     )
+
+
+def scan_stats(
+    trainer: LocalTrainer, problems: Sequence[Problem], llm_paths: Mapping[str, Sequence[LLMPath]]
+) -> list[SampleStat]:
+    """The agent's score, now, of the LLM's paths on scanned samples: one number per path, as
+    both before and after, and no greedy answer (the gap needs only the paths' scores)."""
+    path_sets = build_path_sets(problems, llm_paths, [[] for _ in problems], {})
+    return [
+        SampleStat(
+            problem.id,
+            [
+                PathStat(nlp_l, ok, score, score)
+                for nlp_l, ok, score in zip(s.teacher_nlp, s.correct, row, strict=True)
+            ],
+            False,
+            False,
+            scan_only=True,
+        )
+        for problem, s, row in zip(problems, path_sets, _score_all(trainer, path_sets), strict=True)
+    ]
 
 
 def requested_problems(

@@ -114,14 +114,16 @@ class GetAllocationRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class AllocatedSample(_message.Message):
-    __slots__ = ("sample_id", "llm_model_version", "cluster")
+    __slots__ = ("sample_id", "llm_model_version", "cluster", "scan_only")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     LLM_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    SCAN_ONLY_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     llm_model_version: str
     cluster: int
-    def __init__(self, sample_id: _Optional[str] = ..., llm_model_version: _Optional[str] = ..., cluster: _Optional[int] = ...) -> None: ...
+    scan_only: bool
+    def __init__(self, sample_id: _Optional[str] = ..., llm_model_version: _Optional[str] = ..., cluster: _Optional[int] = ..., scan_only: _Optional[bool] = ...) -> None: ...
 
 class GetAllocationResponse(_message.Message):
     __slots__ = ("round", "samples", "deadline_unix_ms", "policy", "contribution_requests")
@@ -176,16 +178,18 @@ class PathStats(_message.Message):
     def __init__(self, llm_normalized_logprob: _Optional[float] = ..., correct: _Optional[bool] = ..., slm_normalized_logprob_before: _Optional[float] = ..., slm_normalized_logprob_after: _Optional[float] = ...) -> None: ...
 
 class SampleStats(_message.Message):
-    __slots__ = ("sample_id", "paths", "correct_before", "correct_after")
+    __slots__ = ("sample_id", "paths", "correct_before", "correct_after", "scan_only")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CORRECT_BEFORE_FIELD_NUMBER: _ClassVar[int]
     CORRECT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SCAN_ONLY_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     paths: _containers.RepeatedCompositeFieldContainer[PathStats]
     correct_before: bool
     correct_after: bool
-    def __init__(self, sample_id: _Optional[str] = ..., paths: _Optional[_Iterable[_Union[PathStats, _Mapping]]] = ..., correct_before: _Optional[bool] = ..., correct_after: _Optional[bool] = ...) -> None: ...
+    scan_only: bool
+    def __init__(self, sample_id: _Optional[str] = ..., paths: _Optional[_Iterable[_Union[PathStats, _Mapping]]] = ..., correct_before: _Optional[bool] = ..., correct_after: _Optional[bool] = ..., scan_only: _Optional[bool] = ...) -> None: ...
 
 class ReportStatsRequest(_message.Message):
     __slots__ = ("agent_id", "round", "stats")
