@@ -111,20 +111,25 @@ def fold_report(
         band[0],
         band[1],
     )
-    accuracy = llm_accuracy(report.correct, report.path_count)
     return FoldResult(
         updated,
         {
             s: f"{float(g)!r}|{int(solved)}"
             for s, g, solved in zip(report.sample_ids, gap_after, report.correct_after, strict=True)
         },
-        {
-            s: f"{int(report.correct[i].sum())}/{int(report.path_count[i])}"
-            for i, s in enumerate(report.sample_ids)
-            if np.isfinite(accuracy[i])
-        },
+        llm_accuracy_strings(report),
         rewards,
     )
+
+
+def llm_accuracy_strings(report: ReportArrays) -> dict[str, str]:
+    """sample_id -> "correct/total" of the LLM's paths, for samples that had paths."""
+    accuracy = llm_accuracy(report.correct, report.path_count)
+    return {
+        s: f"{int(report.correct[i].sum())}/{int(report.path_count[i])}"
+        for i, s in enumerate(report.sample_ids)
+        if np.isfinite(accuracy[i])
+    }
 
 
 def split_scans(
@@ -140,14 +145,9 @@ def scan_gaps(scans: ReportArrays) -> tuple[dict[str, str], dict[str, str]]:
     """A scan's measured gaps ("gap|0": greedy correctness was not taken) and the LLM's
     accuracy on the scanned samples, in the shapes `FoldResult` uses."""
     gaps = learnability_gaps(scans.llm_nlp, scans.after, scans.correct)
-    accuracy = llm_accuracy(scans.correct, scans.path_count)
     return (
         {s: f"{float(g)!r}|0" for s, g in zip(scans.sample_ids, gaps, strict=True)},
-        {
-            s: f"{int(scans.correct[i].sum())}/{int(scans.path_count[i])}"
-            for i, s in enumerate(scans.sample_ids)
-            if np.isfinite(accuracy[i])
-        },
+        llm_accuracy_strings(scans),
     )
 
 

@@ -12,16 +12,14 @@ import pytest
 
 from allocator.client import AgentClient
 from allocator.requests import WeakSamples, round_requests, select_requests, weak_samples
-from lada.config import ClusterAgentConfig, ClusterConfig
-from lada.simulation import simulate
 from lada.state import AgentRecord, Allocation, Phase, StateStore
 from lada.tasks import Problem, load_dataset
 from lada.v1 import allocator_pb2
 from lada.zoo import ZooManifest
-from slm_agent.checkpoint import CheckpointStore
 from slm_agent.rounds import AllocatedSample, answer_requests, requested_problems
 from slm_agent.trainer import LocalTrainer
 from tests.fixtures_allocator import TEST_POOL, allocator_run, wait_phase
+from tests.fixtures_zoo import ONE_AGENT_SOURCE, simulate_one_rates_agent
 
 NAN = float("nan")
 # Pool of 12: domain a at 0..7, b at 8..11. LLM accuracy per sample (NaN: unknown).
@@ -177,8 +175,8 @@ def test_a_federation_reaches_samples_the_llm_cannot_solve(
 ) -> None:
     """The micro models write no sound path, so the agent's greedy answers on its home domain
     are replaced by the references (a model that knows its domain); everything else is real."""
-    source = "synthetic:domains=all,n=400,seed=9"
-    references = {p.question: p.reference for p in load_dataset(source) if p.domain == "rates"}
+    source = load_dataset(ONE_AGENT_SOURCE)
+    references = {p.question: p.reference for p in source if p.domain == "rates"}
     real_greedy = LocalTrainer.greedy_answers
 
     def knows_rates(self: LocalTrainer, questions: Sequence[str]) -> list[str]:
@@ -186,27 +184,9 @@ def test_a_federation_reaches_samples_the_llm_cannot_solve(
         return [references.get(q, a) for q, a in zip(questions, answers, strict=True)]
 
     monkeypatch.setattr(LocalTrainer, "greedy_answers", knows_rates)
-    config = ClusterConfig(
-        run_id="requests",
-        profile="micro",
-        rounds=2,
-        public_size=40,
-        test_size=2,
-        source=source,
-        agents=[
-            ClusterAgentConfig(
-                name="rates-clinic", model="slm-rates", domains=["rates"], private_size=20,
-                capacity=4,
-            )
-        ],
-    )  # fmt: skip
-    config.lada.num_clusters = 4
-    config.lada.contribution_requests = 3
-    metrics = simulate(config, tmp_path, redis_handle, {"llm": micro_zoo.llm, **micro_zoo.slms})
-    store = StateStore(redis_handle.client, metrics["run_id"])
-    agent_id = store.agent_id_by_name("rates-clinic")
-    assert agent_id
-    checkpoints = CheckpointStore(tmp_path / "agents" / "rates-clinic")
+    store, agent_id, checkpoints = simulate_one_rates_agent(
+        redis_handle, micro_zoo, tmp_path, "requests", contribution_requests=3
+    )
     public = {p.id: p for p in load_dataset(f"jsonl:{tmp_path / 'data' / 'public.jsonl'}")}
     answered: set[str] = set()
     for r in (1, 2):

@@ -12,13 +12,12 @@ import pytest
 from allocator.client import AgentClient
 from allocator.policies import AgentView, AllocationRequest, LearnerState, PoolIndex
 from allocator.scans import round_scans, select_scans
-from lada.config import ClusterAgentConfig, ClusterConfig, ConfigError, LadaHyperParams
-from lada.simulation import simulate
+from lada.config import ConfigError, LadaHyperParams
 from lada.state import Allocation, StateStore
 from lada.v1 import allocator_pb2
 from lada.zoo import ZooManifest
-from slm_agent.checkpoint import CheckpointStore
 from tests.fixtures_allocator import allocator_run, wait_phase
+from tests.fixtures_zoo import simulate_one_rates_agent
 
 POOL_SIZE = 12
 UNLEARNABLE = np.zeros(POOL_SIZE, bool)
@@ -137,27 +136,9 @@ def test_scanned_samples_become_known_gaps_without_pulls(
 def test_an_agent_scores_its_scan_after_training_and_never_trains_on_it(
     redis_handle, micro_zoo: ZooManifest, tmp_path: Path
 ) -> None:
-    config = ClusterConfig(
-        run_id="scans",
-        profile="micro",
-        rounds=2,
-        public_size=40,
-        test_size=2,
-        source="synthetic:domains=all,n=400,seed=9",
-        agents=[
-            ClusterAgentConfig(
-                name="rates-clinic", model="slm-rates", domains=["rates"], private_size=20,
-                capacity=4,
-            )
-        ],
-    )  # fmt: skip
-    config.lada.num_clusters = 4
-    config.lada.scan_per_round = 5
-    metrics = simulate(config, tmp_path, redis_handle, {"llm": micro_zoo.llm, **micro_zoo.slms})
-    store = StateStore(redis_handle.client, metrics["run_id"])
-    agent_id = store.agent_id_by_name("rates-clinic")
-    assert agent_id
-    checkpoints = CheckpointStore(tmp_path / "agents" / "rates-clinic")
+    store, agent_id, checkpoints = simulate_one_rates_agent(
+        redis_handle, micro_zoo, tmp_path, "scans", scan_per_round=5
+    )
     for r in (1, 2):
         outcome = checkpoints.load_outcome(r)
         scans = [s for s in outcome.stats if s.scan_only]
