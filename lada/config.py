@@ -240,7 +240,9 @@ class AllocatorSettings:
     # ALLOCATED events ask agents to spread their GetAllocation over participants x this
     # (capped): a burst of N fetches at once costs the last one N x ~1-2 ms of allocator CPU
     # (docs/bench/load.md); agents train for minutes after it, so the spread costs nothing.
-    fetch_window_ms_per_agent: float = 4.0
+    # 8 ms, not 4: at 4 a 1,000-agent window kept one RPC process busy throughout on a
+    # slower 2-core VM (GetAllocation p99 0.7-1.2 s against 49-104 ms at 8).
+    fetch_window_ms_per_agent: float = 8.0
     max_fetch_window_ms: int = 10_000
     max_paths_per_sample: int = 64
     max_contribution_chars: int = 20_000

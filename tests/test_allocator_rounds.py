@@ -125,9 +125,9 @@ def test_watch_streams_every_phase_then_run_finished(three_rounds: ThreeRounds) 
 def test_allocated_events_size_the_fetch_window_to_the_participants(
     three_rounds: ThreeRounds,
 ) -> None:
-    per_agent = AllocatorSettings().fetch_window_ms_per_agent  # 4 ms: 3 agents -> 12 ms
+    per_agent = AllocatorSettings().fetch_window_ms_per_agent  # 8 ms: 3 agents -> 24 ms
     windows = {phase_name(e.phase): e.fetch_window_ms for e in three_rounds.events if e.round == 1}
-    assert windows["ALLOCATED"] == round(3 * per_agent) == 12
+    assert windows["ALLOCATED"] == round(3 * per_agent) == 24
     assert windows["OPEN"] == windows["TRAINING"] == windows["CLOSED"] == 0
 
 

@@ -27,6 +27,7 @@ def test_every_statistic_sent_is_stored_exactly_once(redis_handle) -> None:
     assert rpcs["RegisterAgent"]["calls"] == plan.agents
     assert rpcs["GetAllocation"]["calls"] == rpcs["ReportStats"]["calls"] == 16
     assert rpcs["Heartbeat"]["calls"] > 0
+    assert summary["allocator"]["redis_parser"] == "hiredis"  # a pinned dependency
     workers = summary["cpu"]["generator_workers"]
     assert len(workers) == plan.workers
     assert all(w["busy_mean"] > 0 for w in workers)

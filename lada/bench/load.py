@@ -39,7 +39,7 @@ from allocator.client import WATCHED_PHASES, phase_values
 from lada.bench import write_result
 from lada.config import HEARTBEAT_INTERVAL_S, MAX_MESSAGE_BYTES, AllocatorConfig, load_config
 from lada.healthcheck import check
-from lada.redis_conn import connect, shutdown_embedded, start_embedded
+from lada.redis_conn import connect, reply_parser, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import load_dataset, pool_fingerprint
 from lada.v1 import allocator_pb2, allocator_pb2_grpc, common_pb2
@@ -540,6 +540,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             "server_mode": server_mode,
             "processes": plan.allocator_processes,
             "driver": "in its own process" if plan.driver_process else "in the RPC process",
+            "redis_parser": reply_parser(),  # the allocator runs on this interpreter
         },
         "wall_seconds": round(wall, 1),
         "throughput_rpc_per_s": round(unary / wall, 1),
@@ -641,7 +642,8 @@ def _allocator_line(summary: dict[str, Any]) -> str:
     line = (
         f"- allocator: server mode {allocator.get('server_mode', '?')}, "
         f"{processes} RPC process{'es' if processes > 1 else ''}, the round driver "
-        f"{allocator.get('driver', '?')}"
+        f"{allocator.get('driver', '?')}, redis-py's {allocator.get('redis_parser', '?')} "
+        "reply parser"
     )
     if "allocator_cpu_per_unary_rpc_ms" in cpu:
         line += (
@@ -724,10 +726,10 @@ time (1.0 = one core busy): per generator process (with its busiest second), the
 process(es), Redis (INFO cpu) and the whole machine. At the end every (agent, round) in
 Redis is compared with what the agent sent (StateStore.get_stats): missing, extra, altered.
 Real agents fetch their allocation at a random moment within the ALLOCATED event's
-`fetch_window_ms` (4 ms per participant); "fetch at once" rows switch that off to show the
-burst it avoids. `--agents/--rounds/--workers/--heartbeat-interval/--train-s/
---fetch-spread-s/--allocator-processes/--driver-process` run one custom scenario; `--quick`
-is the CI form (tests/test_load.py).
+`fetch_window_ms` (`fetch_window_ms_per_agent`, 8 ms per participant); "fetch at once" rows
+switch that off to show the burst it avoids. `--agents/--rounds/--workers/
+--heartbeat-interval/--train-s/--fetch-spread-s/--allocator-processes/--driver-process` run
+one custom scenario; `--quick` is the CI form (tests/test_load.py).
 
 """
 
