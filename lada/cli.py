@@ -777,6 +777,15 @@ def experiment_group() -> None:
     help="Override a base-config field by its dotted key, e.g. lada.ucb_alpha=1.0 "
     "(repeatable; runs with other settings get other keys, so a resume never mixes them).",
 )
+@click.option(
+    "--path-cache",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|URL",
+    help="Where the runs' LLM shares generated paths: auto, an embedded Redis under OUT (off "
+    "with --address); off; or a Redis URL every node reaches. A hit is what the run would "
+    "have generated, so results do not change; time does.",
+)
 def experiment_run(**kwargs: Any) -> None:
     """Run policy x loss x scenario x seed in simulation, as Ray tasks; write the tables.
 

@@ -50,6 +50,7 @@ RESULT_FORMAT = 1  # bump when a run's metrics change shape: finished results th
 ADDRESS = re.compile(r"(ray://)?(?P<host>[A-Za-z0-9_.\-]+):(?P<port>\d+)")
 AUTH_HINT = "a cluster with token auth also needs RAY_AUTH_MODE=token and its token"
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # results are small JSON; Ray's default takes 30% of RAM
+SWEEP_PATH_CACHE_DB = Path("path-cache") / "paths.rdb"  # under OUT: a rerun reuses its paths
 
 DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
 LOCAL_ONLY_POLICIES = ("random", "full")  # runs that also evaluate the starting models
@@ -142,7 +143,11 @@ def default_base(profile: str) -> ClusterConfig:
 
 
 def run_combination(
-    config: ClusterConfig, workdir: Path, redis: Any, models: dict[str, Path]
+    config: ClusterConfig,
+    workdir: Path,
+    redis: Any,
+    models: dict[str, Path],
+    path_cache_url: str = "",
 ) -> dict[str, Any]:
     """One combination: simulate it, then evaluate every agent on the held-out tests."""
     from lada.cluster import write_jsonl
@@ -150,7 +155,7 @@ def run_combination(
     from lada.tasks import load_dataset
 
     times = PhaseTimes()
-    metrics = simulate(config, workdir, redis, models, times)
+    metrics = simulate(config, workdir, redis, models, times, path_cache_url)
     tests = [
         p
         for path in sorted((workdir / "data" / "test").glob("*.jsonl"))
@@ -507,6 +512,28 @@ def stop_run_redis(handle: RedisHandle) -> None:
 
 
 @contextlib.contextmanager
+def sweep_path_cache(out: Path, setting: str, address: str | None) -> Iterator[str]:
+    """The Redis URL through which every run's LLM shares the paths it generates ("": none).
+
+    A path depends only on (model, version, sample, sampling seed) (`lada.modeling.row_seed`),
+    so a hit is what the run would have generated: runs of one scenario and seed stop
+    regenerating the base LLM's paths and test answers. `setting`: "auto" (an embedded Redis
+    under OUT, kept for a rerun; none with --address, whose nodes cannot reach it), "off",
+    or a Redis URL every node can reach.
+    """
+    if setting == "off" or (setting == "auto" and address):
+        yield ""
+    elif setting != "auto":
+        yield setting
+    else:
+        handle = start_embedded(out / SWEEP_PATH_CACHE_DB)
+        try:
+            yield handle.url
+        finally:
+            stop_run_redis(handle)
+
+
+@contextlib.contextmanager
 def workdir_lock(work: Path) -> Iterator[None]:
     """One attempt per workdir: a killed sweep's orphaned task may still be running there."""
     work.parent.mkdir(parents=True, exist_ok=True)
@@ -530,8 +557,10 @@ def execute_run(
     profile: str,
     home: str | None,
     threads: int,
+    path_cache_url: str = "",
 ) -> dict[str, Any]:
-    """One run, as a Ray task: its own workdir and embedded Redis, `threads` torch threads."""
+    """One run, as a Ray task: its own workdir and embedded Redis, `threads` torch threads;
+    the LLM's paths go through the sweep's path cache at `path_cache_url` ("": none)."""
     import torch
 
     from lada.logs import configure_logging
@@ -547,7 +576,7 @@ def execute_run(
         started = time.monotonic()
         redis = start_embedded(work / "redis" / "run.rdb")
         try:
-            metrics = run_combination(config, work, redis, paths)
+            metrics = run_combination(config, work, redis, paths, path_cache_url)
         finally:
             stop_run_redis(redis)
     plain = json.loads(json.dumps(metrics, default=str))  # what a resumed sweep reads back
@@ -625,7 +654,13 @@ def fan_out(
             while pending and len(inflight) < limit:
                 spec = pending.pop(0)
                 workdir = str(out / "runs" / spec.config.run_id)
-                args = (models, options["profile"], options["home"], max(1, int(cpus)))
+                args = (
+                    models,
+                    options["profile"],
+                    options["home"],
+                    max(1, int(cpus)),
+                    options["path_cache_url"],
+                )
                 inflight[task.remote(spec.config, workdir, *args)] = spec
             [ready], _ = ray.wait(list(inflight), num_returns=1)
             spec = inflight.pop(ready)
@@ -742,8 +777,12 @@ def run_sweep(
     failed = 0
     if todo:  # a fully resumed sweep needs no Ray at all
         home = None if options["address"] else str(lada_home())
-        with ray_session(options["address"], options["workers"], options["cpus_per_run"]):
-            failed = execute(todo, out, models, {**options, "home": home}, finished)
+        with (
+            sweep_path_cache(out, options["path_cache"], options["address"]) as cache_url,
+            ray_session(options["address"], options["workers"], options["cpus_per_run"]),
+        ):
+            run_options = {**options, "home": home, "path_cache_url": cache_url}
+            failed = execute(todo, out, models, run_options, finished)
     rows = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
     runs = first_local_only(rows)
     resumed = len(specs) - len(todo)
@@ -762,6 +801,7 @@ def run_experiment(
     workers: int | None = None,
     cpus_per_run: float = 1.0,
     overrides: tuple[str, ...] = (),
+    path_cache: str = "auto",
 ) -> int:
     """The sweep behind `lada experiment run`; writes results.json and results.md.
 
@@ -787,7 +827,7 @@ def run_experiment(
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)
-    options = {"profile": profile, "address": address, "workers": workers}
+    options = {"profile": profile, "address": address, "workers": workers, "path_cache": path_cache}
     outcome = run_sweep(base, grid, out, {**options, "cpus_per_run": cpus_per_run})
     (out / "results.json").write_text(json.dumps(outcome.runs, indent=2, default=str))
     rows = summarise(outcome.runs)

@@ -212,11 +212,14 @@ def _agent_steps(agent: Agent, round_number: int) -> dict[str, float]:
     return {f"agent: {step}": seconds for step, seconds in outcome.seconds.items()}
 
 
-def build_llm(model: Path, public_pool: str, state_dir: Path) -> LLMCore:
-    """The LLM service's core on the transformers backend (vLLM is for the cluster)."""
+def build_llm(model: Path, public_pool: str, state_dir: Path, path_cache_url: str = "") -> LLMCore:
+    """The LLM service's core on the transformers backend (vLLM is for the cluster);
+    `path_cache_url`: a Redis its generated paths are shared through ("": this run only)."""
     from llm_service.main import build_core
 
-    config = LLMServiceConfig(model=str(model), backend="transformers", public_pool=public_pool)
+    config = LLMServiceConfig(
+        model=str(model), backend="transformers", public_pool=public_pool, redis_url=path_cache_url
+    )
     return build_core(config, LLMServiceExtras(state_dir=str(state_dir)))
 
 
@@ -262,21 +265,33 @@ def core_answers(llm: LLMCore) -> Callable[[list[str], str], list[str]]:
     return answers
 
 
+def path_cache_counts(llm: LLMCore) -> dict[str, int]:
+    """How the LLM's generations were served: from the shared cache, or generated."""
+    shared = llm.shared
+    return {
+        "shared_hits": shared.hits if shared else 0,
+        "shared_misses": shared.misses if shared else 0,
+        "generate_calls": llm.generate_calls,
+    }
+
+
 def simulate(
     config: ClusterConfig,
     workdir: Path,
     redis: RedisHandle,
     models: dict[str, Path],
     times: PhaseTimes | None = None,
+    path_cache_url: str = "",
 ) -> dict[str, Any]:
     """Run a whole federation in this process; returns the run's metrics, with the wall
-    seconds of each phase under `phase_seconds` (summed into `times` when given)."""
+    seconds of each phase under `phase_seconds` (summed into `times` when given).
+    `path_cache_url`: a Redis the LLM shares generated paths through, beyond this run."""
     from lada.tasks import load_dataset
 
     times = times or PhaseTimes()
     started = time.monotonic()
     with times.phase("set up (data, models)"):
-        run, tests = _set_up(config, workdir, redis, models, times)
+        run, tests = _set_up(config, workdir, redis, models, times, path_cache_url)
     try:
         run_rounds(run, config.rounds, times)
         with times.phase("LLM evaluation"):
@@ -284,6 +299,7 @@ def simulate(
             versions = [BASE_VERSION, run.llm.serving_version]
             accuracy = llm_accuracy_of(core_answers(run.llm), versions, problems)
         metrics = run_metrics(config, run.store, "simulation", started, accuracy)
+        metrics["llm_path_cache"] = path_cache_counts(run.llm)
     finally:
         run.llm.close()
     metrics["phase_seconds"] = times.rounded()
@@ -296,6 +312,7 @@ def _set_up(
     redis: RedisHandle,
     models: dict[str, Path],
     times: PhaseTimes,
+    path_cache_url: str,
 ) -> tuple[SimulatedRun, list[str]]:
     """The federation's data, allocator, LLM and agents; and its test sets' specs."""
     from lada.cluster import carve_data
@@ -310,7 +327,7 @@ def _set_up(
         load_dataset(data.public),
         AllocatorSettings(lost_after_missed_heartbeats=0),  # in-process agents never heartbeat
     )
-    llm = build_llm(models[config.llm_model], data.public, workdir / "llm")
+    llm = build_llm(models[config.llm_model], data.public, workdir / "llm", path_cache_url)
     agents = {
         agent.name: build_agent(
             agent,

@@ -28,6 +28,7 @@ from lada.experiment import (
     run_experiment,
     run_sweep,
     summarise,
+    sweep_path_cache,
 )
 from lada.zoo import ZooManifest
 from tests.procs import REPO_ROOT
@@ -54,7 +55,13 @@ MICRO_SWEEP = {
         "lada": {"num_clusters": 4},
     }
 }
-OPTIONS: dict[str, Any] = {"profile": "micro", "address": None, "workers": 2, "cpus_per_run": 1.0}
+OPTIONS: dict[str, Any] = {
+    "profile": "micro",
+    "address": None,
+    "workers": 2,
+    "cpus_per_run": 1.0,
+    "path_cache": "auto",
+}
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +183,36 @@ def test_a_rerun_resumes_every_finished_run_and_writes_the_same_results(
     outcome = resweep(sweep_base(sweep), sweep, ["lada", "random"], 2)
     assert (outcome.executed, outcome.resumed, outcome.failed) == (0, 4, 0)
     assert outcome.runs == json.loads(before["results.json"])
+
+
+def test_a_later_run_of_a_seed_takes_the_base_llms_answers_from_the_sweeps_path_cache(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """The module's sweep left its paths in OUT's path cache; a `full` run of seed 0 reads
+    the base LLM's answers to the 15 test problems (5 domains x 3) from it, and scores the
+    base LLM exactly as the seed's earlier runs did."""
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    shutil.copytree(sweep / "path-cache", tmp_path / "path-cache")
+    outcome = resweep(sweep_base(sweep), tmp_path, ["full"], 1)
+    assert (outcome.executed, outcome.failed) == (1, 0)
+    full = next(r for r in outcome.runs if r["method"] == "full+sft")
+    assert full["llm_path_cache"]["shared_hits"] >= 15
+    earlier = json.loads((sweep / "results.json").read_text())
+    for run in (r for r in earlier if r["seed"] == 0 and r.get("policy")):
+        assert run["llm_accuracy_by_domain"]["base"] == full["llm_accuracy_by_domain"]["base"]
+
+
+def test_the_sweeps_path_cache_is_off_with_a_remote_ray_unless_given_a_url(tmp_path: Path) -> None:
+    with sweep_path_cache(tmp_path, "auto", "ray://head:10001") as url:
+        assert url == ""  # the nodes cannot reach an embedded Redis on this machine
+    with sweep_path_cache(tmp_path, "redis://cache:6379/3", "ray://head:10001") as url:
+        assert url == "redis://cache:6379/3"
+    with sweep_path_cache(tmp_path, "off", None) as url:
+        assert url == ""
+    assert not (tmp_path / "path-cache").exists()
+    with sweep_path_cache(tmp_path, "auto", None) as url:
+        assert url.startswith("unix://")
+    assert (tmp_path / "path-cache").is_dir()  # kept, so a rerun reuses the paths
 
 
 def test_a_changed_setting_reruns_and_a_subset_of_the_grid_resumes(
