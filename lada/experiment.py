@@ -25,7 +25,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ ADDRESS = re.compile(r"(ray://)?(?P<host>[A-Za-z0-9_.\-]+):(?P<port>\d+)")
 AUTH_HINT = "a cluster with token auth also needs RAY_AUTH_MODE=token and its token"
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # results are small JSON; Ray's default takes 30% of RAM
 SWEEP_PATH_CACHE_DB = Path("path-cache") / "paths.rdb"  # under OUT: a rerun reuses its paths
+SCORES_CACHE_DIR = "scores-cache"  # under OUT: starting models' test scores, per model and set
 
 DOMAIN_CYCLE = ("purchases", "rates", "percentages", "comparisons")
 LOCAL_ONLY_POLICIES = ("random", "full")  # runs that also evaluate the starting models
@@ -148,8 +149,10 @@ def run_combination(
     redis: Any,
     models: dict[str, Path],
     path_cache_url: str = "",
+    scores_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """One combination: simulate it, then evaluate every agent on the held-out tests."""
+    """One combination: simulate it, then evaluate every agent on the held-out tests; the
+    starting models' scores are remembered in `scores_cache` (a directory) when given."""
     from lada.cluster import write_jsonl
     from lada.simulation import simulate
     from lada.tasks import load_dataset
@@ -170,10 +173,37 @@ def run_combination(
     if config.policy in LOCAL_ONLY_POLICIES:  # rows deduplicated per scenario and seed
         with times.phase("starting models' evaluation"):
             metrics["local_only"] = evaluate_agents(
-                config.agents, workdir, models, test_spec, trained=False
+                config.agents,
+                workdir,
+                models,
+                test_spec,
+                trained=False,
+                accuracy=remembered_accuracy(scores_cache) if scores_cache else None,
             )
     metrics["phase_seconds"] = times.rounded()
     return metrics
+
+
+def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, float]]:
+    """`accuracy_on`, remembered in `cache_dir` per (model files, test set file): a starting
+    model's greedy scores on a seed's test set are the same in every run of that seed."""
+    from lada.report import accuracy_on
+    from llm_service.cache import model_digest
+
+    def accuracy(model: Path, spec: str) -> dict[str, float]:
+        tests = hashlib.sha256(Path(spec.removeprefix("jsonl:")).read_bytes()).hexdigest()
+        key = hashlib.sha256(f"{model_digest(model)}|{tests}|{RESULT_FORMAT}".encode())
+        path = cache_dir / f"{key.hexdigest()[:32]}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        scores = accuracy_on(model, spec)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")  # parallel runs may write it too
+        partial.write_text(json.dumps(scores))
+        os.replace(partial, path)
+        return scores
+
+    return accuracy
 
 
 def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -558,9 +588,11 @@ def execute_run(
     home: str | None,
     threads: int,
     path_cache_url: str = "",
+    scores_cache: str = "",
 ) -> dict[str, Any]:
     """One run, as a Ray task: its own workdir and embedded Redis, `threads` torch threads;
-    the LLM's paths go through the sweep's path cache at `path_cache_url` ("": none)."""
+    the LLM's paths go through the sweep's path cache at `path_cache_url` ("": none), the
+    starting models' scores through the directory `scores_cache` ("": none)."""
     import torch
 
     from lada.logs import configure_logging
@@ -576,7 +608,8 @@ def execute_run(
         started = time.monotonic()
         redis = start_embedded(work / "redis" / "run.rdb")
         try:
-            metrics = run_combination(config, work, redis, paths, path_cache_url)
+            cache = Path(scores_cache) if scores_cache else None
+            metrics = run_combination(config, work, redis, paths, path_cache_url, cache)
         finally:
             stop_run_redis(redis)
     plain = json.loads(json.dumps(metrics, default=str))  # what a resumed sweep reads back
@@ -660,6 +693,7 @@ def fan_out(
                     options["home"],
                     max(1, int(cpus)),
                     options["path_cache_url"],
+                    str(out / SCORES_CACHE_DIR),
                 )
                 inflight[task.remote(spec.config, workdir, *args)] = spec
             [ready], _ = ray.wait(list(inflight), num_returns=1)

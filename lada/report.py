@@ -164,12 +164,15 @@ def evaluate_agents(
     models: dict[str, Path],
     test_spec: str,
     trained: bool,
+    accuracy: Callable[[Path, str], dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each agent's accuracy (own domain and all); `trained=False`: its starting model."""
+    """Each agent's accuracy (own domain and all); `trained=False`: its starting model.
+    `accuracy` scores a model on a test set (default `accuracy_on`)."""
+    accuracy = accuracy or accuracy_on
     results = {}
     for agent in agents:
         model_dir = final_model_dir(workdir / "agents" / agent.name) if trained else None
-        scores = accuracy_on(model_dir or models[agent.model], test_spec)
+        scores = accuracy(model_dir or models[agent.model], test_spec)
         home = agent.domains[0]
         results[agent.name] = {
             "own": scores.get(home, 0.0),

@@ -202,6 +202,27 @@ def test_a_later_run_of_a_seed_takes_the_base_llms_answers_from_the_sweeps_path_
         assert run["llm_accuracy_by_domain"]["base"] == full["llm_accuracy_by_domain"]["base"]
 
 
+def test_a_later_run_of_a_seed_reads_the_starting_models_scores_from_the_sweeps_cache(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """`random` and `full` both measure the starting models (local-only); the second to run
+    for a seed reads their scores from OUT's scores cache and writes nothing there."""
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    shutil.copytree(sweep / "scores-cache", tmp_path / "scores-cache")
+
+    def written() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "scores-cache").iterdir()}
+
+    remembered = written()
+    assert remembered  # the module's random runs wrote them
+    outcome = resweep(sweep_base(sweep), tmp_path, ["full"], 1)
+    assert (outcome.executed, outcome.failed) == (1, 0)
+    assert written() == remembered  # read, not scored and written again
+    (random_seed0,) = (sweep / "done").glob("S1-random-sft-s0-*.json")
+    full = next(r for r in outcome.runs if r["method"] == "full+sft")
+    assert full["local_only"] == json.loads(random_seed0.read_text())["local_only"]
+
+
 def test_the_sweeps_path_cache_is_off_with_a_remote_ray_unless_given_a_url(tmp_path: Path) -> None:
     with sweep_path_cache(tmp_path, "auto", "ray://head:10001") as url:
         assert url == ""  # the nodes cannot reach an embedded Redis on this machine
