@@ -23,7 +23,7 @@ MAX_CONNECTIONS = 100  # per process, redis-py's default cap
 
 def reply_parser() -> str:
     """Which parser redis-py decodes replies with: "hiredis" (C) or "python" (its fallback,
-    about 0.9x of an allocator RPC's CPU slower: docs/bench/load.md)."""
+    which costs the allocator about 1.15x the CPU per RPC: docs/bench/load.md)."""
     from redis.utils import HIREDIS_AVAILABLE
 
     return "hiredis" if HIREDIS_AVAILABLE else "python"
