@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from lada.config import ConfigError, TrainerSettings
 from lada.modeling import (
-    completion_logprobs,
+    batched_completion_logprobs,
     encode_pair,
     generate,
     load_causal_lm,
@@ -35,6 +35,8 @@ log = logging.getLogger("lada.agent.trainer")
 
 WEIGHTS_DIR = "model"
 ADAPTER_DIR = "adapter"
+# tokenized (prompt, completion) pairs a scorer keeps: a round of `full` scores about 3,000
+ENCODED_CACHE_ENTRIES = 20_000
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ModelScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        # (prompt, completion) -> token ids: a round scores the same texts once per epoch
+        self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
 
     def token_logprobs(
         self, prompts: Sequence[str], completions: Sequence[str], end: bool = False
@@ -61,22 +65,23 @@ class ModelScorer:
 
         `end`: score EOS after each completion too (training targets: the zoo trained every
         model to stop after `#### N`; path scores `nlp` never include it)."""
-        pairs = [
-            encode_pair(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)
-        ]
+        pairs = [self._encode(p, c) for p, c in zip(prompts, completions, strict=True)]
         eos = self.tokenizer.eos_token_id
         if end and eos is not None:
             pairs = [(a, b + [eos]) if b else (a, b) for a, b in pairs]
-        out: list[Tensor] = [torch.zeros(0) for _ in pairs]
-        live = [i for i, (_, c) in enumerate(pairs) if c]
-        for start in range(0, len(live), self.batch_size):
-            chunk = live[start : start + self.batch_size]
-            scored = completion_logprobs(
-                self.model, [pairs[i] for i in chunk], self.tokenizer.pad_token_id
-            )
-            for i, values in zip(chunk, scored, strict=True):
-                out[i] = values
-        return out
+        return batched_completion_logprobs(
+            self.model, pairs, self.tokenizer.pad_token_id, self.batch_size
+        )
+
+    def _encode(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+        """encode_pair, remembered (up to ENCODED_CACHE_ENTRIES pairs, then started afresh)."""
+        key = (prompt, completion)
+        pair = self._encoded.get(key)
+        if pair is None:
+            if len(self._encoded) >= ENCODED_CACHE_ENTRIES:
+                self._encoded.clear()
+            pair = self._encoded[key] = encode_pair(self.tokenizer, prompt, completion)
+        return pair
 
     def normalized_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """nlp_S per path: joint log-prob over the path's own token count (0 when empty)."""

@@ -57,6 +57,38 @@ def margin(trainer: LocalTrainer, path_set: PathSet) -> float:
     return right - wrong
 
 
+def test_a_repeated_path_is_scored_once_and_its_gradient_counts_per_occurrence(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-rates", "contrastive", private_rates)
+    short, long = sorted(private_rates[:2], key=lambda p: len(p.reference))
+    prompts = [format_prompt(p.question) for p in (long, short, long)]
+    completions = [" " + p.reference for p in (long, short, long)]
+    scored_rows: list[int] = []
+    hook = trainer.model.register_forward_hook(
+        lambda _m, _a, kwargs, _o: scored_rows.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    rows = trainer.scorer.token_logprobs(prompts, completions)
+    hook.remove()
+    assert rows[0] is rows[2]  # the repeated pair shares one row
+    assert sum(scored_rows) == 2
+    alone = [
+        trainer.scorer.token_logprobs([p], [c])[0]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+    for batched, single in zip(rows, alone, strict=True):
+        assert batched.detach().numpy() == pytest.approx(single.detach().numpy(), abs=1e-5)
+
+    trainer.model.zero_grad()
+    torch.stack([r.sum() for r in rows]).sum().backward()
+    together = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.model.zero_grad()
+    (2 * alone[0].sum() + alone[1].sum()).backward()
+    for got, want in zip(together, trainer.model.parameters(), strict=True):
+        assert got.numpy() == pytest.approx(want.grad.numpy(), abs=1e-5)
+
+
 @pytest.mark.parametrize("name", ["slm-rates", "slm-purchases"])
 def test_differentiable_scores_equal_the_reported_scores(
     micro_zoo: ZooManifest, private_rates: list[Problem], name: str

@@ -14,6 +14,8 @@ import torch
 
 from lada.modeling import (
     ModelDirError,
+    batched_completion_logprobs,
+    completion_logprobs,
     encode_pair,
     generate,
     load_causal_lm,
@@ -51,6 +53,27 @@ def test_zoo_models_load_generate_and_score(micro_zoo: ZooManifest) -> None:
         assert scored.token_count == len(encode_pair(tok, prompt, target)[1]) > 0
         assert math.isfinite(scored.joint) and scored.joint < 0
         assert scored.normalized == pytest.approx(scored.joint / scored.token_count)
+
+
+def test_paths_sharing_a_prompt_score_as_they_do_one_at_a_time(micro_zoo: ZooManifest) -> None:
+    """Several paths per prompt run the prompt once (its keys and values repeated), and
+    prompts of different lengths are left padded: the log-probs must not notice, on every
+    architecture of the zoo, for one-token paths and for prompts asked only once."""
+    problems = load_dataset("synthetic:domains=all,n=3,seed=4")
+    for path in [micro_zoo.llm, *micro_zoo.slms.values()]:
+        model, tok = load_causal_lm(path)
+        pairs = [
+            encode_pair(tok, format_prompt(p.question), text)
+            for p in problems
+            for text in (format_target(p.reference), " 7", format_target(p.reference)[:20])
+        ]
+        pairs.append(encode_pair(tok, "Q: one path only.", " 12 #### 12"))
+        with torch.no_grad():
+            together = batched_completion_logprobs(model, pairs, tok.pad_token_id, 4)
+            alone = [completion_logprobs(model, [pair], tok.pad_token_id)[0] for pair in pairs]
+        assert [len(t) for t in together] == [len(c) for _, c in pairs]
+        for got, want in zip(together, alone, strict=True):
+            assert got.numpy() == pytest.approx(want.numpy(), abs=1e-4)
 
 
 def test_rebuild_hits_cache_and_manifest_roundtrips(micro_zoo: ZooManifest) -> None:
