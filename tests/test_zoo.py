@@ -65,13 +65,14 @@ def test_paths_sharing_a_prompt_score_as_they_do_one_at_a_time(micro_zoo: ZooMan
         pairs = [
             encode_pair(tok, format_prompt(p.question), text)
             for p in problems
-            for text in (format_target(p.reference), " 7", format_target(p.reference)[:20])
+            for text in (format_target(p.reference), "7", format_target(p.reference)[:20])
         ]
         pairs.append(encode_pair(tok, "Q: one path only.", " 12 #### 12"))
         with torch.no_grad():
             together = batched_completion_logprobs(model, pairs, tok.pad_token_id, 4)
             alone = [completion_logprobs(model, [pair], tok.pad_token_id)[0] for pair in pairs]
         assert [len(t) for t in together] == [len(c) for _, c in pairs]
+        assert any(len(c) == 1 for _, c in pairs)  # "7": a path of one token
         for got, want in zip(together, alone, strict=True):
             assert got.numpy() == pytest.approx(want.numpy(), abs=1e-4)
 
