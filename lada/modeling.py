@@ -227,13 +227,13 @@ def batched_completion_logprobs(
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for index, (prompt, _) in enumerate(distinct):
         by_prompt.setdefault(tuple(prompt), []).append(index)
-    scored: list[torch.Tensor] = [torch.zeros(0)] * len(distinct)
+    scored: dict[int, torch.Tensor] = {}  # distinct index -> its log-probs
     alone = [group[0] for group in by_prompt.values() if len(group) == 1]
     alone.sort(key=lambda i: -sum(map(len, distinct[i])))
     for start in range(0, len(alone), batch_size):
         chunk = alone[start : start + batch_size]
         values = completion_logprobs(model, [distinct[i] for i in chunk], pad_id)
-        _scored_into(scored, chunk, values)
+        scored.update(zip(chunk, values, strict=True))
     groups = [group for group in by_prompt.values() if len(group) > 1]
     groups.sort(key=lambda group: -len(distinct[group[0]][0]))
     for chunk in _whole_groups(groups, batch_size):
@@ -243,15 +243,8 @@ def batched_completion_logprobs(
             [[distinct[i][1] for i in group] for group in chunk],
             pad_id,
         )
-        _scored_into(scored, [i for group in chunk for i in group], values)
+        scored.update(zip((i for group in chunk for i in group), values, strict=True))
     return [scored[row] if row >= 0 else torch.zeros(0) for row in rows]
-
-
-def _scored_into(
-    scored: list[torch.Tensor], indices: list[int], values: list[torch.Tensor]
-) -> None:
-    for index, value in zip(indices, values, strict=True):
-        scored[index] = value
 
 
 def _distinct_pairs(
