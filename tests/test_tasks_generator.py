@@ -65,3 +65,16 @@ def test_client_only_domain_is_outside_all() -> None:
         first = p.reference.splitlines()[0]
         factor = first.split("=")[0].split("*")[1]
         assert factor in ("12", "2", "7") and f"*{factor}" not in p.question
+
+
+def test_comparisons_end_by_combining_the_last_person_with_the_first() -> None:
+    """The final line adds or subtracts the first person's count (the question's first
+    number) and the chain's end: no lookup of an unnamed middle value (docs/zoo.md)."""
+    problems = generate_problems(120, seed=9, domains=("comparisons",), steps=(2, 6))
+    for p in problems:
+        lines = [line.split("=") for line in p.reference.splitlines()[:-1]]
+        first = re.search(r"\d+", p.question)[0]
+        chain_end = lines[-2][1]
+        operands = re.split(r"[+-]", lines[-1][0])
+        assert sorted(operands) == sorted([first, chain_end]), p.question
+    assert {p.difficulty for p in problems} == set(range(2, 7))
