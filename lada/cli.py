@@ -289,6 +289,11 @@ def agent_group() -> None:
 @_server_options(0)
 @_config_option
 @click.option("--allocator", default=None, help="Allocator host:port.")
+@click.option(
+    "--allocator-watch",
+    default=None,
+    help="Allocator host:port to follow WatchRounds on (default: --allocator).",
+)
 @click.option("--llm", default=None, help="LLM service host:port.")
 @click.option("--model", default=None, help="The agent's model directory.")
 @click.option("--private-data", default=None, help="Dataset spec of the private data.")
@@ -879,12 +884,18 @@ def experiment_choices(results: tuple[str, ...]) -> None:
     help="load: the replicas serve RPCs only (role rpc) and one more process drives the "
     "rounds (role driver).",
 )
+@click.option(
+    "--watch-process/--no-watch-process",
+    "watch_process",
+    default=None,
+    help="load: the agents follow WatchRounds on one more RPC process with its own port.",
+)
 def bench(what: str, out_dir: str, quick: bool, **load_options: Any) -> None:
     """Benchmarks: allocator speed, LLM throughput, load with simulated agents.
 
     `lada bench load` alone runs the standard scenarios (200 and 1,000 agents); any of
     --agents/--rounds/--workers/--heartbeat-interval/--train-s/--fetch-spread-s/
-    --allocator-processes/--driver-process runs one custom scenario.
+    --allocator-processes/--driver-process/--watch-process runs one custom scenario.
     """
     from lada.bench import run_bench
 

@@ -295,6 +295,9 @@ class LLMServiceConfig:
 class AgentConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0))
     allocator: str = f"127.0.0.1:{DEFAULT_ALLOCATOR_PORT}"
+    # where to follow WatchRounds: an allocator RPC process kept for the round-event streams,
+    # so no unary call waits behind an event written to every agent; empty: `allocator`
+    allocator_watch: str = ""
     llm: str = f"127.0.0.1:{DEFAULT_LLM_PORT}"
     model: str = ""
     private_data: str = ""

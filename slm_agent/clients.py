@@ -111,8 +111,17 @@ def wait_ready(channel: grpc.Channel, what: str, target: str, deadline_s: float)
 class GrpcAllocator:
     """AllocatorPort over the lada.v1.Allocator service."""
 
-    def __init__(self, channel: grpc.Channel, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        timeout_s: float = 30.0,
+        watch_channel: grpc.Channel | None = None,
+    ) -> None:
+        """`watch_channel`: WatchRounds goes there (a process kept for event streams)."""
         self.stub = allocator_pb2_grpc.AllocatorStub(channel)
+        self.watch_stub = (
+            allocator_pb2_grpc.AllocatorStub(watch_channel) if watch_channel else self.stub
+        )
         self.timeout_s = timeout_s
         self.agent_id = ""
         self._token = ""
@@ -150,7 +159,7 @@ class GrpcAllocator:
         request = allocator_pb2.WatchRoundsRequest(
             agent_id=self.agent_id, from_round=from_round, phases=phase_values(phases)
         )
-        self._watch = self.stub.WatchRounds(request, metadata=self._auth())
+        self._watch = self.watch_stub.WatchRounds(request, metadata=self._auth())
         try:
             for event in self._watch:
                 yield RoundEventView(

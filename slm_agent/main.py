@@ -180,6 +180,11 @@ def _run_agent(
     allocator_channel = audited_channel(
         config.allocator, audit, current_round, credentials, options=options
     )
+    watch_channel = (
+        audited_channel(config.allocator_watch, audit, current_round, credentials, options=options)
+        if config.allocator_watch
+        else None
+    )
     llm_channel = audited_channel(config.llm, audit, current_round, credentials, options=options)
     try:
         status.update(activity="loading model")
@@ -201,12 +206,15 @@ def _run_agent(
         )
         status.update(activity="connecting")
         wait_ready(allocator_channel, "allocator", config.allocator, config.connect_deadline_s)
+        if watch_channel is not None:
+            deadline = config.connect_deadline_s
+            wait_ready(watch_channel, "allocator (watch)", config.allocator_watch, deadline)
         wait_ready(llm_channel, "LLM service", config.llm, config.connect_deadline_s)
         plan = agent_plan(config, settings, inputs, trainer)
         agent = Agent(
             plan,
             trainer,
-            GrpcAllocator(allocator_channel, settings.rpc_timeout_s),
+            GrpcAllocator(allocator_channel, settings.rpc_timeout_s, watch_channel),
             GrpcLLM(llm_channel, settings.llm_timeout_s),
             store,
             status,
@@ -226,6 +234,8 @@ def _run_agent(
         return EXIT_REFUSED
     finally:
         allocator_channel.close()
+        if watch_channel is not None:
+            watch_channel.close()
         llm_channel.close()
 
 

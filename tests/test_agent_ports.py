@@ -20,6 +20,7 @@ from slm_agent.ports import (
     Unreachable,
     with_retries,
 )
+from tests.fixtures_allocator import register_agents
 
 
 def test_transient_failures_are_retried_until_the_call_succeeds() -> None:
@@ -122,3 +123,25 @@ def test_status_codes_become_transport_free_errors(
     error = on_round.value
     assert isinstance(error, ServiceError)
     assert (error.code, error.details) == (code.name, "round: no round 9")
+
+
+def test_round_events_come_from_the_watch_address_and_unary_calls_from_the_allocator(
+    refusing_allocator: RefusingAllocator, allocator_deployment, test_pool_fingerprint: str
+) -> None:
+    """`allocator_watch`: the main address here refuses every call and serves no
+    WatchRounds at all, so the events can only have come from the watch address."""
+    deployment = allocator_deployment(rounds=1, min_agents=1)
+    address = deployment.replicas[0].address
+    (agent,) = register_agents(address, test_pool_fingerprint, 1, capacity=8)
+    refusing_allocator.code = grpc.StatusCode.UNAUTHENTICATED
+    with (
+        grpc.insecure_channel(refusing_allocator.address) as main,
+        grpc.insecure_channel(address) as watch,
+    ):
+        allocator = GrpcAllocator(main, timeout_s=5, watch_channel=watch)
+        allocator.use_identity(agent.agent_id, agent.token)
+        with pytest.raises(Refused):
+            allocator.heartbeat()
+        first = next(allocator.watch_rounds(1))
+        allocator.stop_watching()
+    assert (first.round, first.phase) == (1, "ALLOCATED")

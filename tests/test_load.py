@@ -53,3 +53,16 @@ def test_rpc_processes_beside_a_driver_process_run_every_round_and_store_every_s
     assert summary["errors"] == {}
     assert summary["exactly_once"] == {"missing": 0, "extra": 0, "altered": 0}
     assert summary["agent_rounds_reported"] == plan.agents * plan.rounds
+
+
+def test_agents_watching_rounds_on_their_own_process_work_every_round_exactly_once(
+    redis_handle,
+) -> None:
+    (quick,) = scenarios(quick=True)
+    plan = replace(quick, driver_process=True, watch_process=True)  # rpc + watch + driver
+    summary = run_load(plan, redis_url=os.environ["REDIS_URL"])
+    assert summary["allocator"]["watch_rounds"] == "in its own process"
+    assert summary["errors"] == {}
+    assert summary["exactly_once"] == {"missing": 0, "extra": 0, "altered": 0}
+    assert summary["agent_rounds_reported"] == plan.agents * plan.rounds
+    assert summary["rpcs"]["WatchRounds (event lag)"]["calls"] >= plan.agents * plan.rounds

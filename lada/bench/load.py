@@ -70,6 +70,9 @@ class LoadPlan:
     capacity: int = 16
     allocator_processes: int = 1  # replicas on one port (server.share_port), one Redis
     driver_process: bool = False  # True: the replicas serve RPCs only, one more drives rounds
+    # True: WatchRounds goes to one more RPC process on its own port, so no unary call waits
+    # behind a round event being written to every watcher (docs/bench/load.md)
+    watch_process: bool = False
     round_deadline_s: float = 120.0
     rpc_timeout_s: float = 30.0
 
@@ -90,6 +93,7 @@ class WorkerSpec:
     fingerprint: str
     indices: list[int]
     plan: LoadPlan
+    watch_address: str = ""  # empty: WatchRounds on `address`
 
 
 @dataclass
@@ -242,8 +246,17 @@ async def _agent(index: int, spec: WorkerSpec, rec: _Recorder) -> None:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
-    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
+    async with contextlib.AsyncExitStack() as channels:
+        channel = await channels.enter_async_context(
+            grpc.aio.insecure_channel(spec.address, options=options)
+        )
         stub = allocator_pb2_grpc.AllocatorStub(channel)
+        watcher = stub
+        if spec.watch_address:
+            watch_channel = await channels.enter_async_context(
+                grpc.aio.insecure_channel(spec.watch_address, options=options)
+            )
+            watcher = allocator_pb2_grpc.AllocatorStub(watch_channel)
         register = allocator_pb2.RegisterAgentRequest(
             name=f"load-{index:05d}",
             model_description="simulated",
@@ -259,13 +272,16 @@ async def _agent(index: int, spec: WorkerSpec, rec: _Recorder) -> None:
         metadata = (("authorization", f"Bearer {registered.token}"),)
         beating = asyncio.create_task(_heartbeats(stub, agent_id, metadata, plan, rec, rng))
         try:
-            await _follow_rounds(stub, agent_id, metadata, registered.first_round, spec, rec, rng)
+            await _follow_rounds(
+                stub, watcher, agent_id, metadata, registered.first_round, spec, rec, rng
+            )
         finally:
             beating.cancel()
 
 
 async def _follow_rounds(
     stub: allocator_pb2_grpc.AllocatorStub,
+    watcher: allocator_pb2_grpc.AllocatorStub,
     agent_id: str,
     metadata: tuple[tuple[str, str], ...],
     first_round: int,
@@ -278,7 +294,7 @@ async def _follow_rounds(
     done: set[int] = set()
     for _attempt in range(RETRIES + 1):
         from_round = max([first_round, *(r + 1 for r in done)])
-        watch = stub.WatchRounds(
+        watch = watcher.WatchRounds(
             allocator_pb2.WatchRoundsRequest(
                 agent_id=agent_id, from_round=from_round, phases=phase_values(WATCHED_PHASES)
             ),
@@ -370,9 +386,11 @@ def worker_main(spec: WorkerSpec) -> WorkerResult:
 # ---- the allocator process -------------------------------------------------------------------
 def start_allocator(
     workdir: Path, redis_url: str, run_id: str, plan: LoadPlan
-) -> tuple[list[subprocess.Popen[bytes]], str]:
+) -> tuple[list[subprocess.Popen[bytes]], str, str]:
     """`plan.allocator_processes` x `lada allocator serve` on one port, open enrollment,
-    waiting for every agent.
+    waiting for every agent; (processes, address, WatchRounds address).
+
+    The processes are in order: the RPC replicas, the WatchRounds process, the round driver.
 
     With `server_mode: threaded` WatchRounds holds a server thread per subscriber, so the pool
     gets one thread per agent plus headroom for the unary calls (aio needs no pool).
@@ -411,14 +429,23 @@ def start_allocator(
         _allocator_process(workdir, config, [*role, "--port", str(port)], i)
         for i in range(plan.allocator_processes)
     ]
+    address = watch_address = f"127.0.0.1:{port}"
+    if plan.watch_process:  # serves the unary RPCs too; the agents only watch there
+        watch_port = free_port()
+        watch_address = f"127.0.0.1:{watch_port}"
+        watch_args = ["--role", "rpc", "--port", str(watch_port)]
+        procs.append(_allocator_process(workdir, config, watch_args, len(procs)))
     if plan.driver_process:
         driver_args = ["--role", "driver", "--port", str(free_port())]
         procs.append(_allocator_process(workdir, config, driver_args, len(procs)))
-    address = f"127.0.0.1:{port}"
     for _ in range(600):
-        if all(p.poll() is None for p in procs) and check(address, timeout=1.0):
+        if (
+            all(p.poll() is None for p in procs)
+            and check(address, timeout=1.0)
+            and check(watch_address, timeout=1.0)
+        ):
             time.sleep(1.0 if len(procs) > 1 else 0.0)  # every replica bound, not just one
-            return procs, address
+            return procs, address, watch_address
         if any(p.poll() is not None for p in procs):
             break
         time.sleep(0.2)
@@ -491,19 +518,28 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
         workdir = Path(os.environ.get("LADA_LOAD_WORKDIR") or tmp)
         handle = connect(redis_url) if redis_url else start_embedded(workdir / "load.rdb")
         run_id = f"load-{os.getpid()}-{int(time.time())}"
-        procs, address = start_allocator(workdir, handle.url, run_id, plan)
+        procs, address, watch_address = start_allocator(workdir, handle.url, run_id, plan)
         server_mode = allocator_server_mode(workdir)
         workers = max(1, min(plan.workers, plan.agents))
         specs = [
-            WorkerSpec(address, run_id, fingerprint, list(range(w, plan.agents, workers)), plan)
+            WorkerSpec(
+                address,
+                run_id,
+                fingerprint,
+                list(range(w, plan.agents, workers)),
+                plan,
+                watch_address if plan.watch_process else "",
+            )
             for w in range(workers)
         ]
         try:
             allocator_ps = [psutil.Process(p.pid) for p in procs]
             load_before = os.getloadavg()
             machine0 = psutil.cpu_times()
-            # the RPC processes come first, the driver process (if any) last
+            # the RPC processes come first, then the watch and driver processes (if any)
             rpc_ps = allocator_ps[: plan.allocator_processes]
+            watch_ps = allocator_ps[plan.allocator_processes :][: int(plan.watch_process)]
+            watch0 = _processes_cpu_s(watch_ps)
             alloc0, redis0 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
             rpc0 = _processes_cpu_s(rpc_ps)
             started = time.perf_counter()
@@ -512,6 +548,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             wall = time.perf_counter() - started
             alloc1, redis1 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
             rpc1 = _processes_cpu_s(rpc_ps)
+            watch1 = _processes_cpu_s(watch_ps)
             machine1 = psutil.cpu_times()
             load_after = os.getloadavg()
             sent = {k: v for r in results for k, v in r.sent.items()}
@@ -540,6 +577,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             "server_mode": server_mode,
             "processes": plan.allocator_processes,
             "driver": "in its own process" if plan.driver_process else "in the RPC process",
+            "watch_rounds": "in its own process" if plan.watch_process else "in the RPC process",
             "redis_parser": reply_parser(),  # the allocator runs on this interpreter
         },
         "wall_seconds": round(wall, 1),
@@ -561,6 +599,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             # machine where latencies are not; the split shows what the RPC processes cost
             "allocator_cpu_s": round(alloc_cpu, 2),
             "allocator_rpc_processes_cpu_s": round(rpc_cpu, 2),
+            "allocator_watch_process_cpu_s": round(watch1 - watch0, 2),
             "allocator_cpu_per_unary_rpc_ms": round(1000.0 * alloc_cpu / unary, 3)
             if unary
             else 0.0,
@@ -630,9 +669,11 @@ def _fetch_title(spread_s: float | None) -> str:
     return "fetch at once" if spread_s == 0 else f"fetch spread over {spread_s:g} s"
 
 
-def _processes_title(processes: int, driver_process: bool) -> str:
+def _processes_title(plan: dict[str, Any]) -> str:
+    processes = plan.get("allocator_processes", 1)
     title = f", {processes} allocator processes on one port" if processes > 1 else ""
-    return title + (", the round driver in its own process" if driver_process else "")
+    title += ", WatchRounds in its own process" if plan.get("watch_process") else ""
+    return title + (", the round driver in its own process" if plan.get("driver_process") else "")
 
 
 def _allocator_line(summary: dict[str, Any]) -> str:
@@ -641,7 +682,8 @@ def _allocator_line(summary: dict[str, Any]) -> str:
     processes = allocator.get("processes", 1)
     line = (
         f"- allocator: server mode {allocator.get('server_mode', '?')}, "
-        f"{processes} RPC process{'es' if processes > 1 else ''}, the round driver "
+        f"{processes} RPC process{'es' if processes > 1 else ''}, WatchRounds "
+        f"{allocator.get('watch_rounds', 'in the RPC process')}, the round driver "
         f"{allocator.get('driver', '?')}, redis-py's {allocator.get('redis_parser', '?')} "
         "reply parser"
     )
@@ -649,7 +691,13 @@ def _allocator_line(summary: dict[str, Any]) -> str:
         line += (
             f"; allocator CPU per unary RPC {cpu['allocator_cpu_per_unary_rpc_ms']:.2f} ms "
             f"({cpu['allocator_cpu_s']:.2f} s in all, RPC processes "
-            f"{cpu['rpc_processes_cpu_per_unary_rpc_ms']:.2f} ms per RPC)"
+            f"{cpu['rpc_processes_cpu_per_unary_rpc_ms']:.2f} ms per RPC"
+            + (
+                f", WatchRounds process {cpu['allocator_watch_process_cpu_s']:.2f} s"
+                if cpu.get("allocator_watch_process_cpu_s")
+                else ""
+            )
+            + ")"
         )
     return line
 
@@ -665,7 +713,7 @@ def render(summary: dict[str, Any]) -> str:
         f"## {plan['agents']} agents x {plan['rounds']} rounds, heartbeat every "
         f"{plan['heartbeat_interval_s']:g} s, "
         + _fetch_title(plan["fetch_spread_s"])
-        + _processes_title(plan.get("allocator_processes", 1), plan.get("driver_process", False)),
+        + _processes_title(plan),
         "",
         f"- {len(cpu['generator_workers'])} generator processes; allocation fetched "
         + _fetch_wording(plan["fetch_spread_s"])
@@ -687,7 +735,9 @@ def render(summary: dict[str, Any]) -> str:
         f"- CPU (share of one core): generator workers {workers}; allocator "
         + (
             "processes together "
-            if plan.get("allocator_processes", 1) > 1 or plan.get("driver_process")
+            if plan.get("allocator_processes", 1) > 1
+            or plan.get("driver_process")
+            or plan.get("watch_process")
             else ""
         )
         + f"{cpu['allocator_busy']:.0%}; Redis {cpu['redis_busy']:.0%}; whole machine "
@@ -728,8 +778,10 @@ Redis is compared with what the agent sent (StateStore.get_stats): missing, extr
 Real agents fetch their allocation at a random moment within the ALLOCATED event's
 `fetch_window_ms` (`fetch_window_ms_per_agent`, 8 ms per participant); "fetch at once" rows
 switch that off to show the burst it avoids. `--agents/--rounds/--workers/
---heartbeat-interval/--train-s/--fetch-spread-s/--allocator-processes/--driver-process` run
-one custom scenario; `--quick` is the CI form (tests/test_load.py).
+--heartbeat-interval/--train-s/--fetch-spread-s/--allocator-processes/--driver-process/
+--watch-process` run one custom scenario (`--watch-process`: the agents follow WatchRounds on
+one more RPC process with its own port, so no unary call waits behind a fan-out); `--quick`
+is the CI form (tests/test_load.py).
 
 """
 
