@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 
 from lada.config import AgentConfig, ConfigError, lada_home
@@ -177,15 +178,13 @@ def _run_agent(
     current_round = _RoundSource()
     options = grpc_options(config.server)
     credentials = channel_credentials(config.tls)
-    allocator_channel = audited_channel(
-        config.allocator, audit, current_round, credentials, options=options
-    )
-    watch_channel = (
-        audited_channel(config.allocator_watch, audit, current_round, credentials, options=options)
-        if config.allocator_watch
-        else None
-    )
-    llm_channel = audited_channel(config.llm, audit, current_round, credentials, options=options)
+
+    def channel_to(target: str) -> grpc.Channel:
+        return audited_channel(target, audit, current_round, credentials, options=options)
+
+    allocator_channel = channel_to(config.allocator)
+    watch_channel = channel_to(config.allocator_watch) if config.allocator_watch else None
+    llm_channel = channel_to(config.llm)
     try:
         status.update(activity="loading model")
         latest = store.latest_round()
@@ -207,8 +206,12 @@ def _run_agent(
         status.update(activity="connecting")
         wait_ready(allocator_channel, "allocator", config.allocator, config.connect_deadline_s)
         if watch_channel is not None:
-            deadline = config.connect_deadline_s
-            wait_ready(watch_channel, "allocator (watch)", config.allocator_watch, deadline)
+            wait_ready(
+                watch_channel,
+                "allocator (watch)",
+                config.allocator_watch,
+                config.connect_deadline_s,
+            )
         wait_ready(llm_channel, "LLM service", config.llm, config.connect_deadline_s)
         plan = agent_plan(config, settings, inputs, trainer)
         agent = Agent(

@@ -388,7 +388,7 @@ def start_allocator(
     workdir: Path, redis_url: str, run_id: str, plan: LoadPlan
 ) -> tuple[list[subprocess.Popen[bytes]], str, str]:
     """`plan.allocator_processes` x `lada allocator serve` on one port, open enrollment,
-    waiting for every agent; (processes, address, WatchRounds address).
+    waiting for every agent; (processes, address, WatchRounds address or "" for none).
 
     The processes are in order: the RPC replicas, the WatchRounds process, the round driver.
 
@@ -429,7 +429,7 @@ def start_allocator(
         _allocator_process(workdir, config, [*role, "--port", str(port)], i)
         for i in range(plan.allocator_processes)
     ]
-    address = watch_address = f"127.0.0.1:{port}"
+    address, watch_address = f"127.0.0.1:{port}", ""
     if plan.watch_process:  # serves the unary RPCs too; the agents only watch there
         watch_port = free_port()
         watch_address = f"127.0.0.1:{watch_port}"
@@ -439,11 +439,8 @@ def start_allocator(
         driver_args = ["--role", "driver", "--port", str(free_port())]
         procs.append(_allocator_process(workdir, config, driver_args, len(procs)))
     for _ in range(600):
-        if (
-            all(p.poll() is None for p in procs)
-            and check(address, timeout=1.0)
-            and check(watch_address, timeout=1.0)
-        ):
+        serving = all(check(a, timeout=1.0) for a in (address, watch_address) if a)
+        if all(p.poll() is None for p in procs) and serving:
             time.sleep(1.0 if len(procs) > 1 else 0.0)  # every replica bound, not just one
             return procs, address, watch_address
         if any(p.poll() is not None for p in procs):
@@ -528,7 +525,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
                 fingerprint,
                 list(range(w, plan.agents, workers)),
                 plan,
-                watch_address if plan.watch_process else "",
+                watch_address,
             )
             for w in range(workers)
         ]
@@ -538,7 +535,7 @@ def run_load(plan: LoadPlan, redis_url: str = "") -> dict[str, Any]:
             machine0 = psutil.cpu_times()
             # the RPC processes come first, then the watch and driver processes (if any)
             rpc_ps = allocator_ps[: plan.allocator_processes]
-            watch_ps = allocator_ps[plan.allocator_processes :][: int(plan.watch_process)]
+            watch_ps = allocator_ps[len(rpc_ps) : len(rpc_ps) + plan.watch_process]
             watch0 = _processes_cpu_s(watch_ps)
             alloc0, redis0 = _processes_cpu_s(allocator_ps), _redis_cpu(handle.client)
             rpc0 = _processes_cpu_s(rpc_ps)
