@@ -791,6 +791,12 @@ def experiment_group() -> None:
     "with --address); off; or a Redis URL every node reaches. A hit is what the run would "
     "have generated, so results do not change; time does.",
 )
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Run nothing: write the tables from the runs of this grid already finished in OUT "
+    "(a sweep run as several commands into one OUT, reported as one).",
+)
 def experiment_run(**kwargs: Any) -> None:
     """Run policy x loss x scenario x seed in simulation, as Ray tasks; write the tables.
 

@@ -807,7 +807,17 @@ def run_sweep(
     specs = plan_runs(base, grid, set(manifest.slms), manifest.key)
     finished = load_finished(out, specs)
     todo = [spec for spec in specs if spec.key not in finished]
-    print(f"resumed {len(finished)} of {len(specs)} runs (finished earlier)", flush=True)
+    if options.get("report_only"):
+        if not finished:
+            raise SweepError(f"--report-only: no run of this grid has finished in {out}")
+        print(
+            f"report only: {len(finished)} of {len(specs)} runs finished; "
+            f"{len(todo)} not run and left out",
+            flush=True,
+        )
+        todo = []
+    else:
+        print(f"resumed {len(finished)} of {len(specs)} runs (finished earlier)", flush=True)
     failed = 0
     if todo:  # a fully resumed sweep needs no Ray at all
         home = None if options["address"] else str(lada_home())
@@ -819,7 +829,7 @@ def run_sweep(
             failed = execute(todo, out, models, run_options, finished)
     rows = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
     runs = first_local_only(rows)
-    resumed = len(specs) - len(todo)
+    resumed = len(finished) - (len(todo) - failed)
     return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
 
 
@@ -836,11 +846,14 @@ def run_experiment(
     cpus_per_run: float = 1.0,
     overrides: tuple[str, ...] = (),
     path_cache: str = "auto",
+    report_only: bool = False,
 ) -> int:
     """The sweep behind `lada experiment run`; writes results.json and results.md.
 
     `overrides` are `--set KEY=VALUE` pairs on the base config, applied before the
-    scenarios: an ablation without a copied YAML (and a run key of its own).
+    scenarios: an ablation without a copied YAML (and a run key of its own). `report_only`
+    runs nothing and writes the tables from the grid's finished runs: a sweep run in pieces
+    (several commands into one OUT) is reported as one.
     """
     from lada.logs import configure_logging
 
@@ -861,7 +874,13 @@ def run_experiment(
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)
-    options = {"profile": profile, "address": address, "workers": workers, "path_cache": path_cache}
+    options = {
+        "profile": profile,
+        "address": address,
+        "workers": workers,
+        "path_cache": path_cache,
+        "report_only": report_only,
+    }
     outcome = run_sweep(base, grid, out, {**options, "cpus_per_run": cpus_per_run})
     (out / "results.json").write_text(json.dumps(outcome.runs, indent=2, default=str))
     rows = summarise(outcome.runs)

@@ -250,6 +250,34 @@ def test_a_changed_setting_reruns_and_a_subset_of_the_grid_resumes(
     assert line and " S1 lada sft s0  acc own " in line[0] and " ETA 00:00" in line[0]
 
 
+def test_report_only_tables_the_finished_part_of_a_larger_grid_and_runs_nothing(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep run as several commands into one OUT is reported as one; unfinished runs of
+    the grid are left out, not started."""
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    config = str(sweep / "sweep.yaml")
+    capsys.readouterr()
+    code = run_experiment(
+        config, "S1", "lada,random,full", "sft", 3, "micro", str(tmp_path), report_only=True
+    )
+    assert code == 0
+    assert "report only: 4 of 9 runs finished; 5 not run and left out" in capsys.readouterr().out
+    assert len(list((tmp_path / "done").glob("*.json"))) == 4
+    runs = json.loads((tmp_path / "results.json").read_text())
+    methods = {(r["method"], r["seed"]) for r in runs if r["method"] != "local-only"}
+    assert methods == {(m, s) for m in ("lada+sft", "random+sft") for s in (0, 1)}
+    assert "full+sft" not in (tmp_path / "results.md").read_text()
+
+
+def test_report_only_with_no_finished_run_is_an_error_naming_the_flag(
+    micro_zoo: ZooManifest, tmp_path: Path
+) -> None:
+    with pytest.raises(SweepError, match="--report-only: no run of this grid has finished"):
+        run_experiment(None, "S1", "lada", "sft", 1, "micro", str(tmp_path), report_only=True)
+    assert not (tmp_path / "results.md").exists()
+
+
 def test_a_set_override_resumes_the_runs_its_yaml_twin_finished(
     sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
