@@ -807,6 +807,7 @@ def run_sweep(
     specs = plan_runs(base, grid, set(manifest.slms), manifest.key)
     finished = load_finished(out, specs)
     todo = [spec for spec in specs if spec.key not in finished]
+    resumed = len(finished)
     if options.get("report_only"):
         if not finished:
             raise SweepError(f"--report-only: no run of this grid has finished in {out}")
@@ -829,7 +830,6 @@ def run_sweep(
             failed = execute(todo, out, models, run_options, finished)
     rows = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
     runs = first_local_only(rows)
-    resumed = len(finished) - (len(todo) - failed)
     return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
 
 
