@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import types
 import typing
@@ -117,6 +118,9 @@ class TrainerSettings:
     # the learning rate over a round's steps: constant, or linear decay from learning_rate
     # toward 0 over the round (slm_agent.trainer.LR_SCHEDULES; docs/zoo.md, attempt 9)
     lr_schedule: str = "constant"
+    # x KL(the model at the round's start || now) on each step's private paths: a trust
+    # region on the home domain, so a rate that learns the allocation does not erode it
+    private_kl_weight: float = 0.0
     max_grad_norm: float = 1.0
     max_new_tokens: int = 128  # greedy answers and own paths
     score_batch_size: int = 16
@@ -159,6 +163,7 @@ class LLMServiceExtras:
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
+    absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's
     max_absorb_contributions: int = 4096
 
@@ -178,6 +183,11 @@ class LLMServiceExtras:
             raise ConfigError(
                 f"absorb_mode: {self.absorb_mode!r} is not one of {', '.join(ABSORB_MODES)} "
                 "(LADA_LLM_ABSORB_MODE)"
+            )
+        if not (math.isfinite(self.absorb_anchor_weight) and self.absorb_anchor_weight >= 0):
+            raise ConfigError(
+                f"absorb_anchor_weight: {self.absorb_anchor_weight} must be a finite number >= 0 "
+                "(LADA_LLM_ABSORB_ANCHOR_WEIGHT)"
             )
 
     def resolved_state_dir(self, model: str) -> Path:

@@ -143,21 +143,34 @@ def _pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def completion_logprobs(
+def completion_log_distributions(
     model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
 ) -> list[torch.Tensor]:
-    """Differentiable per-token log-probs of each completion (for training losses too)."""
+    """Differentiable next-token log-distributions (tokens x vocabulary) at each completion
+    token of each pair: what a distillation to another model's distributions compares."""
     rows = [p + c for p, c in pairs]
     ids, mask = _pad_right(rows, pad_id)
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
-    out = []
-    for i, (prompt, completion) in enumerate(pairs):
-        start, end = len(prompt), len(prompt) + len(completion)
-        targets = ids[i, start:end].to(device)
-        out.append(logp[i, start - 1 : end - 1].gather(-1, targets[:, None]).squeeze(-1))
-    return out
+    return [logp[i, len(p) - 1 : len(p) + len(c) - 1] for i, (p, c) in enumerate(pairs)]
+
+
+def completion_logprobs(
+    model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> list[torch.Tensor]:
+    """Differentiable per-token log-probs of each completion (for training losses too)."""
+    return completion_targets(completion_log_distributions(model, pairs, pad_id), pairs)
+
+
+def completion_targets(
+    distributions: Sequence[torch.Tensor], pairs: Sequence[tuple[list[int], list[int]]]
+) -> list[torch.Tensor]:
+    """Each completion token's log-prob, picked from `completion_log_distributions`."""
+    return [
+        d.gather(-1, torch.tensor(c, dtype=torch.long, device=d.device)[:, None]).squeeze(-1)
+        for d, (_, c) in zip(distributions, pairs, strict=True)
+    ]
 
 
 def shared_prompt_logprobs(

@@ -84,6 +84,7 @@ class ProbeSettings:
     absorb_learning_rate: float = 0.0  # 0: the LLM service's default (LLMServiceExtras)
     absorb_epochs: int = 0  # 0: the LLM service's default
     absorb_replay_ratio: float = -1.0  # own paths replayed per contributed one; <0: the default
+    absorb_anchor_weight: float = -1.0  # KL to base on replayed paths; <0: the default
     cache_dir: Path | None = None  # greedy results and LLM paths, keyed by model key
 
 
@@ -311,10 +312,15 @@ def absorb_probe(
         lora_rank=extras.absorb_lora_rank,
         batch_size=extras.absorb_batch_size,
         seed=settings.seed,
+        anchor_weight=(
+            settings.absorb_anchor_weight
+            if settings.absorb_anchor_weight >= 0
+            else extras.absorb_anchor_weight
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trained = train_adapter(manifest.llm, None, sound + replay, options, Path(tmp) / "adapter")
+        trained = train_adapter(manifest.llm, None, sound, options, Path(tmp) / "adapter", replay)
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
     after = dict(zip([p.id for p in test], greedy_correct(merged, ltok, test), strict=True))

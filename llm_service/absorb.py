@@ -16,7 +16,10 @@ Every version is base + one adapter, served by a single LoRARequest; `absorb_mod
 
 Contributions alone make a small LLM forget what it knew (measured in docs/zoo.md: -31 to
 -80 points on the public domains); so each absorb also replays an LLM version's own sound
-greedy paths on other public samples (`replay_ratio` of them per contribution).
+greedy paths on other public samples (`replay_ratio` of them per contribution). Replaying
+greedy paths holds only the tokens the LLM already ranks first; `anchor_weight` adds, on
+the replayed paths, the KL divergence from the base model's whole next-token distribution
+(the adapter switched off) to the adapted one's, as in learning without forgetting.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from typing import Any
 
 import torch
 
-from lada.modeling import completion_logprobs, encode_pair, load_causal_lm
+from lada.modeling import (
+    completion_log_distributions,
+    completion_targets,
+    encode_pair,
+    load_causal_lm,
+)
 from lada.tasks import Problem, format_prompt, is_sound
 from llm_service.backends.base import LORA_TARGET_MODULES
 
@@ -44,6 +52,7 @@ class TrainingOptions:
     lora_rank: int
     batch_size: int
     seed: int = 0
+    anchor_weight: float = 0.0  # KL(base || adapted) on replayed paths; 0: NLL alone
 
 
 @dataclass(frozen=True)
@@ -93,16 +102,21 @@ class AbsorbDiverged(RuntimeError):
 def train_adapter(
     base_model: Path,
     parent_adapter: Path | None,
-    examples: Sequence[tuple[str, str]],
+    examples: Sequence[Example],
     options: TrainingOptions,
     out_dir: Path,
+    replay: Sequence[Example] = (),
 ) -> TrainedAdapter:
-    """Train on (prompt, path) pairs and save the adapter to `out_dir`."""
+    """Train on (prompt, path) pairs, the contributed `examples` and the LLM's own `replay`,
+    and save the adapter to `out_dir`."""
     torch.manual_seed(options.seed)
     model, tokenizer = _trainable_model(base_model, parent_adapter, options.lora_rank)
-    pairs = [encode_pair(tokenizer, p, c) for p, c in examples]
     end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pairs = [(p, c + end) for p, c in pairs if c]  # a path ends: the zoo trained EOS after it
+    pairs: list[_Pair] = []
+    for index, (prompt, path) in enumerate([*examples, *replay]):
+        p, c = encode_pair(tokenizer, prompt, path)
+        if c:  # a path ends: the zoo trained EOS after it
+            pairs.append(_Pair(p, c + end, anchored=index >= len(examples)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(options.seed)
@@ -114,7 +128,7 @@ def train_adapter(
         losses = []
         for start in range(0, len(order), options.batch_size):
             batch = [pairs[i] for i in order[start : start + options.batch_size]]
-            loss = _path_nll(model, batch, tokenizer.pad_token_id)
+            loss = _batch_loss(model, batch, tokenizer.pad_token_id, options.anchor_weight)
             if not math.isfinite(loss.item()):
                 raise AbsorbDiverged(f"absorb diverged: loss {loss.item()} at step {steps}")
             optimizer.zero_grad()
@@ -148,10 +162,27 @@ def _trainable_model(
     return peft_model, tokenizer
 
 
-def _path_nll(
-    model: torch.nn.Module, batch: list[tuple[list[int], list[int]]], pad_id: int
+@dataclass(frozen=True)
+class _Pair:
+    prompt: list[int]
+    completion: list[int]
+    anchored: bool  # a replayed path: held to the base model's distributions too
+
+
+def _batch_loss(
+    model: torch.nn.Module, batch: list[_Pair], pad_id: int, anchor_weight: float
 ) -> torch.Tensor:
-    """Mean negative log-likelihood per completion token over the batch."""
-    values = completion_logprobs(model, batch, pad_id)
-    total = torch.cat(values)
-    return -total.mean()
+    """Mean NLL per completion token, plus `anchor_weight` x the mean per-token
+    KL(base || adapted) over the batch's replayed paths."""
+    rows = [(b.prompt, b.completion) for b in batch]
+    dists = completion_log_distributions(model, rows, pad_id)
+    nll = -torch.cat(completion_targets(dists, rows))
+    anchored = [i for i, b in enumerate(batch) if b.anchored]
+    if anchor_weight <= 0 or not anchored:
+        return nll.mean()
+    with torch.no_grad(), model.disable_adapter():
+        base = completion_log_distributions(model, [rows[i] for i in anchored], pad_id)
+    adapted = torch.cat([dists[i] for i in anchored])
+    base_all = torch.cat(base)
+    kl = (base_all.exp() * (base_all - adapted)).sum(-1)
+    return nll.mean() + anchor_weight * kl.mean()

@@ -338,7 +338,7 @@ class LLMCore:
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             trained = train_adapter(
-                self.backend.settings.model, plan.start, plan.examples + replay, options, out_dir
+                self.backend.settings.model, plan.start, plan.examples, options, out_dir, replay
             )
             write_contributions(out_dir, plan.absorbed)
             self.backend.add_version(name, out_dir)
@@ -473,7 +473,9 @@ class LLMCore:
                 f"options.lora_rank: {rank} outside 1..{self.limits.max_lora_rank} "
                 "(the engine's max LoRA rank)"
             )
-        return TrainingOptions(epochs, rate, rank, extras.absorb_batch_size, self.seed)
+        return TrainingOptions(
+            epochs, rate, rank, extras.absorb_batch_size, self.seed, extras.absorb_anchor_weight
+        )
 
     # ---- versions --------------------------------------------------------------------
     def list_versions(self) -> tuple[list[VersionInfo], str]:

@@ -7,6 +7,7 @@ Paths are text: the student scores them with its own tokenizer (lada.modeling ru
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -23,6 +24,7 @@ from transformers import PreTrainedModel
 from lada.config import ConfigError, TrainerSettings
 from lada.modeling import (
     batched_completion_logprobs,
+    completion_log_distributions,
     encode_pair,
     generate,
     load_causal_lm,
@@ -124,6 +126,7 @@ class LocalTrainer:
     ) -> None:
         self.settings = settings or TrainerSettings()
         check_lr_schedule(self.settings.lr_schedule)  # at start, not at the first round
+        check_private_kl_weight(self.settings.private_kl_weight)
         self.tokenizer = tokenizer
         self.loss = loss
         self.private = private_examples(private)
@@ -131,6 +134,7 @@ class LocalTrainer:
         self.uses_lora = self.base_parameters > self.settings.lora_threshold_params
         self.model = _with_lora(model, self.settings.lora_rank) if self.uses_lora else model
         self.scorer = ModelScorer(self.model, tokenizer, self.settings.score_batch_size)
+        self._round_start: torch.nn.Module | None = None  # in a round with private_kl_weight
 
     @classmethod
     def from_path(
@@ -215,6 +219,7 @@ class LocalTrainer:
         sums: dict[str, float] = {}
         steps = 0
         self.loss.begin_round(self.scorer, path_sets)  # e.g. dpo's frozen reference, in eval mode
+        self._round_start = self._frozen_copy() if self.settings.private_kl_weight > 0 else None
         self.model.train()
         for _ in range(self.settings.epochs):
             order = list(path_sets)
@@ -228,6 +233,7 @@ class LocalTrainer:
                     sums[key] = sums.get(key, 0.0) + value
                 steps += 1
         self.model.eval()
+        self._round_start = None
         means = {k: v / steps for k, v in sums.items()}
         return TrainReport(steps, time.perf_counter() - started, means)
 
@@ -239,13 +245,37 @@ class LocalTrainer:
     ) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         output = self.loss.compute_loss(self.scorer, batch, private_batch)
-        if not math.isfinite(output.parts["total"]):
-            log.warning("skipping a step with a non-finite loss", extra={"parts": output.parts})
-            return output.parts
-        output.total.backward()
+        total, parts = output.total, output.parts
+        if self._round_start is not None and private_batch:
+            kl = self._private_kl(private_batch)
+            total = total + self.settings.private_kl_weight * kl
+            parts = parts | {"private_kl": float(kl.detach()), "total": float(total.detach())}
+        if not math.isfinite(parts["total"]):
+            log.warning("skipping a step with a non-finite loss", extra={"parts": parts})
+            return parts
+        total.backward()
         torch.nn.utils.clip_grad_norm_(self._trainable(), self.settings.max_grad_norm)
         optimizer.step()
-        return output.parts
+        return parts
+
+    def _frozen_copy(self) -> torch.nn.Module:
+        """The model as the round starts, without gradients (`private_kl_weight`'s reference)."""
+        frozen = copy.deepcopy(self.model).eval()
+        for parameter in frozen.parameters():
+            parameter.requires_grad_(False)
+        return frozen
+
+    def _private_kl(self, private_batch: Sequence[PrivateExample]) -> Tensor:
+        """Mean per-token KL(round start || now) over the private paths, EOS included."""
+        eos = self.tokenizer.eos_token_id
+        end = [eos] if eos is not None else []
+        pairs = [self.scorer._encode(e.prompt, e.completion) for e in private_batch]
+        pairs = [(p, c + end) for p, c in pairs if c]
+        pad = self.tokenizer.pad_token_id
+        now = torch.cat(completion_log_distributions(self.model, pairs, pad))
+        with torch.no_grad():
+            start = torch.cat(completion_log_distributions(self._round_start, pairs, pad))
+        return (start.exp() * (start - now)).sum(-1).mean()
 
     def _round_steps(self, samples: int) -> int:
         return self.settings.epochs * math.ceil(samples / self.settings.samples_per_step)
@@ -298,6 +328,12 @@ def check_lr_schedule(name: str) -> None:
     """ConfigError (a ValueError) for a schedule no registry entry has."""
     if name not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule: {name!r} is not one of {sorted(LR_SCHEDULES)}")
+
+
+def check_private_kl_weight(weight: float) -> None:
+    """ConfigError for a KL weight that is negative or not a finite number."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ConfigError(f"private_kl_weight: {weight} must be a finite number >= 0")
 
 
 def _lr_schedule(
