@@ -163,6 +163,12 @@ def completion_logprobs(
     return completion_targets(completion_log_distributions(model, pairs, pad_id), pairs)
 
 
+def token_kl(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of KL(reference || current), both (tokens x vocabulary) log-probs:
+    the anchor both absorb and the agent's trust region hold a model to."""
+    return (reference.exp() * (reference - current)).sum(-1).mean()
+
+
 def completion_targets(
     distributions: Sequence[torch.Tensor], pairs: Sequence[tuple[list[int], list[int]]]
 ) -> list[torch.Tensor]:

@@ -38,6 +38,7 @@ from lada.modeling import (
     completion_targets,
     encode_pair,
     load_causal_lm,
+    token_kl,
 )
 from lada.tasks import Problem, format_prompt, is_sound
 from llm_service.backends.base import LORA_TARGET_MODULES
@@ -183,6 +184,4 @@ def _batch_loss(
     with torch.no_grad(), model.disable_adapter():
         base = completion_log_distributions(model, [rows[i] for i in anchored], pad_id)
     adapted = torch.cat([dists[i] for i in anchored])
-    base_all = torch.cat(base)
-    kl = (base_all.exp() * (base_all - adapted)).sum(-1)
-    return nll.mean() + anchor_weight * kl.mean()
+    return nll.mean() + anchor_weight * token_kl(torch.cat(base), adapted)

@@ -29,6 +29,7 @@ from lada.modeling import (
     generate,
     load_causal_lm,
     score_completions,
+    token_kl,
 )
 from lada.tasks import Problem, format_prompt, format_target, is_correct
 from slm_agent.losses import DistillationLoss, PathSet, PrivateExample
@@ -275,7 +276,7 @@ class LocalTrainer:
         now = torch.cat(completion_log_distributions(self.model, pairs, pad))
         with torch.no_grad():
             start = torch.cat(completion_log_distributions(self._round_start, pairs, pad))
-        return (start.exp() * (start - now)).sum(-1).mean()
+        return token_kl(start, now)
 
     def _round_steps(self, samples: int) -> int:
         return self.settings.epochs * math.ceil(samples / self.settings.samples_per_step)
