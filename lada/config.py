@@ -184,11 +184,9 @@ class LLMServiceExtras:
                 f"absorb_mode: {self.absorb_mode!r} is not one of {', '.join(ABSORB_MODES)} "
                 "(LADA_LLM_ABSORB_MODE)"
             )
-        if not (math.isfinite(self.absorb_anchor_weight) and self.absorb_anchor_weight >= 0):
-            raise ConfigError(
-                f"absorb_anchor_weight: {self.absorb_anchor_weight} must be a finite number >= 0 "
-                "(LADA_LLM_ABSORB_ANCHOR_WEIGHT)"
-            )
+        check_nonnegative(
+            "absorb_anchor_weight", self.absorb_anchor_weight, "LADA_LLM_ABSORB_ANCHOR_WEIGHT"
+        )
 
     def resolved_state_dir(self, model: str) -> Path:
         if self.state_dir:
@@ -406,6 +404,13 @@ def agent_for_cluster(
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+def check_nonnegative(name: str, value: float, source: str = "") -> None:
+    """ConfigError naming the setting (and its env var) for a weight that is negative or NaN/inf."""
+    if not (math.isfinite(value) and value >= 0):
+        where = f" ({source})" if source else ""
+        raise ConfigError(f"{name}: {value} must be a finite number >= 0{where}")
 
 
 def load_config(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lada.config import ConfigError, TrainerSettings
+from lada.config import ConfigError, TrainerSettings, check_nonnegative
 from lada.modeling import (
     batched_completion_logprobs,
     completion_log_distributions,
@@ -127,7 +127,7 @@ class LocalTrainer:
     ) -> None:
         self.settings = settings or TrainerSettings()
         check_lr_schedule(self.settings.lr_schedule)  # at start, not at the first round
-        check_private_kl_weight(self.settings.private_kl_weight)
+        check_nonnegative("private_kl_weight", self.settings.private_kl_weight)
         self.tokenizer = tokenizer
         self.loss = loss
         self.private = private_examples(private)
@@ -329,12 +329,6 @@ def check_lr_schedule(name: str) -> None:
     """ConfigError (a ValueError) for a schedule no registry entry has."""
     if name not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule: {name!r} is not one of {sorted(LR_SCHEDULES)}")
-
-
-def check_private_kl_weight(weight: float) -> None:
-    """ConfigError for a KL weight that is negative or not a finite number."""
-    if not (math.isfinite(weight) and weight >= 0):
-        raise ConfigError(f"private_kl_weight: {weight} must be a finite number >= 0")
 
 
 def _lr_schedule(
