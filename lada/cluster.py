@@ -634,7 +634,9 @@ def baseline_beside(
 ) -> Iterator[Callable[[], dict[str, Any] | None]]:
     """Run `baseline_metrics` in a child process while the live federation runs (its services
     leave most of a core idle, and the baseline took 242 s after it in `make demo`); yields a
-    call that waits for the result. The child is killed if the caller leaves early."""
+    call that waits for the result. Once the result is in, the child exits cleanly (killed
+    idle, it left a semaphore for multiprocessing's resource tracker to warn about on the
+    console); if the caller leaves before, it is killed."""
     if not config.baseline_policy:
         yield lambda: None
         return
@@ -645,10 +647,20 @@ def baseline_beside(
     )
     pool = multiprocessing.get_context("spawn").Pool(1)
     pending = pool.apply_async(baseline_metrics, (config, models, data, workdir))
+    fetched: list[bool] = []
+
+    def result() -> dict[str, Any]:
+        value = pending.get()
+        fetched.append(True)
+        return value
+
     try:
-        yield pending.get
+        yield result
     finally:
-        pool.terminate()
+        if fetched:
+            pool.close()
+        else:
+            pool.terminate()
         pool.join()
 
 
