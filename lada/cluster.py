@@ -601,6 +601,14 @@ def _quiet(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def use_torch_threads(config: ClusterConfig) -> None:
+    """This process's torch threads as `config.torch_threads` says (0: torch's default)."""
+    if config.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+
+
 def baseline_metrics(
     config: ClusterConfig, models: dict[str, Path], data: DataFiles, workdir: Path
 ) -> dict[str, Any]:
@@ -609,10 +617,7 @@ def baseline_metrics(
     from lada.report import evaluate_agents
     from lada.simulation import simulate
 
-    if config.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
+    use_torch_threads(config)
     base = dataclasses.replace(config, policy=config.baseline_policy)
     base_dir = workdir / "baseline"
     with redis_for_cluster(base_dir, name="baseline") as handle, _quiet("lada"):
@@ -632,11 +637,11 @@ def baseline_metrics(
 def baseline_beside(
     config: ClusterConfig, models: dict[str, Path], data: DataFiles, workdir: Path
 ) -> Iterator[Callable[[], dict[str, Any] | None]]:
-    """Run `baseline_metrics` in a child process while the live federation runs (its services
-    leave most of a core idle, and the baseline took 242 s after it in `make demo`); yields a
-    call that waits for the result. Once the result is in, the child exits cleanly (killed
-    idle, it left a semaphore for multiprocessing's resource tracker to warn about on the
-    console); if the caller leaves before, it is killed."""
+    """Run `baseline_metrics` in a child process while the live federation runs (`lada up`
+    alone: 758 s against 792 s with it after the run, docs/zoo.md attempt 15); yields a call
+    that waits for the result. A child that finished exits cleanly (killed idle, it left a
+    semaphore for multiprocessing's resource tracker to warn about); one still working when
+    the caller leaves is killed."""
     if not config.baseline_policy:
         yield lambda: None
         return
@@ -647,17 +652,10 @@ def baseline_beside(
     )
     pool = multiprocessing.get_context("spawn").Pool(1)
     pending = pool.apply_async(baseline_metrics, (config, models, data, workdir))
-    fetched: list[bool] = []
-
-    def result() -> dict[str, Any]:
-        value = pending.get()
-        fetched.append(True)
-        return value
-
     try:
-        yield result
+        yield pending.get
     finally:
-        if fetched:
+        if pending.ready():
             pool.close()
         else:
             pool.terminate()
@@ -691,10 +689,7 @@ def run_cluster(config_path: str, out_dir: str | None = None) -> int:
 
     configure_logging("INFO", as_json=False, service="cluster")
     config = load_config(ClusterConfig, config_path, section="cluster")
-    if config.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(config.torch_threads)
+    use_torch_threads(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_dir = Path(out_dir or f"reports/{stamp}")
     workdir = report_dir / "run"
