@@ -33,6 +33,7 @@ from lada.config import (
     agent_for_cluster,
     allocator_for_cluster,
     lada_home,
+    llm_env_var,
     load_config,
 )
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
@@ -288,7 +289,9 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
     llm_port, allocator_port, *agent_ports = free_ports(2 + len(config.agents))
     configs = cluster.workdir / "configs"
     llm_model = models[config.llm_model]
-    llm = cluster.start("llm", llm_args(config, llm_model, llm_port, data.public), llm_port)
+    llm = cluster.start(
+        "llm", llm_args(config, llm_model, llm_port, data.public), llm_port, llm_state_env(cluster)
+    )
     allocator_config = allocator_for_cluster(config, cluster.run_id, data.public)
     allocator = cluster.start(
         "allocator",
@@ -325,6 +328,15 @@ def start_cluster(cluster: Cluster, models: dict[str, Path], data: DataFiles) ->
         started.append(cluster.start(agent.name, args, port, threads))
     for child in started:
         wait_serving(child, 300)
+
+
+def llm_state_env(cluster: Cluster) -> dict[str, str]:
+    """The LLM service keeps its versions in the run's own directory, so every `lada up` starts
+    from the base model, not from what an earlier run absorbed; LADA_LLM_STATE_DIR, when set,
+    names a directory to continue from instead."""
+    if os.environ.get(llm_env_var("state_dir")):
+        return {}
+    return {llm_env_var("state_dir"): str(cluster.workdir / "llm")}
 
 
 def agent_threads_env(agents: int) -> dict[str, str]:

@@ -37,6 +37,8 @@ HEARTBEAT_INTERVAL_S = 5.0  # agents heartbeat this often; the allocator judges 
 # set (docs/zoo.md, attempt 8).
 AGENT_LEARNING_RATE = 1e-5
 AGENT_EPOCHS = 6
+# the rate over a round's steps: constant, or linear decay toward 0 (slm_agent.trainer)
+AGENT_LR_SCHEDULE = "constant"
 AGENT_SAMPLES_PER_STEP = 16
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
@@ -117,7 +119,7 @@ class TrainerSettings:
     private_per_step: int = AGENT_SAMPLES_PER_STEP  # private examples per step (L_sft(D_k))
     # the learning rate over a round's steps: constant, or linear decay from learning_rate
     # toward 0 over the round (slm_agent.trainer.LR_SCHEDULES; docs/zoo.md, attempt 9)
-    lr_schedule: str = "constant"
+    lr_schedule: str = AGENT_LR_SCHEDULE
     # x KL(the model at the round's start || now) on each step's private paths: a trust
     # region on the home domain, so a rate that learns the allocation does not erode it
     private_kl_weight: float = 0.0
@@ -142,6 +144,11 @@ class AgentSettings:
     llm_max_tokens: int = 128  # max tokens of each LLM reasoning path
     torch_threads: int = 0  # 0: torch's default
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+
+
+def llm_env_var(field_name: str) -> str:
+    """The environment variable that sets an `LLMServiceExtras` field."""
+    return f"LADA_LLM_{field_name.upper()}"
 
 
 @dataclass
@@ -172,7 +179,7 @@ class LLMServiceExtras:
         source = os.environ if env is None else env
         extras = cls()
         for item in dataclasses.fields(cls):
-            raw = source.get(f"LADA_LLM_{item.name.upper()}")
+            raw = source.get(llm_env_var(item.name))
             if raw is not None:
                 setattr(extras, item.name, type(getattr(extras, item.name))(raw))
         return extras
@@ -320,6 +327,7 @@ class AgentConfig:
     connect_deadline_s: float = 60.0
     tls: ClientTLS = field(default_factory=ClientTLS)
     learning_rate: float = AGENT_LEARNING_RATE
+    lr_schedule: str = AGENT_LR_SCHEDULE
     epochs: int = AGENT_EPOCHS
     lora_threshold_params: int = 50_000_000
     seed: int = 0
@@ -357,6 +365,8 @@ class ClusterConfig:
     policy: str = "lada"
     loss: str = "contrastive"
     rounds: int = 3
+    agent_learning_rate: float = AGENT_LEARNING_RATE  # every agent's (AgentConfig.learning_rate)
+    agent_lr_schedule: str = AGENT_LR_SCHEDULE  # every agent's (AgentConfig.lr_schedule)
     round_deadline_s: float = 600.0
     startup_timeout_s: float = 600.0
     baseline_policy: str = ""  # e.g. random: `lada up` also simulates it and reports both
@@ -397,6 +407,8 @@ def agent_for_cluster(
         capacity=agent.capacity,
         loss=agent.loss or cluster.loss,
         contribute=agent.contribute,
+        learning_rate=cluster.agent_learning_rate,
+        lr_schedule=cluster.agent_lr_schedule,
         state_dir=state_dir,
         lada=cluster.lada,
     )
@@ -408,9 +420,18 @@ class ConfigError(ValueError):
 
 def check_nonnegative(name: str, value: float, source: str = "") -> None:
     """ConfigError naming the setting (and its env var) for a weight that is negative or NaN/inf."""
-    if not (math.isfinite(value) and value >= 0):
+    _check_bound(name, value, math.isfinite(value) and value >= 0, ">= 0", source)
+
+
+def check_positive(name: str, value: float, source: str = "") -> None:
+    """ConfigError naming the setting for a rate that is zero, negative or NaN/inf."""
+    _check_bound(name, value, math.isfinite(value) and value > 0, "> 0", source)
+
+
+def _check_bound(name: str, value: float, holds: bool, bound: str, source: str) -> None:
+    if not holds:
         where = f" ({source})" if source else ""
-        raise ConfigError(f"{name}: {value} must be a finite number >= 0{where}")
+        raise ConfigError(f"{name}: {value} must be a finite number {bound}{where}")
 
 
 def load_config(

@@ -36,6 +36,7 @@ from lada.config import (
     ClusterConfig,
     ConfigError,
     apply_overrides,
+    check_positive,
     lada_home,
     load_config,
     parse_overrides,
@@ -833,6 +834,17 @@ def run_sweep(
     return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
 
 
+def check_agent_trainer(base: ClusterConfig) -> None:
+    """The agents' rate and schedule, checked before any run starts rather than in each."""
+    from slm_agent.trainer import check_lr_schedule
+
+    check_positive("agent_learning_rate", base.agent_learning_rate)
+    try:
+        check_lr_schedule(base.agent_lr_schedule)
+    except ConfigError as exc:
+        raise ConfigError(f"agent_{exc}") from exc
+
+
 def run_experiment(
     config_path: str | None,
     scenarios: str,
@@ -871,6 +883,7 @@ def run_experiment(
         except ConfigError as exc:
             raise ConfigError(f"--set {key}={value}: {exc}") from exc
     base.lada.check()  # before any run starts, not in every run's allocator
+    check_agent_trainer(base)
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
     out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)

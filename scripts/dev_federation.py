@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-CONFIG_OWNED = ("learning_rate", "epochs")
+from slm_agent.settings import CONFIG_OWNED_TRAINER_FIELDS as CONFIG_OWNED
 
 
 def typed(value: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import torch
 
-from lada.config import AgentConfig, ConfigError, lada_home
+from lada.config import AgentConfig, ConfigError, check_positive, lada_home
 from lada.logs import configure_logging
 from lada.modeling import ModelDirError, check_model_dir
 from lada.server import (
@@ -94,6 +94,10 @@ def validate_inputs(config: AgentConfig, settings: AgentSettings) -> Inputs:
         raise BadInput(f"model: {exc}") from exc
     if config.capacity <= 0:
         raise BadInput(f"capacity: must be positive, got {config.capacity}")
+    try:
+        check_positive("learning_rate", config.learning_rate)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from exc
     try:
         loss = make_loss(config.loss, config.lada)
     except ValueError as exc:

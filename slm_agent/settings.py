@@ -14,7 +14,13 @@ from lada.config import AgentConfig, AgentSettings, ConfigError, load_config
 from slm_agent.trainer import check_lr_schedule
 
 # trainer fields AgentConfig owns (same names there): the agent's config file or flags set them
-CONFIG_OWNED_TRAINER_FIELDS = ("learning_rate", "epochs", "lora_threshold_params", "seed")
+CONFIG_OWNED_TRAINER_FIELDS = (
+    "learning_rate",
+    "lr_schedule",
+    "epochs",
+    "lora_threshold_params",
+    "seed",
+)
 
 
 def agent_settings(config: AgentConfig, env: dict[str, str] | None = None) -> AgentSettings:
@@ -32,6 +38,7 @@ def agent_settings(config: AgentConfig, env: dict[str, str] | None = None) -> Ag
     settings.public_pool = str(getattr(config, "public_pool", "") or settings.public_pool)
     trainer = settings.trainer
     trainer.learning_rate = config.learning_rate
+    trainer.lr_schedule = config.lr_schedule
     trainer.epochs = config.epochs
     trainer.lora_threshold_params = config.lora_threshold_params
     trainer.seed = config.seed

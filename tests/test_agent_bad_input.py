@@ -65,6 +65,17 @@ def test_bad_private_data_is_refused_before_anything_is_sent(
     assert sent_nothing(tmp_path)
 
 
+@pytest.mark.parametrize("rate", ["0", "-1e-4", "nan"])
+def test_a_learning_rate_that_is_not_positive_is_refused_before_anything_is_sent(
+    micro_zoo: ZooManifest, tmp_path: Path, rate: str
+) -> None:
+    env = {"LADA_AGENT_LEARNING_RATE": rate}
+    code, process, _ = run_to_exit(tmp_path, micro_zoo, PRIVATE_RATES, env=env)
+    assert code == EXIT_BAD_INPUT
+    assert "learning_rate: " in process.log() and "must be a finite number > 0" in process.log()
+    assert sent_nothing(tmp_path)
+
+
 def test_a_malformed_private_file_names_its_line(micro_zoo: ZooManifest, tmp_path: Path) -> None:
     data = tmp_path / "private.jsonl"
     data.write_text('{"question": "Q1?", "answer": "3"}\n{"question": 5}\n')

@@ -75,6 +75,15 @@ def test_report_sets_a_random_baseline_beside_each_agent(cluster_run) -> None:
     )
 
 
+def test_the_llm_keeps_its_versions_in_the_run_directory(cluster_run) -> None:
+    """So a second `lada up` starts from the base model, not from what this run absorbed."""
+    registry = json.loads((cluster_run["out"] / "run" / "llm" / "versions.json").read_text())
+    versions = [v["version"] for v in registry["versions"]]
+    assert versions == ["base"] + [f"v{n}" for n in range(1, len(versions))]
+    assert 2 <= len(versions) <= 3  # one absorb per round at most, 2 rounds
+    assert set(cluster_run["metrics"]["llm_accuracy"]) == {"base", versions[-1]}
+
+
 def test_the_console_carries_no_weight_loading_bars_or_redis_shutdown_noise(cluster_run) -> None:
     console = cluster_run["result"].stdout + cluster_run["result"].stderr
     assert "Loading weights" not in console

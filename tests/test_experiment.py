@@ -306,6 +306,8 @@ def test_a_set_override_resumes_the_runs_its_yaml_twin_finished(
         ("lada.no_such=1", "--set lada.no_such=1: lada: unknown field 'no_such'"),
         ("lada.ucb_alpha=abc", "--set lada.ucb_alpha=abc: ucb_alpha: cannot read 'abc' as float"),
         ("lada.first_round_split=x", "lada.first_round_split: 'x' is not one of even, prop"),
+        ("agent_learning_rate=0", "agent_learning_rate: 0.0 must be a finite number > 0"),
+        ("agent_lr_schedule=cosine", "agent_lr_schedule: 'cosine' is not one of"),
     ],
 )
 def test_a_bad_set_is_one_line_exit_1_and_runs_nothing(
