@@ -334,9 +334,8 @@ def llm_state_env(cluster: Cluster) -> dict[str, str]:
     """The LLM service keeps its versions in the run's own directory, so every `lada up` starts
     from the base model, not from what an earlier run absorbed; LADA_LLM_STATE_DIR, when set,
     names a directory to continue from instead."""
-    if os.environ.get(llm_env_var("state_dir")):
-        return {}
-    return {llm_env_var("state_dir"): str(cluster.workdir / "llm")}
+    variable = llm_env_var("state_dir")
+    return {variable: os.environ.get(variable) or str(cluster.workdir / "llm")}
 
 
 def agent_threads_env(agents: int) -> dict[str, str]:

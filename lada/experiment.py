@@ -839,10 +839,7 @@ def check_agent_trainer(base: ClusterConfig) -> None:
     from slm_agent.trainer import check_lr_schedule
 
     check_positive("agent_learning_rate", base.agent_learning_rate)
-    try:
-        check_lr_schedule(base.agent_lr_schedule)
-    except ConfigError as exc:
-        raise ConfigError(f"agent_{exc}") from exc
+    check_lr_schedule(base.agent_lr_schedule, "agent_lr_schedule")
 
 
 def run_experiment(

@@ -325,10 +325,10 @@ def _linear_decay(step: int, steps: int) -> float:
 LR_SCHEDULES = {"constant": _constant, "linear": _linear_decay}
 
 
-def check_lr_schedule(name: str) -> None:
-    """ConfigError (a ValueError) for a schedule no registry entry has."""
+def check_lr_schedule(name: str, setting: str = "lr_schedule") -> None:
+    """ConfigError (a ValueError) naming `setting` for a schedule no registry entry has."""
     if name not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule: {name!r} is not one of {sorted(LR_SCHEDULES)}")
+        raise ConfigError(f"{setting}: {name!r} is not one of {sorted(LR_SCHEDULES)}")
 
 
 def _lr_schedule(
