@@ -44,6 +44,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
 ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
 ABSORB_MODES = (ABSORB_REBASE, ABSORB_CONTINUE)
+ABSORB_ROUTE_ALL = "all"  # a version's adapter answers every prompt
+ABSORB_ROUTE_GATE = "gate"  # only prompts its gate routes to it (llm_service/gate.py)
+ABSORB_ROUTES = (ABSORB_ROUTE_ALL, ABSORB_ROUTE_GATE)
 FIRST_ROUND_EVEN = "even"  # no pulls yet: the same quota for every cluster (method.md 1.5)
 FIRST_ROUND_PROPORTIONAL = "proportional"  # no pulls yet: quotas as a uniform draw would give
 FIRST_ROUND_SPLITS = (FIRST_ROUND_EVEN, FIRST_ROUND_PROPORTIONAL)
@@ -172,6 +175,7 @@ class LLMServiceExtras:
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
     absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's
+    absorb_route: str = ABSORB_ROUTE_ALL  # which prompts a version's adapter answers
     max_absorb_contributions: int = 4096
 
     @classmethod
@@ -194,6 +198,16 @@ class LLMServiceExtras:
         check_nonnegative(
             "absorb_anchor_weight", self.absorb_anchor_weight, "LADA_LLM_ABSORB_ANCHOR_WEIGHT"
         )
+        if self.absorb_route not in ABSORB_ROUTES:
+            raise ConfigError(
+                f"absorb_route: {self.absorb_route!r} is not one of {', '.join(ABSORB_ROUTES)} "
+                "(LADA_LLM_ABSORB_ROUTE)"
+            )
+        if self.absorb_route == ABSORB_ROUTE_GATE and self.absorb_replay_ratio <= 0:
+            raise ConfigError(
+                "absorb_route: gate learns what the base model knows from the replayed paths; "
+                "it needs absorb_replay_ratio > 0 (LADA_LLM_ABSORB_REPLAY_RATIO)"
+            )
 
     def resolved_state_dir(self, model: str) -> Path:
         if self.state_dir:

@@ -451,11 +451,32 @@ class SweepOutcome:
     failed: int
 
 
-def config_digest(config: ClusterConfig, zoo_key: str) -> str:
+def config_digest(config: ClusterConfig, zoo_key: str, env: dict[str, str] | None = None) -> str:
     """A hash of all that shapes a run's result, so a changed setting is never 'finished'."""
-    payload = {"format": RESULT_FORMAT, "zoo": zoo_key, "config": dataclasses.asdict(config)}
+    payload = {
+        "format": RESULT_FORMAT,
+        "zoo": zoo_key,
+        "config": dataclasses.asdict(config),
+        "environment": run_environment(env),
+    }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings a simulated run reads from the environment rather than from its
+    ClusterConfig: the LLM service's (`LADA_LLM_*`) and the agents' trainer
+    (`LADA_AGENT_TRAINER__*`), as the values they resolve to."""
+    from lada.config import AgentSettings, LLMServiceExtras
+    from slm_agent.settings import CONFIG_OWNED_TRAINER_FIELDS
+
+    env = dict(os.environ) if env is None else env
+    llm = dataclasses.asdict(LLMServiceExtras.from_env(env))
+    llm.pop("state_dir")  # each run gets its own
+    trainer = dataclasses.asdict(load_config(AgentSettings, env=env, section="agent").trainer)
+    for name in CONFIG_OWNED_TRAINER_FIELDS:  # the ClusterConfig's, already in the digest
+        trainer.pop(name)
+    return {"llm": llm, "agent_trainer": trainer}
 
 
 def plan_runs(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lada.config import LadaHyperParams, LLMServiceExtras, TrainerSettings
+from lada.config import ABSORB_ROUTE_GATE, LadaHyperParams, LLMServiceExtras, TrainerSettings
 from lada.evaluation import default_max_new_tokens
 from lada.learnability import learnability_gaps, sample_rewards
 from lada.modeling import generate, load_causal_lm, score_completions
@@ -85,6 +85,7 @@ class ProbeSettings:
     absorb_epochs: int = 0  # 0: the LLM service's default
     absorb_replay_ratio: float = -1.0  # own paths replayed per contributed one; <0: the default
     absorb_anchor_weight: float = -1.0  # KL to base on replayed paths; <0: the default
+    absorb_route: str = ""  # which prompts the adapter answers (all, gate); "": the default
     cache_dir: Path | None = None  # greedy results and LLM paths, keyed by model key
 
 
@@ -323,13 +324,23 @@ def absorb_probe(
         trained = train_adapter(manifest.llm, None, sound, options, Path(tmp) / "adapter", replay)
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    after = dict(zip([p.id for p in test], greedy_correct(merged, ltok, test), strict=True))
+    route = settings.absorb_route or extras.absorb_route
+    routed = _gate_routes(route, sound, replay, test)
+    to_adapter = [p for p, hit in zip(test, routed, strict=True) if hit]
+    after = dict(llm_before) | dict(
+        zip([p.id for p in to_adapter], greedy_correct(merged, ltok, to_adapter), strict=True)
+    )
     return {
         "slm": client_slm,
         "offered": len(samples),
         "sound_paths": len(sound),
         "replayed": len(replay),
-        "absorb": asdict(options) | {"steps": trained.steps, "seconds": round(seconds, 1)},
+        "absorb": asdict(options)
+        | {"steps": trained.steps, "seconds": round(seconds, 1), "route": route},
+        "routed_to_adapter": {
+            d: _mean([hit for p, hit in zip(test, routed, strict=True) if p.domain == d])
+            for d in ALL_DOMAINS
+        },
         "llm": {
             d: {
                 "before": _buckets([(p, llm_before[p.id]) for p in test if p.domain == d]),
@@ -338,6 +349,22 @@ def absorb_probe(
             for d in ALL_DOMAINS
         },
     }
+
+
+def _gate_routes(
+    route: str,
+    absorbed: Sequence[tuple[str, str]],
+    replay: Sequence[tuple[str, str]],
+    test: Sequence[Problem],
+) -> list[bool]:
+    """Which test problems the adapter answers, as the LLM service routes them (the base
+    model's greedy answers stand for the rest: greedy decoding is deterministic)."""
+    from llm_service.gate import AdapterGate
+
+    if route != ABSORB_ROUTE_GATE:
+        return [True] * len(test)
+    gate = AdapterGate([p for p, _ in absorbed], [p for p, _ in replay])
+    return gate.routes([format_prompt(p.question) for p in test])
 
 
 def _with_correct_path(

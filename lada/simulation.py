@@ -8,6 +8,7 @@ metrics shape as `lada up`, so one report writer and one comparison serve both m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -220,7 +221,8 @@ def build_llm(model: Path, public_pool: str, state_dir: Path, path_cache_url: st
     config = LLMServiceConfig(
         model=str(model), backend="transformers", public_pool=public_pool, redis_url=path_cache_url
     )
-    return build_core(config, LLMServiceExtras(state_dir=str(state_dir)))
+    extras = dataclasses.replace(LLMServiceExtras.from_env(), state_dir=str(state_dir))
+    return build_core(config, extras)
 
 
 def build_agent(

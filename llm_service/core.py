@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lada import metrics
-from lada.config import ABSORB_CONTINUE
+from lada.config import ABSORB_CONTINUE, ABSORB_ROUTE_GATE
+from lada.modeling import PathLogProbs
 from lada.tasks import Problem, format_prompt, is_correct
 from llm_service.absorb import (
     AbsorbDiverged,
@@ -39,6 +40,7 @@ from llm_service.errors import (
     NotFound,
     ResourceExhausted,
 )
+from llm_service.gate import AdapterGate
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import (
     BASE_VERSION,
@@ -113,8 +115,9 @@ class LLMCore:
         self._version_keys: dict[str, str] = {}
         self.versions = VersionRegistry(state_dir / "versions.json")
         self._absorbing = threading.Lock()
+        self._gates: dict[str, AdapterGate] = {}
         for info in self.versions.adapters():
-            backend.add_version(info.version, Path(info.adapter_dir))
+            self._serve(info.version, Path(info.adapter_dir))
 
     # ---- generation ------------------------------------------------------------------
     def generate(
@@ -157,7 +160,7 @@ class LLMCore:
             return found
         pending = list(todo.values())
         self.generate_calls += 1
-        raw = self.backend.generate([i.prompt for i in pending], sampling, version)
+        raw = self._routed_generate([i.prompt for i in pending], sampling, version)
         fresh: dict[str, SampleResult] = {}
         for item, paths in zip(pending, raw, strict=True):
             consistent = self._consistent(item.prompt, paths, version)
@@ -253,11 +256,49 @@ class LLMCore:
         redo = [i for i, p in enumerate(paths) if ids[i] != p.token_ids]
         if not redo:
             return paths
-        scores = self.backend.score([prompt] * len(redo), [paths[i].text for i in redo], version)
+        scores = self._routed_score([prompt] * len(redo), [paths[i].text for i in redo], version)
         out = list(paths)
         for i, score in zip(redo, scores, strict=True):
             p = paths[i]
             out[i] = GeneratedPath(p.text, ids[i], score.token_logprobs, p.finish_reason, score)
+        return out
+
+    # ---- routing (llm_service/gate.py) ------------------------------------------------
+    def _serve(self, version: str, adapter_dir: Path) -> None:
+        """Load a version's adapter into the backend, and its gate when it has one."""
+        self.backend.add_version(version, adapter_dir)
+        gate = AdapterGate.load(adapter_dir)
+        if gate is not None:
+            self._gates[version] = gate
+
+    def routes(self, prompts: Sequence[str], version: str) -> list[str]:
+        """The backend version that answers each prompt: `version`, or base where the
+        version's gate keeps its adapter away."""
+        gate = self._gates.get(version)
+        if gate is None:
+            return [version] * len(prompts)
+        return [version if hit else BASE_VERSION for hit in gate.routes(prompts)]
+
+    def _routed_generate(
+        self, prompts: list[str], sampling: Sampling, version: str
+    ) -> list[list[GeneratedPath]]:
+        out: list[list[GeneratedPath]] = [[] for _ in prompts]
+        for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
+            paths = self.backend.generate([prompts[i] for i in rows], sampling, backend_version)
+            for i, found in zip(rows, paths, strict=True):
+                out[i] = found
+        return out
+
+    def _routed_score(
+        self, prompts: list[str], completions: list[str], version: str
+    ) -> list[PathLogProbs]:
+        out = [PathLogProbs()] * len(prompts)
+        for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
+            scores = self.backend.score(
+                [prompts[i] for i in rows], [completions[i] for i in rows], backend_version
+            )
+            for i, score in zip(rows, scores, strict=True):
+                out[i] = score
         return out
 
     # ---- scoring ---------------------------------------------------------------------
@@ -290,7 +331,7 @@ class LLMCore:
                     f"completions[{index}]: prompt + completion is {total} tokens, above the "
                     f"model's context of {self.backend.context_length} tokens"
                 )
-        scores = self.backend.score([prompt] * len(completions), list(completions), version)
+        scores = self._routed_score([prompt] * len(completions), list(completions), version)
         return ScoreResult(
             [
                 ScoredCompletion(
@@ -341,7 +382,9 @@ class LLMCore:
                 self.backend.settings.model, plan.start, plan.examples, options, out_dir, replay
             )
             write_contributions(out_dir, plan.absorbed)
-            self.backend.add_version(name, out_dir)
+            if self.extras.absorb_route == ABSORB_ROUTE_GATE:
+                AdapterGate([p for p, _ in plan.examples], [p for p, _ in replay]).save(out_dir)
+            self._serve(name, out_dir)
         except AbsorbDiverged as exc:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise FailedPrecondition(f"{exc}; still serving {parent.version}") from exc
@@ -361,6 +404,7 @@ class LLMCore:
             absorbed_ids=absorbed,
             samples_replayed=len(replay),
             absorb_mode=self.extras.absorb_mode,
+            absorb_route=self.extras.absorb_route,
         )
         self.versions.add_and_serve(info)
         log.info(
@@ -550,6 +594,14 @@ class LLMCore:
             problem = self.pool[sid]
             items.append(_Item(sid, format_prompt(problem.question), problem.answer))
         return items
+
+
+def _rows_by(keys: Sequence[str]) -> dict[str, list[int]]:
+    """Row indices grouped by key, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return groups
 
 
 def _path_result(path: GeneratedPath, answer: str | None) -> PathResult:

@@ -30,6 +30,7 @@ class VersionInfo:
     absorbed_ids: list[str] = field(default_factory=list)
     samples_replayed: int = 0  # own sound paths (base's or the parent's) trained beside them
     absorb_mode: str = ""  # how the adapter was trained: rebase or continue ("" for base)
+    absorb_route: str = ""  # which prompts the adapter answers: all or gate ("" for base)
 
 
 class VersionRegistry:

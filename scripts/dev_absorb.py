@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.0, help="0: the LLM service's default")
     parser.add_argument("--replay", type=float, default=-1.0, help="<0: the service's default")
     parser.add_argument("--anchor", type=float, default=-1.0, help="<0: the service's default")
+    parser.add_argument("--route", default="", help="all or gate; empty: the service's default")
     parser.add_argument("--per-domain", type=int, default=150)
     args = parser.parse_args()
 
@@ -39,6 +40,7 @@ def main() -> None:
         absorb_learning_rate=args.lr,
         absorb_replay_ratio=args.replay,
         absorb_anchor_weight=args.anchor,
+        absorb_route=args.route,
     )
     manifest = build_zoo(settings.profile, None, progress=False)
     test_ids = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
@@ -64,10 +66,12 @@ def main() -> None:
         )
     before = json.loads(before_file.read_text())
     result = absorb_probe(manifest, client, offered, replay_pool, dev, before, settings)
-    name = f"ep{args.epochs}-lr{args.lr}-replay{args.replay}-anchor{args.anchor}"
+    name = f"ep{args.epochs}-lr{args.lr}-replay{args.replay}-anchor{args.anchor}-{args.route}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     for domain, cells in result["llm"].items():
-        print(f"{name} {domain}: {cells['before']['all']} -> {cells['after']['all']}")
+        routed = result["routed_to_adapter"][domain]
+        change = f"{cells['before']['all']} -> {cells['after']['all']}"
+        print(f"{name} {domain}: {change} (routed {routed})")
 
 
 if __name__ == "__main__":

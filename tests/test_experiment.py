@@ -22,6 +22,7 @@ from lada.config import ClusterConfig, load_config
 from lada.experiment import (
     SweepError,
     SweepOutcome,
+    config_digest,
     ray_session,
     render_phase_table,
     render_table,
@@ -451,3 +452,24 @@ def test_the_llm_cell_separates_the_client_only_domain_from_the_public_ones() ->
     assert row["llm_public_before"] == pytest.approx(0.95)
     assert row["llm_public_after"] == pytest.approx(0.88)
     assert "client-only 0.020 -> 0.300, public 0.950 -> 0.880" in render_table([row])
+
+
+# ---- a run's key covers the settings it reads from the environment -----------------------
+@pytest.mark.parametrize(
+    "variable",
+    ["LADA_AGENT_TRAINER__PRIVATE_KL_WEIGHT", "LADA_LLM_ABSORB_ANCHOR_WEIGHT"],
+)
+def test_a_run_key_changes_with_a_variable_that_shapes_the_run(variable: str) -> None:
+    config = ClusterConfig()
+    assert config_digest(config, "zoo", {variable: "5"}) != config_digest(config, "zoo", {})
+
+
+def test_a_run_key_changes_with_the_llms_absorb_route() -> None:
+    gated = config_digest(ClusterConfig(), "zoo", {"LADA_LLM_ABSORB_ROUTE": "gate"})
+    assert gated != config_digest(ClusterConfig(), "zoo", {})
+
+
+def test_a_run_key_ignores_where_the_llm_keeps_its_state() -> None:
+    """Each simulated run gives its LLM its own state directory."""
+    moved = config_digest(ClusterConfig(), "zoo", {"LADA_LLM_STATE_DIR": "/elsewhere"})
+    assert moved == config_digest(ClusterConfig(), "zoo", {})

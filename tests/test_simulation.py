@@ -84,3 +84,18 @@ def test_the_in_process_gateway_lets_the_round_driver_absorb_into_the_llm(
     after = [gateway.score(c.sample_id, [c.text], version)[0] for c in contributions]
     assert sum(after) > sum(before)  # the absorbed paths became more likely
     gateway.core.close()
+
+
+def test_the_simulated_llm_reads_the_llm_services_variables(
+    micro_zoo: ZooManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `lada up`'s LLM service does, so a sweep measures what a cluster would serve."""
+    monkeypatch.setenv("LADA_LLM_ABSORB_ROUTE", "gate")
+    monkeypatch.setenv("LADA_LLM_STATE_DIR", str(tmp_path / "not-this-one"))
+    public = write_jsonl(load_dataset("synthetic:domains=all,n=6,seed=13"), tmp_path / "pool.jsonl")
+    core = build_llm(micro_zoo.llm, public, tmp_path / "llm")
+    try:
+        assert core.extras.absorb_route == "gate"
+        assert core.state_dir == tmp_path / "llm"
+    finally:
+        core.close()

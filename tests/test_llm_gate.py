@@ -1,0 +1,130 @@
+"""The adapter gate (`absorb_route gate`, llm_service/gate.py): a version answers with its
+adapter only the prompts that look like what it absorbed, and with the base model the
+prompts that look like what the base already answered soundly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lada.config import ConfigError, LLMServiceConfig
+from lada.tasks import CLIENT_DOMAINS, format_prompt, format_target, load_dataset
+from llm_service.gate import GATE_FILE, AdapterGate
+from llm_service.main import build_core
+from llm_service.settings import LLMServiceExtras
+from llm_service.types import AbsorbOverrides, Contribution, Sampling
+
+CLIENT_ONLY = CLIENT_DOMAINS[0]
+FIT = load_dataset("synthetic:domains=all+units,n=300,seed=21")
+HELD_OUT = load_dataset("synthetic:domains=all+units,n=500,seed=22")
+
+
+def _prompts(problems, client_only: bool) -> list[str]:
+    return [format_prompt(p.question) for p in problems if (p.domain == CLIENT_ONLY) == client_only]
+
+
+@pytest.fixture(scope="module")
+def gate() -> AdapterGate:
+    """Fitted as an absorb fits it: 60 absorbed client-only prompts, 240 known public ones."""
+    return AdapterGate(_prompts(FIT, client_only=True), _prompts(FIT, client_only=False))
+
+
+def test_the_gate_sends_held_out_client_only_prompts_to_the_adapter(gate) -> None:
+    routed = gate.routes(_prompts(HELD_OUT, client_only=True))
+    assert sum(routed) / len(routed) >= 0.95
+
+
+def test_the_gate_keeps_held_out_public_prompts_on_the_base_model(gate) -> None:
+    routed = gate.routes(_prompts(HELD_OUT, client_only=False))
+    assert sum(routed) / len(routed) <= 0.02
+
+
+def test_a_gate_routes_the_same_after_a_round_trip_through_its_file(gate, tmp_path) -> None:
+    gate.save(tmp_path)
+    loaded = AdapterGate.load(tmp_path)
+    prompts = [format_prompt(p.question) for p in HELD_OUT]
+    assert loaded is not None and loaded.routes(prompts) == gate.routes(prompts)
+
+
+def test_an_adapter_without_a_gate_file_has_no_gate(tmp_path: Path) -> None:
+    assert AdapterGate.load(tmp_path) is None
+
+
+def test_a_gate_with_no_known_prompts_sends_every_prompt_to_the_adapter() -> None:
+    gate = AdapterGate(_prompts(FIT, client_only=True), [])
+    assert gate.routes(_prompts(HELD_OUT, client_only=False)[:10]) == [True] * 10
+
+
+def test_a_gate_needs_the_prompts_its_adapter_absorbed() -> None:
+    with pytest.raises(ValueError, match="absorbed"):
+        AdapterGate([], _prompts(FIT, client_only=False))
+
+
+# ---- the setting ---------------------------------------------------------------------------
+def test_every_prompt_goes_to_the_adapter_by_default() -> None:
+    assert LLMServiceExtras.from_env({}).absorb_route == "all"
+
+
+def test_absorb_route_is_read_from_the_environment() -> None:
+    extras = LLMServiceExtras.from_env({"LADA_LLM_ABSORB_ROUTE": "gate"})
+    assert extras.absorb_route == "gate"
+    extras.check()
+
+
+def test_an_unknown_absorb_route_is_rejected_naming_the_allowed_values() -> None:
+    extras = LLMServiceExtras(absorb_route="router")
+    with pytest.raises(ConfigError, match=r"absorb_route: 'router' is not one of all, gate"):
+        extras.check()
+
+
+def test_the_gate_without_replay_is_rejected_naming_the_replay_ratio() -> None:
+    extras = LLMServiceExtras(absorb_route="gate", absorb_replay_ratio=0.0)
+    with pytest.raises(ConfigError, match="absorb_replay_ratio > 0"):
+        extras.check()
+
+
+# ---- a gated version in the LLM service's core ---------------------------------------------
+DEMO_LLM = Path(__file__).resolve().parents[1] / "zoo" / "demo" / "llm"  # committed weights
+POOL = "synthetic:domains=all+units,n=80,seed=3"
+
+
+@pytest.fixture(scope="module")
+def gated_core(tmp_path_factory):
+    """The demo LLM after one gated absorb of 8 client-only reference paths (2 replayed
+    base paths per contribution teach the gate what the base knows)."""
+    state = tmp_path_factory.mktemp("gated")
+    extras = LLMServiceExtras(state_dir=str(state), absorb_route="gate", absorb_replay_ratio=2.0)
+    config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
+    core = build_core(config, extras)
+    units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY]
+    contributions = [Contribution(p.id, format_target(p.reference)) for p in units[:8]]
+    info = core.absorb(contributions, AbsorbOverrides(epochs=2, learning_rate=1e-2))
+    yield core, info, units[8:]
+    core.close()
+
+
+def test_a_gated_absorb_saves_its_gate_beside_the_adapter(gated_core) -> None:
+    _, info, _ = gated_core
+    gate = AdapterGate.load(Path(info.adapter_dir))
+    assert info.absorb_route == "gate" and (Path(info.adapter_dir) / GATE_FILE).exists()
+    assert gate is not None and len(gate.absorbed) == 8
+    assert len(gate.known) == info.samples_replayed > 0
+
+
+def test_a_gated_version_answers_public_samples_exactly_as_the_base_model(gated_core) -> None:
+    core, info, _ = gated_core
+    public = [p.id for p in core.pool.values() if p.domain != CLIENT_ONLY][:6]
+    sampling = Sampling(n=2, temperature=1.0, max_tokens=48, seed=4)
+    gated = core.generate(public, [], sampling, info.version).results
+    base = core.generate(public, [], sampling, "base").results
+    assert [r.paths for r in gated] == [r.paths for r in base]
+
+
+def test_a_gated_version_scores_client_only_paths_with_its_adapter(gated_core) -> None:
+    core, info, held_out = gated_core
+    sample = held_out[0]
+    path = format_target(sample.reference)
+    adapted = core.score("", [path], sample_id=sample.id, model_version=info.version)
+    base = core.score("", [path], sample_id=sample.id, model_version="base")
+    assert adapted.scores[0].joint_logprob > base.scores[0].joint_logprob + 0.1
