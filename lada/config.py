@@ -168,14 +168,17 @@ class LLMServiceExtras:
     # domains within 3.3 points where rank 8 without replay lost 31-80. lr 1e-3 over 5e-4: in
     # the federation's regime (rebased absorbs of 20-66 contributions) 5e-4 learned half as
     # much of the client-only domain on a dev set (docs/zoo.md, attempt 6).
-    absorb_epochs: int = 6
+    # With the gate (below) the public domains are the base model's, so the adapter trains
+    # to learn the client-only domain: 12 epochs at 1e-3 over 6 took `units` +10.5 -> +24.5
+    # points on a dev set (docs/zoo.md, attempt 17; 3e-3 and 5e-3 were unstable).
+    absorb_epochs: int = 12
     absorb_learning_rate: float = 1e-3
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
     absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's
-    absorb_route: str = ABSORB_ROUTE_ALL  # which prompts a version's adapter answers
+    absorb_route: str = ABSORB_ROUTE_GATE  # which prompts a version's adapter answers
     max_absorb_contributions: int = 4096
 
     @classmethod
@@ -206,7 +209,8 @@ class LLMServiceExtras:
         if self.absorb_route == ABSORB_ROUTE_GATE and self.absorb_replay_ratio <= 0:
             raise ConfigError(
                 "absorb_route: gate learns what the base model knows from the replayed paths; "
-                "it needs absorb_replay_ratio > 0 (LADA_LLM_ABSORB_REPLAY_RATIO)"
+                "it needs absorb_replay_ratio > 0 (LADA_LLM_ABSORB_REPLAY_RATIO), or "
+                "absorb_route all (LADA_LLM_ABSORB_ROUTE)"
             )
 
     def resolved_state_dir(self, model: str) -> Path:

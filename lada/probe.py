@@ -693,14 +693,19 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"**Absorb** (LLM direction): `{a['slm']}` wrote {a['sound_paths']} sound greedy "
             f"paths on {a['offered']} public samples; LoRA rank {a['absorb']['lora_rank']}, "
             f"lr {a['absorb']['learning_rate']}, {a['absorb']['epochs']} epochs "
-            f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s). LLM test accuracy "
-            "before -> after:",
+            f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s), route "
+            f"`{a['absorb'].get('route', 'all')}` (the share of each domain's test prompts the "
+            "adapter answers; the base model answers the rest). LLM test accuracy before -> after:",
             "",
-            "| domain | before | after |",
-            "|---|---:|---:|",
+            "| domain | before | after | answered by the adapter |",
+            "|---|---:|---:|---:|",
         ]
+        routed = a.get("routed_to_adapter", {})
         for d, v in a["llm"].items():
-            lines.append(f"| {d} | {_pct(v['before']['all'])} | {_pct(v['after']['all'])} |")
+            lines.append(
+                f"| {d} | {_pct(v['before']['all'])} | {_pct(v['after']['all'])} "
+                f"| {_pct(routed.get(d, 1.0))} |"
+            )
     lines += ["", "**Targets**", "", "| target | measured | holds |", "|---|---|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['holds'] else '**no**'} |")

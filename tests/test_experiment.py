@@ -465,8 +465,8 @@ def test_a_run_key_changes_with_a_variable_that_shapes_the_run(variable: str) ->
 
 
 def test_a_run_key_changes_with_the_llms_absorb_route() -> None:
-    gated = config_digest(ClusterConfig(), "zoo", {"LADA_LLM_ABSORB_ROUTE": "gate"})
-    assert gated != config_digest(ClusterConfig(), "zoo", {})
+    ungated = config_digest(ClusterConfig(), "zoo", {"LADA_LLM_ABSORB_ROUTE": "all"})
+    assert ungated != config_digest(ClusterConfig(), "zoo", {})
 
 
 def test_a_run_key_ignores_where_the_llm_keeps_its_state() -> None:

@@ -102,8 +102,13 @@ def test_absorb_replays_the_llms_own_sound_paths_beside_the_contributions(
     tmp_path: Path, ratio: float, replayed: int
 ) -> None:
     """The demo LLM solves most public samples, so 2 replayed paths per contribution are
-    found among the 16 candidates drawn for 4 contributions (0: replay off)."""
-    extras = LLMServiceExtras(state_dir=str(tmp_path / "state"), absorb_replay_ratio=ratio)
+    found among the 16 candidates drawn for 4 contributions (0: replay off, and with it the
+    gate, which learns from the replayed prompts)."""
+    extras = LLMServiceExtras(
+        state_dir=str(tmp_path / "state"),
+        absorb_replay_ratio=ratio,
+        absorb_route="gate" if ratio else "all",
+    )
     config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
     core = build_core(config, extras)
     try:

@@ -62,13 +62,13 @@ def test_a_gate_needs_the_prompts_its_adapter_absorbed() -> None:
 
 
 # ---- the setting ---------------------------------------------------------------------------
-def test_every_prompt_goes_to_the_adapter_by_default() -> None:
-    assert LLMServiceExtras.from_env({}).absorb_route == "all"
+def test_the_gate_routes_by_default() -> None:
+    assert LLMServiceExtras.from_env({}).absorb_route == "gate"
 
 
 def test_absorb_route_is_read_from_the_environment() -> None:
-    extras = LLMServiceExtras.from_env({"LADA_LLM_ABSORB_ROUTE": "gate"})
-    assert extras.absorb_route == "gate"
+    extras = LLMServiceExtras.from_env({"LADA_LLM_ABSORB_ROUTE": "all"})
+    assert extras.absorb_route == "all"
     extras.check()
 
 
@@ -80,7 +80,7 @@ def test_an_unknown_absorb_route_is_rejected_naming_the_allowed_values() -> None
 
 def test_the_gate_without_replay_is_rejected_naming_the_replay_ratio() -> None:
     extras = LLMServiceExtras(absorb_route="gate", absorb_replay_ratio=0.0)
-    with pytest.raises(ConfigError, match="absorb_replay_ratio > 0"):
+    with pytest.raises(ConfigError, match="absorb_replay_ratio > 0.*absorb_route all"):
         extras.check()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import lada.probe as probe
-from lada.tasks import Problem, format_target, load_dataset
+from lada.tasks import Problem, format_prompt, format_target, load_dataset
 from lada.zoo import ZooManifest
 
 
@@ -70,3 +70,22 @@ def test_probe_runs_on_micro_zoo(
     text = doc.read_text()
     assert text.startswith("# Zoo\n\nintro") and text.count(probe.MARK_BEGIN) == 1
     assert "| `llm` |" in text and "**Targets**" in text
+
+
+ROUTE_SET = load_dataset("synthetic:domains=all+units,n=200,seed=31")
+
+
+def _pairs(problems: list[Problem]) -> list[tuple[str, str]]:
+    return [(format_prompt(p.question), format_target(p.reference)) for p in problems]
+
+
+@pytest.mark.parametrize(("route", "public_routed"), [("all", 1.0), ("gate", 0.0)])
+def test_the_absorb_probe_sends_test_problems_where_the_service_would(
+    route: str, public_routed: float
+) -> None:
+    """Under the gate the base model answers the public domains; under `all`, the adapter."""
+    units = [p for p in ROUTE_SET if p.domain == "units"]
+    public = [p for p in ROUTE_SET if p.domain != "units"]
+    test = load_dataset("synthetic:domains=all,n=40,seed=32")
+    routed = probe._gate_routes(route, _pairs(units), _pairs(public), test)
+    assert sum(routed) / len(routed) == public_routed

@@ -90,12 +90,12 @@ def test_the_simulated_llm_reads_the_llm_services_variables(
     micro_zoo: ZooManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As `lada up`'s LLM service does, so a sweep measures what a cluster would serve."""
-    monkeypatch.setenv("LADA_LLM_ABSORB_ROUTE", "gate")
+    monkeypatch.setenv("LADA_LLM_ABSORB_ROUTE", "all")
     monkeypatch.setenv("LADA_LLM_STATE_DIR", str(tmp_path / "not-this-one"))
     public = write_jsonl(load_dataset("synthetic:domains=all,n=6,seed=13"), tmp_path / "pool.jsonl")
     core = build_llm(micro_zoo.llm, public, tmp_path / "llm")
     try:
-        assert core.extras.absorb_route == "gate"
+        assert core.extras.absorb_route == "all"
         assert core.state_dir == tmp_path / "llm"
     finally:
         core.close()
