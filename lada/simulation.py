@@ -34,6 +34,7 @@ from lada.phases import PhaseTimes
 from lada.redis_conn import RedisHandle
 from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics
 from lada.state import Phase, StateStore
+from lada.tasks import Problem, format_prompt, load_dataset
 from llm_service.core import LLMCore
 from llm_service.types import BASE_VERSION, Sampling
 from llm_service.types import Contribution as LLMContribution
@@ -267,6 +268,16 @@ def core_answers(llm: LLMCore) -> Callable[[list[str], str], list[str]]:
     return answers
 
 
+def adapter_share(llm: LLMCore, version: str, problems: Sequence[Problem]) -> dict[str, float]:
+    """Per domain, the share of test prompts `version`'s adapter answers (the rest: the
+    base model, where its gate keeps them from the adapter; llm_service/gate.py)."""
+    routed = llm.routes([format_prompt(p.question) for p in problems], version)
+    by_domain: dict[str, list[bool]] = {}
+    for problem, answering in zip(problems, routed, strict=True):
+        by_domain.setdefault(problem.domain, []).append(answering != BASE_VERSION)
+    return {d: sum(hits) / len(hits) for d, hits in sorted(by_domain.items())}
+
+
 def path_cache_counts(llm: LLMCore) -> dict[str, int]:
     """How the LLM's generations were served: from the shared cache, or generated."""
     shared = llm.shared
@@ -288,7 +299,6 @@ def simulate(
     """Run a whole federation in this process; returns the run's metrics, with the wall
     seconds of each phase under `phase_seconds` (summed into `times` when given).
     `path_cache_url`: a Redis the LLM shares generated paths through, beyond this run."""
-    from lada.tasks import load_dataset
 
     times = times or PhaseTimes()
     started = time.monotonic()
@@ -302,6 +312,7 @@ def simulate(
             accuracy = llm_accuracy_of(core_answers(run.llm), versions, problems)
         metrics = run_metrics(config, run.store, "simulation", started, accuracy)
         metrics["llm_path_cache"] = path_cache_counts(run.llm)
+        metrics["llm_adapter_share"] = adapter_share(run.llm, versions[-1], problems)
     finally:
         run.llm.close()
     metrics["phase_seconds"] = times.rounded()
@@ -318,7 +329,6 @@ def _set_up(
 ) -> tuple[SimulatedRun, list[str]]:
     """The federation's data, allocator, LLM and agents; and its test sets' specs."""
     from lada.cluster import carve_data
-    from lada.tasks import load_dataset
 
     data = carve_data(config, workdir / "data")
     run_id = f"sim-{config.run_id}-{int(time.time() * 1000)}"

@@ -141,6 +141,14 @@ def test_the_table_gives_mean_and_spread_over_seeds_and_the_llm_columns(sweep: P
     assert all(" -> " in row for m, row in rows.items() if m != "local-only")  # LLM before -> after
 
 
+def test_each_run_records_which_test_domains_its_llms_adapter_answered(sweep: Path) -> None:
+    runs = [r for r in json.loads((sweep / "results.json").read_text()) if r.get("policy")]
+    for run in runs:
+        shares = run["llm_adapter_share"]
+        assert set(shares) == set(run["llm_accuracy_by_domain"]["base"]) - {"all"}
+        assert all(0.0 <= share <= 1.0 for share in shares.values())
+
+
 def test_each_run_records_where_its_minutes_went(sweep: Path) -> None:
     runs = [r for r in json.loads((sweep / "results.json").read_text()) if r.get("policy")]
     assert len(runs) == 4

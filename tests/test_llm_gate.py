@@ -128,3 +128,14 @@ def test_a_gated_version_scores_client_only_paths_with_its_adapter(gated_core) -
     adapted = core.score("", [path], sample_id=sample.id, model_version=info.version)
     base = core.score("", [path], sample_id=sample.id, model_version="base")
     assert adapted.scores[0].joint_logprob > base.scores[0].joint_logprob + 0.1
+
+
+def test_a_run_records_the_share_of_each_domain_its_adapter_answered(gated_core) -> None:
+    from lada.simulation import adapter_share
+
+    core, info, _ = gated_core
+    problems = load_dataset("synthetic:domains=all+units,n=100,seed=23")
+    shares = adapter_share(core, info.version, problems)
+    assert shares["units"] >= 0.95
+    assert max(v for d, v in shares.items() if d != "units") <= 0.02
+    assert set(adapter_share(core, "base", problems).values()) == {0.0}
