@@ -382,8 +382,9 @@ class LLMCore:
                 self.backend.settings.model, plan.start, plan.examples, options, out_dir, replay
             )
             write_contributions(out_dir, plan.absorbed)
-            if self.extras.absorb_route == ABSORB_ROUTE_GATE:
-                AdapterGate([p for p, _ in plan.examples], [p for p, _ in replay]).save(out_dir)
+            if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
+                absorbed = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
+                AdapterGate(absorbed, [p for p, _ in replay]).save(out_dir)
             self._serve(name, out_dir)
         except AbsorbDiverged as exc:
             shutil.rmtree(out_dir, ignore_errors=True)

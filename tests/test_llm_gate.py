@@ -139,3 +139,20 @@ def test_a_run_records_the_share_of_each_domain_its_adapter_answered(gated_core)
     assert shares["units"] >= 0.95
     assert max(v for d, v in shares.items() if d != "units") <= 0.02
     assert set(adapter_share(core, "base", problems).values()) == {0.0}
+
+
+def test_a_continued_version_gates_everything_its_chain_absorbed(micro_zoo, tmp_path) -> None:
+    """In absorb_mode continue the adapter carries the parent's contributions too."""
+    extras = LLMServiceExtras(state_dir=str(tmp_path), absorb_mode="continue")
+    config = LLMServiceConfig(model=str(micro_zoo.llm), backend="transformers", public_pool=POOL)
+    core = build_core(config, extras)
+    try:
+        first, second = list(core.pool.values())[:2], list(core.pool.values())[2:3]
+        for batch in (first, second):
+            references = [Contribution(p.id, format_target(p.reference)) for p in batch]
+            info = core.absorb(references, AbsorbOverrides(epochs=1))
+    finally:
+        core.close()
+    gate = AdapterGate.load(Path(info.adapter_dir))
+    assert gate is not None
+    assert gate.absorbed == [format_prompt(p.question) for p in second + first]
