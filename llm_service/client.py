@@ -172,5 +172,12 @@ def _sample(r: llm_service_pb2.SamplePaths) -> SampleResult:
 
 def _version(v: llm_service_pb2.ModelVersion) -> ModelVersionInfo:
     return ModelVersionInfo(
-        v.version, v.parent, v.samples_absorbed, v.created_unix_ms, v.serving, v.final_loss
+        v.version,
+        v.parent,
+        v.samples_absorbed,
+        v.created_unix_ms,
+        v.serving,
+        v.final_loss,
+        v.absorb_mode,
+        v.absorb_route,
     )

@@ -146,6 +146,8 @@ def _version(info: VersionInfo, serving: bool) -> llm_service_pb2.ModelVersion:
         created_unix_ms=info.created_unix_ms,
         serving=serving,
         final_loss=info.final_loss,
+        absorb_mode=info.absorb_mode,
+        absorb_route=info.absorb_route,
     )
 
 

@@ -86,3 +86,5 @@ class ModelVersionInfo:
     created_unix_ms: int
     serving: bool
     final_loss: float
+    absorb_mode: str = ""  # rebase or continue ("" for base)
+    absorb_route: str = ""  # all or gate ("" for base)

@@ -56,3 +56,13 @@ def test_the_gated_version_scores_client_only_paths_with_its_adapter(gated) -> N
     adapted = client.score(path, sample_id=held_out.id, model_version=version).scores[0]
     base = client.score(path, sample_id=held_out.id, model_version="base").scores[0]
     assert adapted.joint_logprob > base.joint_logprob + 0.1
+
+
+def test_list_versions_says_the_version_is_gated(gated) -> None:
+    client, version, _ = gated
+    versions, serving = client.list_versions()
+    assert serving == version
+    assert [(v.version, v.absorb_mode, v.absorb_route) for v in versions] == [
+        ("base", "", ""),
+        (version, "rebase", "gate"),
+    ]

@@ -118,20 +118,24 @@ class AbsorbRequest(_message.Message):
     def __init__(self, contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., options: _Optional[_Union[AbsorbOptions, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "parent", "samples_absorbed", "created_unix_ms", "serving", "final_loss")
+    __slots__ = ("version", "parent", "samples_absorbed", "created_unix_ms", "serving", "final_loss", "absorb_mode", "absorb_route")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_ABSORBED_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    ABSORB_MODE_FIELD_NUMBER: _ClassVar[int]
+    ABSORB_ROUTE_FIELD_NUMBER: _ClassVar[int]
     version: str
     parent: str
     samples_absorbed: int
     created_unix_ms: int
     serving: bool
     final_loss: float
-    def __init__(self, version: _Optional[str] = ..., parent: _Optional[str] = ..., samples_absorbed: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., serving: _Optional[bool] = ..., final_loss: _Optional[float] = ...) -> None: ...
+    absorb_mode: str
+    absorb_route: str
+    def __init__(self, version: _Optional[str] = ..., parent: _Optional[str] = ..., samples_absorbed: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., serving: _Optional[bool] = ..., final_loss: _Optional[float] = ..., absorb_mode: _Optional[str] = ..., absorb_route: _Optional[str] = ...) -> None: ...
 
 class AbsorbResponse(_message.Message):
     __slots__ = ("version",)
