@@ -10,9 +10,10 @@ import logging
 import math
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from lada import metrics
 from lada.config import ABSORB_CONTINUE, ABSORB_ROUTE_GATE
@@ -56,6 +57,7 @@ from llm_service.types import (
 from llm_service.versions import VersionInfo, VersionRegistry, now_ms
 
 log = logging.getLogger("lada.llm.core")
+_T = TypeVar("_T")
 MAX_LISTED = 20  # unknown IDs named in one error message
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -264,10 +266,11 @@ class LLMCore:
         return out
 
     # ---- routing (llm_service/gate.py) ------------------------------------------------
-    def _serve(self, version: str, adapter_dir: Path) -> None:
-        """Load a version's adapter into the backend, and its gate when it has one."""
+    def _serve(self, version: str, adapter_dir: Path, gate: AdapterGate | None = None) -> None:
+        """Load a version's adapter into the backend, and its gate: the one just fitted, or
+        the one saved beside the adapter (none: the adapter answers every prompt)."""
         self.backend.add_version(version, adapter_dir)
-        gate = AdapterGate.load(adapter_dir)
+        gate = gate or AdapterGate.load(adapter_dir)
         if gate is not None:
             self._gates[version] = gate
 
@@ -279,27 +282,35 @@ class LLMCore:
             return [version] * len(prompts)
         return [version if hit else BASE_VERSION for hit in gate.routes(prompts)]
 
+    def _per_route(
+        self, prompts: list[str], version: str, call: Callable[[list[int], str], list[_T]]
+    ) -> list[_T]:
+        """`call(rows, backend_version)` once per backend version the rows route to, its
+        results put back in the prompts' order."""
+        out: dict[int, _T] = {}
+        for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
+            out.update(zip(rows, call(rows, backend_version), strict=True))
+        return [out[i] for i in range(len(prompts))]
+
     def _routed_generate(
         self, prompts: list[str], sampling: Sampling, version: str
     ) -> list[list[GeneratedPath]]:
-        out: list[list[GeneratedPath]] = [[] for _ in prompts]
-        for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
-            paths = self.backend.generate([prompts[i] for i in rows], sampling, backend_version)
-            for i, found in zip(rows, paths, strict=True):
-                out[i] = found
-        return out
+        return self._per_route(
+            prompts,
+            version,
+            lambda rows, to: self.backend.generate([prompts[i] for i in rows], sampling, to),
+        )
 
     def _routed_score(
         self, prompts: list[str], completions: list[str], version: str
     ) -> list[PathLogProbs]:
-        out = [PathLogProbs()] * len(prompts)
-        for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
-            scores = self.backend.score(
-                [prompts[i] for i in rows], [completions[i] for i in rows], backend_version
-            )
-            for i, score in zip(rows, scores, strict=True):
-                out[i] = score
-        return out
+        return self._per_route(
+            prompts,
+            version,
+            lambda rows, to: self.backend.score(
+                [prompts[i] for i in rows], [completions[i] for i in rows], to
+            ),
+        )
 
     # ---- scoring ---------------------------------------------------------------------
     def score(
@@ -382,10 +393,12 @@ class LLMCore:
                 self.backend.settings.model, plan.start, plan.examples, options, out_dir, replay
             )
             write_contributions(out_dir, plan.absorbed)
+            gate = None
             if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
-                absorbed = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
-                AdapterGate(absorbed, [p for p, _ in replay]).save(out_dir)
-            self._serve(name, out_dir)
+                prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
+                gate = AdapterGate(prompts, [p for p, _ in replay])
+                gate.save(out_dir)
+            self._serve(name, out_dir, gate)
         except AbsorbDiverged as exc:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise FailedPrecondition(f"{exc}; still serving {parent.version}") from exc
