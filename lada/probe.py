@@ -26,7 +26,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ class ProbeSettings:
     absorb_replay_ratio: float = -1.0  # own paths replayed per contributed one; <0: the default
     absorb_anchor_weight: float = -1.0  # KL to base on replayed paths; <0: the default
     absorb_route: str = ""  # which prompts the adapter answers (all, gate); "": the default
+    absorb_replay_trains: bool | None = None  # the adapter trains on the replay; None: default
     cache_dir: Path | None = None  # greedy results and LLM paths, keyed by model key
 
 
@@ -319,12 +320,25 @@ def absorb_probe(
             else extras.absorb_anchor_weight
         ),
     )
+    route = settings.absorb_route or extras.absorb_route
+    trains = settings.absorb_replay_trains
+    replay_trains = replace(
+        extras,
+        absorb_route=route,
+        absorb_replay_trains=extras.absorb_replay_trains if trains is None else trains,
+    ).replay_trains_adapter
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trained = train_adapter(manifest.llm, None, sound, options, Path(tmp) / "adapter", replay)
+        trained = train_adapter(
+            manifest.llm,
+            None,
+            sound,
+            options,
+            Path(tmp) / "adapter",
+            replay if replay_trains else (),
+        )
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    route = settings.absorb_route or extras.absorb_route
     routed = _gate_routes(route, sound, replay, test)
     to_adapter = [p for p, hit in zip(test, routed, strict=True) if hit]
     after = dict(llm_before) | dict(
@@ -336,7 +350,12 @@ def absorb_probe(
         "sound_paths": len(sound),
         "replayed": len(replay),
         "absorb": asdict(options)
-        | {"steps": trained.steps, "seconds": round(seconds, 1), "route": route},
+        | {
+            "steps": trained.steps,
+            "seconds": round(seconds, 1),
+            "route": route,
+            "replay_trains": replay_trains,
+        },
         "routed_to_adapter": {
             d: _mean([hit for p, hit in zip(test, routed, strict=True) if p.domain == d])
             for d in ALL_DOMAINS
@@ -693,7 +712,9 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"**Absorb** (LLM direction): `{a['slm']}` wrote {a['sound_paths']} sound greedy "
             f"paths on {a['offered']} public samples; LoRA rank {a['absorb']['lora_rank']}, "
             f"lr {a['absorb']['learning_rate']}, {a['absorb']['epochs']} epochs "
-            f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s), route "
+            f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s; "
+            f"{a['replayed']} of its own paths replayed"
+            f"{'' if a['absorb'].get('replay_trains', True) else ' for the gate only'}), route "
             f"`{a['absorb'].get('route', 'all')}` (the share of each domain's test prompts the "
             "adapter answers; the base model answers the rest). LLM test accuracy before -> after:",
             "",

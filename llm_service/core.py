@@ -390,7 +390,12 @@ class LLMCore:
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             trained = train_adapter(
-                self.backend.settings.model, plan.start, plan.examples, options, out_dir, replay
+                self.backend.settings.model,
+                plan.start,
+                plan.examples,
+                options,
+                out_dir,
+                replay if self.extras.replay_trains_adapter else (),
             )
             write_contributions(out_dir, plan.absorbed)
             gate = None
@@ -417,6 +422,7 @@ class LLMCore:
             lora_rank=trained.lora_rank,
             absorbed_ids=absorbed,
             samples_replayed=len(replay),
+            train_steps=trained.steps,
             absorb_mode=self.extras.absorb_mode,
             absorb_route=self.extras.absorb_route,
         )
@@ -430,6 +436,7 @@ class LLMCore:
                 "contributions": len(contributions),
                 "examples": len(plan.examples),
                 "replayed": len(replay),
+                "steps": trained.steps,
                 "first_loss": trained.first_loss,
                 "final_loss": trained.final_loss,
             },

@@ -22,6 +22,9 @@ def main() -> None:
     parser.add_argument("--replay", type=float, default=-1.0, help="<0: the service's default")
     parser.add_argument("--anchor", type=float, default=-1.0, help="<0: the service's default")
     parser.add_argument("--route", default="", help="all or gate; empty: the service's default")
+    parser.add_argument(
+        "--replay-trains", choices=("yes", "no"), default="", help="empty: the service's default"
+    )
     parser.add_argument("--per-domain", type=int, default=150)
     args = parser.parse_args()
 
@@ -41,6 +44,7 @@ def main() -> None:
         absorb_replay_ratio=args.replay,
         absorb_anchor_weight=args.anchor,
         absorb_route=args.route,
+        absorb_replay_trains={"yes": True, "no": False}.get(args.replay_trains),
     )
     manifest = build_zoo(settings.profile, None, progress=False)
     test_ids = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
@@ -67,6 +71,7 @@ def main() -> None:
     before = json.loads(before_file.read_text())
     result = absorb_probe(manifest, client, offered, replay_pool, dev, before, settings)
     name = f"ep{args.epochs}-lr{args.lr}-replay{args.replay}-anchor{args.anchor}-{args.route}"
+    name += f"-trains{args.replay_trains}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     for domain, cells in result["llm"].items():
         routed = result["routed_to_adapter"][domain]

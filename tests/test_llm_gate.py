@@ -4,6 +4,7 @@ prompts that look like what the base already answered soundly."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,22 @@ def test_the_gate_without_replay_is_rejected_naming_the_replay_ratio() -> None:
         extras.check()
 
 
+def test_replay_for_the_gate_alone_is_read_from_the_environment() -> None:
+    extras = LLMServiceExtras.from_env({"LADA_LLM_ABSORB_REPLAY_TRAINS": "false"})
+    assert extras.absorb_replay_trains is False
+    extras.check()
+
+
+def test_an_unreadable_replay_trains_value_is_rejected_naming_its_variable() -> None:
+    with pytest.raises(ConfigError, match="LADA_LLM_ABSORB_REPLAY_TRAINS: cannot read 'maybe'"):
+        LLMServiceExtras.from_env({"LADA_LLM_ABSORB_REPLAY_TRAINS": "maybe"})
+
+
+def test_without_a_gate_the_replay_always_trains_the_adapter() -> None:
+    assert LLMServiceExtras(absorb_route="all", absorb_replay_trains=False).replay_trains_adapter
+    assert not LLMServiceExtras(absorb_route="gate").replay_trains_adapter
+
+
 # ---- a gated version in the LLM service's core ---------------------------------------------
 DEMO_LLM = Path(__file__).resolve().parents[1] / "zoo" / "demo" / "llm"  # committed weights
 POOL = "synthetic:domains=all+units,n=80,seed=3"
@@ -156,3 +173,28 @@ def test_a_continued_version_gates_everything_its_chain_absorbed(micro_zoo, tmp_
     gate = AdapterGate.load(Path(info.adapter_dir))
     assert gate is not None
     assert gate.absorbed == [format_prompt(p.question) for p in second + first]
+
+
+@pytest.mark.parametrize("replay_trains", [True, False])
+def test_replay_trains_the_adapter_unless_it_is_kept_for_the_gate(
+    tmp_path, replay_trains: bool
+) -> None:
+    """8 contributions, 2 replayed paths each, batch 4, 2 epochs: the adapter trains on the
+    contributions and the replay, or on the contributions alone; the gate knows the replay
+    either way."""
+    extras = LLMServiceExtras(
+        state_dir=str(tmp_path), absorb_replay_ratio=2.0, absorb_replay_trains=replay_trains
+    )
+    config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
+    core = build_core(config, extras)
+    try:
+        units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY][:8]
+        references = [Contribution(p.id, format_target(p.reference)) for p in units]
+        info = core.absorb(references, AbsorbOverrides(epochs=2))
+    finally:
+        core.close()
+    trained_pairs = 8 + (info.samples_replayed if replay_trains else 0)
+    assert info.samples_replayed >= 12
+    assert info.train_steps == 2 * math.ceil(trained_pairs / 4)
+    gate = AdapterGate.load(Path(info.adapter_dir))
+    assert gate is not None and len(gate.known) == info.samples_replayed
