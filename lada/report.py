@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,14 @@ def llm_accuracy_of(
 
 def _share(hits: list[bool]) -> float:
     return sum(hits) / max(len(hits), 1)
+
+
+def share_by_domain(problems: Sequence[Problem], hits: Sequence[bool]) -> dict[str, float]:
+    """Per domain, the share of `problems` whose `hits` entry is true."""
+    by_domain: dict[str, list[bool]] = {}
+    for problem, hit in zip(problems, hits, strict=True):
+        by_domain.setdefault(problem.domain, []).append(hit)
+    return {d: _share(h) for d, h in sorted(by_domain.items())}
 
 
 def in_config_order(per_agent: dict[str, Any], config: ClusterConfig) -> dict[str, Any]:
@@ -232,7 +240,11 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         )
     )
     parts += _final_eval_section(metrics.get("final_eval", {}), metrics.get("baseline"))
-    parts += _llm_section(metrics.get("llm_accuracy", {}), metrics.get("llm_accuracy_by_domain"))
+    parts += _llm_section(
+        metrics.get("llm_accuracy", {}),
+        metrics.get("llm_accuracy_by_domain"),
+        metrics.get("llm_adapter_share"),
+    )
     parts += _traffic_section(
         metrics.get("bytes_sent", {}), metrics.get("logit_exchange_bytes", {})
     )
@@ -286,10 +298,13 @@ def _change(before: float | None, after: float | None) -> str:
 
 
 def _llm_section(
-    accuracy: dict[str, float], by_domain: dict[str, dict[str, float]] | None = None
+    accuracy: dict[str, float],
+    by_domain: dict[str, dict[str, float]] | None = None,
+    adapter_share: dict[str, float] | None = None,
 ) -> list[str]:
     """The LLM's greedy test accuracy per version; per domain when measured, so the
-    client-only domain (what Absorb should teach it) shows on its own."""
+    client-only domain (what Absorb should teach it) shows on its own; and the share of
+    each domain's test prompts the last version's adapter answered (its gate's choice)."""
     if not accuracy:
         return []
     lines = ["", "## LLM greedy test accuracy by model version", ""]
@@ -298,6 +313,9 @@ def _llm_section(
     domains = [d for d in next(iter(by_domain.values())) if d != "all"]
     labels = [f"{d} (client-only)" if d in CLIENT_DOMAINS else d for d in domains]
     rows = [[v, acc["all"], *(acc.get(d) for d in domains)] for v, acc in by_domain.items()]
+    if adapter_share:
+        label = f"answered by {list(by_domain)[-1]}'s adapter"
+        rows.append([label, None, *(adapter_share.get(d) for d in domains)])
     return [*lines, markdown_table(["version", "all", *labels], rows)]
 
 

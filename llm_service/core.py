@@ -54,7 +54,7 @@ from llm_service.types import (
     ScoredCompletion,
     ScoreResult,
 )
-from llm_service.versions import VersionInfo, VersionRegistry, now_ms
+from llm_service.versions import VERSIONS_FILE, VersionInfo, VersionRegistry, now_ms
 
 log = logging.getLogger("lada.llm.core")
 _T = TypeVar("_T")
@@ -115,7 +115,7 @@ class LLMCore:
         self.shared = shared  # the Redis path cache behind the LRU (None: in-process only)
         self.generate_calls = 0  # backend generation calls (cache misses that generated)
         self._version_keys: dict[str, str] = {}
-        self.versions = VersionRegistry(state_dir / "versions.json")
+        self.versions = VersionRegistry(state_dir / VERSIONS_FILE)
         self._absorbing = threading.Lock()
         self._gates: dict[str, AdapterGate] = {}
         for info in self.versions.adapters():

@@ -54,6 +54,19 @@ class AdapterGate:
         return cls(payload["absorbed"], payload["known"])
 
 
+def serving_routes(state_dir: Path, prompts: Sequence[str]) -> list[bool] | None:
+    """Which prompts the serving version's adapter answers, read from an LLM service's state
+    directory (after it stopped); None while it serves the base model."""
+    from llm_service.versions import VERSIONS_FILE, VersionRegistry
+
+    registry = VersionRegistry(state_dir / VERSIONS_FILE)
+    info = registry.get(registry.serving)
+    if info is None or not info.adapter_dir:
+        return None
+    gate = AdapterGate.load(Path(info.adapter_dir))
+    return gate.routes(prompts) if gate else [True] * len(prompts)
+
+
 def _fit(absorbed: list[str], known: list[str]) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from llm_service.types import BASE_VERSION
 
+VERSIONS_FILE = "versions.json"  # in the service's state directory
+
 
 @dataclass
 class VersionInfo:

@@ -11,7 +11,7 @@ import pytest
 
 from lada.config import ConfigError, LLMServiceConfig
 from lada.tasks import CLIENT_DOMAINS, format_prompt, format_target, load_dataset
-from llm_service.gate import GATE_FILE, AdapterGate
+from llm_service.gate import GATE_FILE, AdapterGate, serving_routes
 from llm_service.main import build_core
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import AbsorbOverrides, Contribution, Sampling
@@ -145,6 +145,20 @@ def test_a_gated_version_scores_client_only_paths_with_its_adapter(gated_core) -
     adapted = core.score("", [path], sample_id=sample.id, model_version=info.version)
     base = core.score("", [path], sample_id=sample.id, model_version="base")
     assert adapted.scores[0].joint_logprob > base.scores[0].joint_logprob + 0.1
+
+
+def test_the_serving_versions_routes_are_read_from_the_state_directory(gated_core) -> None:
+    """What `lada up` reports after the LLM service stopped."""
+    core, info, held_out = gated_core
+    public = [p for p in core.pool.values() if p.domain != CLIENT_ONLY][:10]
+    prompts = [format_prompt(p.question) for p in held_out + public]
+    routed = serving_routes(core.state_dir, prompts)
+    assert routed == [version == info.version for version in core.routes(prompts, info.version)]
+    assert routed == [True] * len(held_out) + [False] * 10
+
+
+def test_a_service_that_serves_base_has_no_adapter_routes(tmp_path: Path) -> None:
+    assert serving_routes(tmp_path, ["Q: 1+1?"]) is None
 
 
 def test_a_run_records_the_share_of_each_domain_its_adapter_answered(gated_core) -> None:
