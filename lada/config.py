@@ -178,9 +178,10 @@ class LLMServiceExtras:
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
-    # under the gate, whether the adapter also trains on the replayed paths (False: they only
-    # teach the gate what the base model knows, and an absorb takes 1 + absorb_replay_ratio
-    # times fewer steps); under absorb_route all they always train, there being no gate
+    # under the gate, whether the adapter trains on every replayed path (False: only on those
+    # whose prompts the gate sends to it, the public prompts it will answer; the rest only
+    # teach the gate, and an absorb of client-only paths takes up to 1 + absorb_replay_ratio
+    # times fewer steps); under absorb_route all they all train, there being no gate
     absorb_replay_trains: bool = False
     absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's

@@ -294,6 +294,7 @@ def absorb_probe(
     from peft import PeftModel
 
     from llm_service.absorb import TrainingOptions, replay_candidates, sound_replay, train_adapter
+    from llm_service.gate import AdapterGate, replay_to_train
 
     model, tok = load_causal_lm(manifest.slms[client_slm])
     texts = greedy_texts(model, tok, samples)
@@ -327,19 +328,22 @@ def absorb_probe(
         absorb_route=route,
         absorb_replay_trains=extras.absorb_replay_trains if trains is None else trains,
     ).replay_trains_adapter
+    gate = (
+        AdapterGate([p for p, _ in sound], [p for p, _ in replay])
+        if route == ABSORB_ROUTE_GATE
+        else None
+    )
+    trained_replay = replay_to_train(gate, replay, replay_trains)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         trained = train_adapter(
-            manifest.llm,
-            None,
-            sound,
-            options,
-            Path(tmp) / "adapter",
-            replay if replay_trains else (),
+            manifest.llm, None, sound, options, Path(tmp) / "adapter", trained_replay
         )
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    routed = _gate_routes(route, sound, replay, test)
+    # the test problems the adapter answers, as the service routes them (the base model's
+    # greedy answers stand for the rest: greedy decoding is deterministic)
+    routed = gate.routes([format_prompt(p.question) for p in test]) if gate else [True] * len(test)
     to_adapter = [p for p, hit in zip(test, routed, strict=True) if hit]
     after = dict(llm_before) | dict(
         zip([p.id for p in to_adapter], greedy_correct(merged, ltok, to_adapter), strict=True)
@@ -349,6 +353,7 @@ def absorb_probe(
         "offered": len(samples),
         "sound_paths": len(sound),
         "replayed": len(replay),
+        "replay_trained": len(trained_replay),
         "absorb": asdict(options)
         | {
             "steps": trained.steps,
@@ -368,22 +373,6 @@ def absorb_probe(
             for d in ALL_DOMAINS
         },
     }
-
-
-def _gate_routes(
-    route: str,
-    absorbed: Sequence[tuple[str, str]],
-    replay: Sequence[tuple[str, str]],
-    test: Sequence[Problem],
-) -> list[bool]:
-    """Which test problems the adapter answers, as the LLM service routes them (the base
-    model's greedy answers stand for the rest: greedy decoding is deterministic)."""
-    from llm_service.gate import AdapterGate
-
-    if route != ABSORB_ROUTE_GATE:
-        return [True] * len(test)
-    gate = AdapterGate([p for p, _ in absorbed], [p for p, _ in replay])
-    return gate.routes([format_prompt(p.question) for p in test])
 
 
 def _with_correct_path(
@@ -713,8 +702,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"paths on {a['offered']} public samples; LoRA rank {a['absorb']['lora_rank']}, "
             f"lr {a['absorb']['learning_rate']}, {a['absorb']['epochs']} epochs "
             f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s; "
-            f"{a['replayed']} of its own paths replayed"
-            f"{'' if a['absorb'].get('replay_trains', True) else ' for the gate only'}), route "
+            f"{a['replayed']} of its own paths replayed, "
+            f"{a.get('replay_trained', a['replayed'])} of them trained), route "
             f"`{a['absorb'].get('route', 'all')}` (the share of each domain's test prompts the "
             "adapter answers; the base model answers the rest). LLM test accuracy before -> after:",
             "",

@@ -41,7 +41,7 @@ from llm_service.errors import (
     NotFound,
     ResourceExhausted,
 )
-from llm_service.gate import AdapterGate
+from llm_service.gate import AdapterGate, replay_to_train
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import (
     BASE_VERSION,
@@ -388,6 +388,11 @@ class LLMCore:
         replay = self._replay(plan.replay_exclude, len(plan.examples), plan.replay_version)
         out_dir = self.state_dir / "adapters" / name
         shutil.rmtree(out_dir, ignore_errors=True)
+        gate = None
+        if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
+            prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
+            gate = AdapterGate(prompts, [p for p, _ in replay])
+        trained_replay = replay_to_train(gate, replay, self.extras.replay_trains_adapter)
         try:
             trained = train_adapter(
                 self.backend.settings.model,
@@ -395,13 +400,10 @@ class LLMCore:
                 plan.examples,
                 options,
                 out_dir,
-                replay if self.extras.replay_trains_adapter else (),
+                trained_replay,
             )
             write_contributions(out_dir, plan.absorbed)
-            gate = None
-            if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
-                prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
-                gate = AdapterGate(prompts, [p for p, _ in replay])
+            if gate is not None:
                 gate.save(out_dir)
             self._serve(name, out_dir, gate)
         except AbsorbDiverged as exc:
@@ -422,6 +424,7 @@ class LLMCore:
             lora_rank=trained.lora_rank,
             absorbed_ids=absorbed,
             samples_replayed=len(replay),
+            replay_trained=len(trained_replay),
             train_steps=trained.steps,
             absorb_mode=self.extras.absorb_mode,
             absorb_route=self.extras.absorb_route,
@@ -436,6 +439,7 @@ class LLMCore:
                 "contributions": len(contributions),
                 "examples": len(plan.examples),
                 "replayed": len(replay),
+                "replay_trained": len(trained_replay),
                 "steps": trained.steps,
                 "first_loss": trained.first_loss,
                 "final_loss": trained.final_loss,

@@ -54,6 +54,18 @@ class AdapterGate:
         return cls(payload["absorbed"], payload["known"])
 
 
+def replay_to_train(
+    gate: AdapterGate | None, replay: Sequence[tuple[str, str]], train_all: bool
+) -> list[tuple[str, str]]:
+    """The replayed (prompt, path) pairs an adapter trains on: every one with `train_all` or
+    without a gate; otherwise those whose prompts the gate sends to the adapter, the only
+    public prompts of their kind it will answer (docs/zoo.md, attempt 18)."""
+    if train_all or gate is None:
+        return list(replay)
+    routed = gate.routes([prompt for prompt, _ in replay])
+    return [pair for pair, hit in zip(replay, routed, strict=True) if hit]
+
+
 def serving_routes(state_dir: Path, prompts: Sequence[str]) -> list[bool] | None:
     """Which prompts the serving version's adapter answers, read from an LLM service's state
     directory (after it stopped); None while it serves the base model."""
