@@ -293,8 +293,9 @@ def absorb_probe(
     the LLM's own sound paths on `replay_pool` replayed beside them (as the LLM service)."""
     from peft import PeftModel
 
+    from lada.gate import AdapterGate
     from llm_service.absorb import TrainingOptions, replay_candidates, sound_replay, train_adapter
-    from llm_service.gate import AdapterGate, replay_to_train
+    from llm_service.gate import replay_to_train
 
     model, tok = load_causal_lm(manifest.slms[client_slm])
     texts = greedy_texts(model, tok, samples)

@@ -143,10 +143,22 @@ def run_metrics(
 
 
 def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
-    """Greedy accuracy overall and per domain on a JSONL test set."""
+    """Greedy accuracy overall and per domain on a JSONL test set. An agent's checkpointed
+    weights with an expert beside them (distill_route gate) answer as the agent does: each
+    problem by the model its gate routes it to."""
     from lada.evaluation import evaluate
+    from slm_agent.trainer import EXPERT_DIR, WEIGHTS_DIR
 
-    report = evaluate(model_dir, spec, pass_k=0, progress=False, keep_samples=0)
+    expert = model_dir.parent / EXPERT_DIR
+    routed = model_dir.name == WEIGHTS_DIR and expert.is_dir()
+    report = evaluate(
+        model_dir,
+        spec,
+        pass_k=0,
+        progress=False,
+        keep_samples=0,
+        expert_dir=expert if routed else None,
+    )
     domains = report.by_domain.items()
     return {
         "all": report.overall.accuracy,

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from lada import metrics
 from lada.config import ABSORB_CONTINUE, ABSORB_ROUTE_GATE
+from lada.gate import AdapterGate
 from lada.modeling import PathLogProbs
 from lada.tasks import Problem, format_prompt, is_correct
 from llm_service.absorb import (
@@ -41,7 +42,7 @@ from llm_service.errors import (
     NotFound,
     ResourceExhausted,
 )
-from llm_service.gate import AdapterGate, replay_to_train
+from llm_service.gate import replay_to_train
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import (
     BASE_VERSION,

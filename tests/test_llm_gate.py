@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lada.config import ConfigError, LLMServiceConfig
+from lada.gate import GATE_FILE, AdapterGate
 from lada.tasks import CLIENT_DOMAINS, format_prompt, format_target, load_dataset
-from llm_service.gate import GATE_FILE, AdapterGate, replay_to_train, serving_routes
+from llm_service.gate import replay_to_train, serving_routes
 from llm_service.main import build_core
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import AbsorbOverrides, Contribution, Sampling
