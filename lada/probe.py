@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lada.config import ABSORB_ROUTE_GATE, LadaHyperParams, LLMServiceExtras, TrainerSettings
+from lada.config import (
+    ABSORB_ROUTE_GATE,
+    DISTILL_ROUTE_GATE,
+    LadaHyperParams,
+    LLMServiceExtras,
+    TrainerSettings,
+)
 from lada.evaluation import default_max_new_tokens
 from lada.learnability import learnability_gaps, sample_rewards
 from lada.modeling import generate, load_causal_lm, score_completions
@@ -616,6 +622,22 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _trainer_words(t: dict[str, Any], loss: str) -> str:
+    """The trainer a probe ran, in words (`default` when it is the agent's default)."""
+    which = "default trainer" if t == asdict(TrainerSettings()) else "trainer"
+    words = (
+        f"{which} (`{loss}` loss, lr {t['learning_rate']}, {t['epochs']} epochs, "
+        f"{t['samples_per_step']} samples + {t['private_per_step']} private per step"
+    )
+    if t.get("distill_route") == DISTILL_ROUTE_GATE:
+        words += (
+            f"; distill_route `gate`: an expert learns the allocation at lr "
+            f"{t['expert_learning_rate']}, {t['expert_epochs']} epochs, "
+            f"{t['expert_lr_schedule']} schedule, and answers the prompts its gate sends it"
+        )
+    return words + ")"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The probe's tables (what goes between the probe markers in docs/zoo.md)."""
     s = r["settings"]
@@ -643,10 +665,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{d} {_pct(v)}" for d, v in r["llm_path_accuracy"]["sampled"].items()),
         "",
         f"**Distillation** of {s['distill_samples']} correct greedy LLM paths of foreign public "
-        f"samples in one round of the default trainer (`{s['loss']}` loss, "
-        f"lr {s['trainer']['learning_rate']}, {s['trainer']['epochs']} epochs, "
-        f"{s['trainer']['samples_per_step']} samples + {s['trainer']['private_per_step']} "
-        "private per step); test accuracy before -> after",
+        f"samples in one round of the {_trainer_words(s['trainer'], s['loss'])}; "
+        "test accuracy before -> after",
         "",
         "| SLM <- foreign | steps | foreign 1-2 | foreign 3-4 | foreign 5-6 | foreign all | "
         "home all |",
