@@ -299,7 +299,6 @@ def absorb_probe(
     the LLM's own sound paths on `replay_pool` replayed beside them (as the LLM service)."""
     from peft import PeftModel
 
-    from lada.gate import AdapterGate
     from llm_service.absorb import TrainingOptions, replay_candidates, sound_replay, train_adapter
     from llm_service.gate import replay_to_train
 
@@ -335,11 +334,7 @@ def absorb_probe(
         absorb_route=route,
         absorb_replay_trains=extras.absorb_replay_trains if trains is None else trains,
     ).replay_trains_adapter
-    gate = (
-        AdapterGate([p for p, _ in sound], [p for p, _ in replay])
-        if route == ABSORB_ROUTE_GATE
-        else None
-    )
+    gate = _absorb_gate(route, sound, replay)
     trained_replay = replay_to_train(gate, replay, replay_trains)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -348,9 +343,7 @@ def absorb_probe(
         )
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    # the test problems the adapter answers, as the service routes them (the base model's
-    # greedy answers stand for the rest: greedy decoding is deterministic)
-    routed = gate.routes([format_prompt(p.question) for p in test]) if gate else [True] * len(test)
+    routed = _adapter_routes(gate, test)
     to_adapter = [p for p, hit in zip(test, routed, strict=True) if hit]
     after = dict(llm_before) | dict(
         zip([p.id for p in to_adapter], greedy_correct(merged, ltok, to_adapter), strict=True)
@@ -380,6 +373,25 @@ def absorb_probe(
             for d in ALL_DOMAINS
         },
     }
+
+
+def _absorb_gate(
+    route: str, absorbed: Sequence[tuple[str, str]], replay: Sequence[tuple[str, str]]
+) -> Any:
+    """The gate the LLM service fits for this absorb (None under `all`)."""
+    from lada.gate import AdapterGate
+
+    if route != ABSORB_ROUTE_GATE:
+        return None
+    return AdapterGate([p for p, _ in absorbed], [p for p, _ in replay])
+
+
+def _adapter_routes(gate: Any, test: Sequence[Problem]) -> list[bool]:
+    """Which test problems the adapter answers, as the service routes them (the base
+    model's greedy answers stand for the rest: greedy decoding is deterministic)."""
+    if gate is None:
+        return [True] * len(test)
+    return gate.routes([format_prompt(p.question) for p in test])
 
 
 def _with_correct_path(
