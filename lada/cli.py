@@ -621,6 +621,13 @@ def models_build(profile: str, root: str | None, export: str | None, jobs: int) 
     help="Markdown file whose probe section is replaced ('' to skip).",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--trainer",
+    "trainer_sets",
+    multiple=True,
+    help="KEY=VALUE on the agents' trainer settings for the distillation and gap probes "
+    "(e.g. distill_route=gate); repeatable. Default: the agent's default trainer.",
+)
 def models_probe(
     profile: str,
     root: str | None,
@@ -635,12 +642,18 @@ def models_probe(
     cache: str | None,
     doc: str,
     json_out: str | None,
+    trainer_sets: tuple[str, ...],
 ) -> None:
     """Measure the zoo's learnability gap (accuracy, distillation, reward by gap, absorb)."""
     import torch
 
+    from lada.config import TrainerSettings, apply_overrides, parse_overrides
     from lada.probe import ProbeSettings, render_markdown, run_probe, save, write_docs
 
+    try:
+        trainer = apply_overrides(TrainerSettings(), parse_overrides(trainer_sets, "--trainer"))
+    except ConfigError as exc:
+        raise CliError(f"--trainer: {exc}") from exc
     torch.set_num_threads(threads)
     settings = ProbeSettings(
         profile=profile,
@@ -651,6 +664,7 @@ def models_probe(
         loss=loss,
         slms=tuple(n for n in slms.split(",") if n),
         cache_dir=Path(cache) if cache else None,
+        trainer=trainer,
     )
     if test_spec:
         settings.test_spec = test_spec

@@ -42,6 +42,7 @@ from lada.tasks import (
     AgentSplitSpec,
     Problem,
     SplitSpec,
+    format_prompt,
     load_dataset,
     make_split,
 )
@@ -576,9 +577,16 @@ def collect_cluster_metrics(cluster: Cluster, data: DataFiles, started: float) -
 def add_offline_metrics(
     metrics: dict[str, Any], cluster: Cluster, models: dict[str, Path], data: DataFiles
 ) -> None:
-    """After the processes stopped: audited bytes and test accuracy before/after."""
-    from lada.report import evaluate_agents
+    """After the processes stopped: audited bytes, test accuracy before/after, and which
+    test prompts the LLM's last version answers with its adapter."""
+    from lada.report import evaluate_agents, share_by_domain
+    from llm_service.gate import serving_routes
 
+    problems = test_problems(data)
+    state_dir = Path(llm_state_env(cluster)[llm_env_var("state_dir")])
+    routed = serving_routes(state_dir, [format_prompt(p.question) for p in problems])
+    if routed is not None:
+        metrics["llm_adapter_share"] = share_by_domain(problems, routed)
     agents = cluster.config.agents
     metrics["bytes_sent"] = {
         a.name: audited_bytes(cluster.workdir / "agents" / a.name) for a in agents

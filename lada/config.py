@@ -40,6 +40,13 @@ AGENT_EPOCHS = 6
 # the rate over a round's steps: constant, or linear decay toward 0 (slm_agent.trainer)
 AGENT_LR_SCHEDULE = "constant"
 AGENT_SAMPLES_PER_STEP = 16
+# distill_route: "all": the agent's one model learns its allocation at the rate above; "gate":
+# an expert copy learns it at a rate that transfers to unseen problems (it costs the home
+# domain points the student would lose), and a gate sends it only the prompts that look
+# like what it was taught (lada/gate.py; docs/zoo.md, attempt 18)
+DISTILL_ROUTE_ALL = "all"
+DISTILL_ROUTE_GATE = "gate"
+DISTILL_ROUTES = (DISTILL_ROUTE_ALL, DISTILL_ROUTE_GATE)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
 ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
@@ -126,6 +133,11 @@ class TrainerSettings:
     # x KL(the model at the round's start || now) on each step's private paths: a trust
     # region on the home domain, so a rate that learns the allocation does not erode it
     private_kl_weight: float = 0.0
+    distill_route: str = DISTILL_ROUTE_ALL
+    # the expert's round under distill_route gate (the same loss, batches and private data)
+    expert_learning_rate: float = 3e-4
+    expert_epochs: int = 30
+    expert_lr_schedule: str = "linear"
     max_grad_norm: float = 1.0
     max_new_tokens: int = 128  # greedy answers and own paths
     score_batch_size: int = 16
@@ -178,9 +190,10 @@ class LLMServiceExtras:
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4
     absorb_replay_ratio: float = 3.0  # own sound paths replayed per contributed path; 0: none
-    # under the gate, whether the adapter also trains on the replayed paths (False: they only
-    # teach the gate what the base model knows, and an absorb takes 1 + absorb_replay_ratio
-    # times fewer steps); under absorb_route all they always train, there being no gate
+    # under the gate, whether the adapter trains on every replayed path (False: only on those
+    # whose prompts the gate sends to it, the public prompts it will answer; the rest only
+    # teach the gate, and an absorb of client-only paths takes up to 1 + absorb_replay_ratio
+    # times fewer steps); under absorb_route all they all train, there being no gate
     absorb_replay_trains: bool = False
     absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's

@@ -116,8 +116,11 @@ def evaluate(
     top_p: float = 1.0,
     seed: int = 0,
     keep_samples: int = 20,
+    expert_dir: str | Path | None = None,
 ) -> EvalReport:
-    """Evaluate one HF model directory on a dataset spec (greedy, pass@k, nlp of refs)."""
+    """Evaluate one HF model directory on a dataset spec (greedy, pass@k, nlp of refs).
+    With `expert_dir` (an agent's expert under distill_route gate, its gate saved beside it)
+    each problem is answered by the model the gate routes it to, as the agent answers."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -127,16 +130,47 @@ def evaluate(
         raise ValueError(f"{data_spec}: no problems to evaluate")
     model, tok = load_causal_lm(model_path)
     budget = max_new_tokens or default_max_new_tokens(tok, problems)
-    rows: list[dict[str, Any]] = []
-    chunks = _batches(problems, batch_size)
-    for i, chunk in enumerate(tqdm(chunks, desc="eval", unit="batch", disable=not progress)):
-        rows.extend(
-            _eval_batch(model, tok, chunk, budget, batch_size, pass_k, temperature, top_p, seed + i)
-        )
+    by_model = _route(model, problems, expert_dir)
+    rows: list[dict[str, Any]] = [{} for _ in problems]
+    chunks = [
+        (answering, _batches(indices, batch_size)) for answering, indices in by_model if indices
+    ]
+    total = sum(len(batches) for _, batches in chunks)
+    bar = tqdm(total=total, desc="eval", unit="batch", disable=not progress)
+    for answering, batches in chunks:
+        for indices in batches:
+            chunk = [problems[i] for i in indices]
+            found = _eval_batch(
+                answering, tok, chunk, budget, batch_size, pass_k, temperature, top_p, seed + bar.n
+            )
+            for i, row in zip(indices, found, strict=True):
+                rows[i] = row
+            bar.update()
+    bar.close()
     report = _report(str(model_path), data_spec, rows, pass_k)
     report.seconds = time.perf_counter() - start
     report.samples = rows[:keep_samples]
     return report
+
+
+def _route(
+    model: Any, problems: Sequence[Problem], expert_dir: str | Path | None
+) -> list[tuple[Any, list[int]]]:
+    """(model, indices of the problems it answers): the expert those its gate routes to it."""
+    everything = list(range(len(problems)))
+    if expert_dir is None:
+        return [(model, everything)]
+    from lada.gate import AdapterGate
+
+    gate = AdapterGate.load(Path(expert_dir))
+    if gate is None:
+        return [(model, everything)]
+    routed = gate.routes([format_prompt(p.question) for p in problems])
+    expert, _ = load_causal_lm(expert_dir)
+    return [
+        (model, [i for i in everything if not routed[i]]),
+        (expert, [i for i in everything if routed[i]]),
+    ]
 
 
 def _eval_batch(

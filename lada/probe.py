@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lada.config import ABSORB_ROUTE_GATE, LadaHyperParams, LLMServiceExtras, TrainerSettings
+from lada.config import (
+    ABSORB_ROUTE_GATE,
+    DISTILL_ROUTE_GATE,
+    LadaHyperParams,
+    LLMServiceExtras,
+    TrainerSettings,
+)
 from lada.evaluation import default_max_new_tokens
 from lada.learnability import learnability_gaps, sample_rewards
 from lada.modeling import generate, load_causal_lm, score_completions
@@ -294,6 +300,7 @@ def absorb_probe(
     from peft import PeftModel
 
     from llm_service.absorb import TrainingOptions, replay_candidates, sound_replay, train_adapter
+    from llm_service.gate import replay_to_train
 
     model, tok = load_causal_lm(manifest.slms[client_slm])
     texts = greedy_texts(model, tok, samples)
@@ -327,19 +334,16 @@ def absorb_probe(
         absorb_route=route,
         absorb_replay_trains=extras.absorb_replay_trains if trains is None else trains,
     ).replay_trains_adapter
+    gate = _absorb_gate(route, sound, replay)
+    trained_replay = replay_to_train(gate, replay, replay_trains)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         trained = train_adapter(
-            manifest.llm,
-            None,
-            sound,
-            options,
-            Path(tmp) / "adapter",
-            replay if replay_trains else (),
+            manifest.llm, None, sound, options, Path(tmp) / "adapter", trained_replay
         )
         seconds = time.perf_counter() - started
         merged = PeftModel.from_pretrained(base, str(trained.adapter_dir)).merge_and_unload()
-    routed = _gate_routes(route, sound, replay, test)
+    routed = _adapter_routes(gate, test)
     to_adapter = [p for p, hit in zip(test, routed, strict=True) if hit]
     after = dict(llm_before) | dict(
         zip([p.id for p in to_adapter], greedy_correct(merged, ltok, to_adapter), strict=True)
@@ -349,6 +353,7 @@ def absorb_probe(
         "offered": len(samples),
         "sound_paths": len(sound),
         "replayed": len(replay),
+        "replay_trained": len(trained_replay),
         "absorb": asdict(options)
         | {
             "steps": trained.steps,
@@ -370,19 +375,22 @@ def absorb_probe(
     }
 
 
-def _gate_routes(
-    route: str,
-    absorbed: Sequence[tuple[str, str]],
-    replay: Sequence[tuple[str, str]],
-    test: Sequence[Problem],
-) -> list[bool]:
-    """Which test problems the adapter answers, as the LLM service routes them (the base
-    model's greedy answers stand for the rest: greedy decoding is deterministic)."""
-    from llm_service.gate import AdapterGate
+def _absorb_gate(
+    route: str, absorbed: Sequence[tuple[str, str]], replay: Sequence[tuple[str, str]]
+) -> Any:
+    """The gate the LLM service fits for this absorb (None under `all`)."""
+    from lada.gate import AdapterGate
 
     if route != ABSORB_ROUTE_GATE:
+        return None
+    return AdapterGate([p for p, _ in absorbed], [p for p, _ in replay])
+
+
+def _adapter_routes(gate: Any, test: Sequence[Problem]) -> list[bool]:
+    """Which test problems the adapter answers, as the service routes them (the base
+    model's greedy answers stand for the rest: greedy decoding is deterministic)."""
+    if gate is None:
         return [True] * len(test)
-    gate = AdapterGate([p for p, _ in absorbed], [p for p, _ in replay])
     return gate.routes([format_prompt(p.question) for p in test])
 
 
@@ -626,6 +634,22 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _trainer_words(t: dict[str, Any], loss: str) -> str:
+    """The trainer a probe ran, in words (`default` when it is the agent's default)."""
+    which = "default trainer" if t == asdict(TrainerSettings()) else "trainer"
+    words = (
+        f"{which} (`{loss}` loss, lr {t['learning_rate']}, {t['epochs']} epochs, "
+        f"{t['samples_per_step']} samples + {t['private_per_step']} private per step"
+    )
+    if t.get("distill_route") == DISTILL_ROUTE_GATE:
+        words += (
+            f"; distill_route `gate`: an expert learns the allocation at lr "
+            f"{t['expert_learning_rate']}, {t['expert_epochs']} epochs, "
+            f"{t['expert_lr_schedule']} schedule, and answers the prompts its gate sends it"
+        )
+    return words + ")"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The probe's tables (what goes between the probe markers in docs/zoo.md)."""
     s = r["settings"]
@@ -653,10 +677,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{d} {_pct(v)}" for d, v in r["llm_path_accuracy"]["sampled"].items()),
         "",
         f"**Distillation** of {s['distill_samples']} correct greedy LLM paths of foreign public "
-        f"samples in one round of the default trainer (`{s['loss']}` loss, "
-        f"lr {s['trainer']['learning_rate']}, {s['trainer']['epochs']} epochs, "
-        f"{s['trainer']['samples_per_step']} samples + {s['trainer']['private_per_step']} "
-        "private per step); test accuracy before -> after",
+        f"samples in one round of the {_trainer_words(s['trainer'], s['loss'])}; "
+        "test accuracy before -> after",
         "",
         "| SLM <- foreign | steps | foreign 1-2 | foreign 3-4 | foreign 5-6 | foreign all | "
         "home all |",
@@ -713,8 +735,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"paths on {a['offered']} public samples; LoRA rank {a['absorb']['lora_rank']}, "
             f"lr {a['absorb']['learning_rate']}, {a['absorb']['epochs']} epochs "
             f"({a['absorb']['steps']} steps, {a['absorb']['seconds']:.0f} s; "
-            f"{a['replayed']} of its own paths replayed"
-            f"{'' if a['absorb'].get('replay_trains', True) else ' for the gate only'}), route "
+            f"{a['replayed']} of its own paths replayed, "
+            f"{a.get('replay_trained', a['replayed'])} of them trained), route "
             f"`{a['absorb'].get('route', 'all')}` (the share of each domain's test prompts the "
             "adapter answers; the base model answers the rest). LLM test accuracy before -> after:",
             "",

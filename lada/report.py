@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,14 @@ def _share(hits: list[bool]) -> float:
     return sum(hits) / max(len(hits), 1)
 
 
+def share_by_domain(problems: Sequence[Problem], hits: Sequence[bool]) -> dict[str, float]:
+    """Per domain, the share of `problems` whose `hits` entry is true."""
+    by_domain: dict[str, list[bool]] = {}
+    for problem, hit in zip(problems, hits, strict=True):
+        by_domain.setdefault(problem.domain, []).append(hit)
+    return {d: _share(h) for d, h in sorted(by_domain.items())}
+
+
 def in_config_order(per_agent: dict[str, Any], config: ClusterConfig) -> dict[str, Any]:
     """Agents as the config lists them, not as they happened to register (they start together)."""
     rank = {a.name: i for i, a in enumerate(config.agents)}
@@ -135,10 +143,22 @@ def run_metrics(
 
 
 def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
-    """Greedy accuracy overall and per domain on a JSONL test set."""
+    """Greedy accuracy overall and per domain on a JSONL test set. An agent's checkpointed
+    weights with an expert beside them (distill_route gate) answer as the agent does: each
+    problem by the model its gate routes it to."""
     from lada.evaluation import evaluate
+    from slm_agent.trainer import EXPERT_DIR, WEIGHTS_DIR
 
-    report = evaluate(model_dir, spec, pass_k=0, progress=False, keep_samples=0)
+    expert = model_dir.parent / EXPERT_DIR
+    routed = model_dir.name == WEIGHTS_DIR and expert.is_dir()
+    report = evaluate(
+        model_dir,
+        spec,
+        pass_k=0,
+        progress=False,
+        keep_samples=0,
+        expert_dir=expert if routed else None,
+    )
     domains = report.by_domain.items()
     return {
         "all": report.overall.accuracy,
@@ -232,7 +252,11 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         )
     )
     parts += _final_eval_section(metrics.get("final_eval", {}), metrics.get("baseline"))
-    parts += _llm_section(metrics.get("llm_accuracy", {}), metrics.get("llm_accuracy_by_domain"))
+    parts += _llm_section(
+        metrics.get("llm_accuracy", {}),
+        metrics.get("llm_accuracy_by_domain"),
+        metrics.get("llm_adapter_share"),
+    )
     parts += _traffic_section(
         metrics.get("bytes_sent", {}), metrics.get("logit_exchange_bytes", {})
     )
@@ -286,10 +310,13 @@ def _change(before: float | None, after: float | None) -> str:
 
 
 def _llm_section(
-    accuracy: dict[str, float], by_domain: dict[str, dict[str, float]] | None = None
+    accuracy: dict[str, float],
+    by_domain: dict[str, dict[str, float]] | None = None,
+    adapter_share: dict[str, float] | None = None,
 ) -> list[str]:
     """The LLM's greedy test accuracy per version; per domain when measured, so the
-    client-only domain (what Absorb should teach it) shows on its own."""
+    client-only domain (what Absorb should teach it) shows on its own; and the share of
+    each domain's test prompts the last version's adapter answered (its gate's choice)."""
     if not accuracy:
         return []
     lines = ["", "## LLM greedy test accuracy by model version", ""]
@@ -298,6 +325,9 @@ def _llm_section(
     domains = [d for d in next(iter(by_domain.values())) if d != "all"]
     labels = [f"{d} (client-only)" if d in CLIENT_DOMAINS else d for d in domains]
     rows = [[v, acc["all"], *(acc.get(d) for d in domains)] for v, acc in by_domain.items()]
+    if adapter_share:
+        label = f"answered by {list(by_domain)[-1]}'s adapter"
+        rows.append([label, None, *(adapter_share.get(d) for d in domains)])
     return [*lines, markdown_table(["version", "all", *labels], rows)]
 
 

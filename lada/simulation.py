@@ -32,7 +32,7 @@ from lada.config import (
 from lada.learnability import ClusterModel
 from lada.phases import PhaseTimes
 from lada.redis_conn import RedisHandle
-from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics
+from lada.report import LLM_EVAL_MAX_TOKENS, llm_accuracy_of, run_metrics, share_by_domain
 from lada.state import Phase, StateStore
 from lada.tasks import Problem, format_prompt, load_dataset
 from llm_service.core import LLMCore
@@ -272,10 +272,7 @@ def adapter_share(llm: LLMCore, version: str, problems: Sequence[Problem]) -> di
     """Per domain, the share of test prompts `version`'s adapter answers (the rest: the
     base model, where its gate keeps them from the adapter; llm_service/gate.py)."""
     routed = llm.routes([format_prompt(p.question) for p in problems], version)
-    by_domain: dict[str, list[bool]] = {}
-    for problem, answering in zip(problems, routed, strict=True):
-        by_domain.setdefault(problem.domain, []).append(answering != BASE_VERSION)
-    return {d: sum(hits) / len(hits) for d, hits in sorted(by_domain.items())}
+    return share_by_domain(problems, [answering != BASE_VERSION for answering in routed])
 
 
 def path_cache_counts(llm: LLMCore) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from lada import metrics
 from lada.config import ABSORB_CONTINUE, ABSORB_ROUTE_GATE
+from lada.gate import AdapterGate
 from lada.modeling import PathLogProbs
 from lada.tasks import Problem, format_prompt, is_correct
 from llm_service.absorb import (
@@ -41,7 +42,7 @@ from llm_service.errors import (
     NotFound,
     ResourceExhausted,
 )
-from llm_service.gate import AdapterGate
+from llm_service.gate import replay_to_train
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import (
     BASE_VERSION,
@@ -54,7 +55,7 @@ from llm_service.types import (
     ScoredCompletion,
     ScoreResult,
 )
-from llm_service.versions import VersionInfo, VersionRegistry, now_ms
+from llm_service.versions import VERSIONS_FILE, VersionInfo, VersionRegistry, now_ms
 
 log = logging.getLogger("lada.llm.core")
 _T = TypeVar("_T")
@@ -115,7 +116,7 @@ class LLMCore:
         self.shared = shared  # the Redis path cache behind the LRU (None: in-process only)
         self.generate_calls = 0  # backend generation calls (cache misses that generated)
         self._version_keys: dict[str, str] = {}
-        self.versions = VersionRegistry(state_dir / "versions.json")
+        self.versions = VersionRegistry(state_dir / VERSIONS_FILE)
         self._absorbing = threading.Lock()
         self._gates: dict[str, AdapterGate] = {}
         for info in self.versions.adapters():
@@ -388,6 +389,11 @@ class LLMCore:
         replay = self._replay(plan.replay_exclude, len(plan.examples), plan.replay_version)
         out_dir = self.state_dir / "adapters" / name
         shutil.rmtree(out_dir, ignore_errors=True)
+        gate = None
+        if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
+            prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
+            gate = AdapterGate(prompts, [p for p, _ in replay])
+        trained_replay = replay_to_train(gate, replay, self.extras.replay_trains_adapter)
         try:
             trained = train_adapter(
                 self.backend.settings.model,
@@ -395,13 +401,10 @@ class LLMCore:
                 plan.examples,
                 options,
                 out_dir,
-                replay if self.extras.replay_trains_adapter else (),
+                trained_replay,
             )
             write_contributions(out_dir, plan.absorbed)
-            gate = None
-            if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
-                prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
-                gate = AdapterGate(prompts, [p for p, _ in replay])
+            if gate is not None:
                 gate.save(out_dir)
             self._serve(name, out_dir, gate)
         except AbsorbDiverged as exc:
@@ -422,6 +425,7 @@ class LLMCore:
             lora_rank=trained.lora_rank,
             absorbed_ids=absorbed,
             samples_replayed=len(replay),
+            replay_trained=len(trained_replay),
             train_steps=trained.steps,
             absorb_mode=self.extras.absorb_mode,
             absorb_route=self.extras.absorb_route,
@@ -436,6 +440,7 @@ class LLMCore:
                 "contributions": len(contributions),
                 "examples": len(plan.examples),
                 "replayed": len(replay),
+                "replay_trained": len(trained_replay),
                 "steps": trained.steps,
                 "first_loss": trained.first_loss,
                 "final_loss": trained.final_loss,

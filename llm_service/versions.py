@@ -15,6 +15,8 @@ from pathlib import Path
 
 from llm_service.types import BASE_VERSION
 
+VERSIONS_FILE = "versions.json"  # in the service's state directory
+
 
 @dataclass
 class VersionInfo:
@@ -28,9 +30,10 @@ class VersionInfo:
     adapter_dir: str = ""
     lora_rank: int = 0
     absorbed_ids: list[str] = field(default_factory=list)
-    # own sound paths (base's or the parent's): the gate's known prompts, and trained beside
-    # the contributions unless absorb_replay_trains is off
+    # own sound paths (base's or the parent's): the gate's known prompts; those of them the
+    # adapter trained on beside the contributions (all, or those the gate routes to it)
     samples_replayed: int = 0
+    replay_trained: int = 0
     train_steps: int = 0  # optimiser steps the adapter took
     absorb_mode: str = ""  # how the adapter was trained: rebase or continue ("" for base)
     absorb_route: str = ""  # which prompts the adapter answers: all or gate ("" for base)

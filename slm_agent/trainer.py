@@ -12,8 +12,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lada.config import ConfigError, TrainerSettings, check_nonnegative
+from lada.config import (
+    DISTILL_ROUTE_GATE,
+    DISTILL_ROUTES,
+    ConfigError,
+    TrainerSettings,
+    check_nonnegative,
+)
+from lada.gate import AdapterGate
 from lada.modeling import (
     batched_completion_logprobs,
     completion_log_distributions,
@@ -38,6 +45,7 @@ log = logging.getLogger("lada.agent.trainer")
 
 WEIGHTS_DIR = "model"
 ADAPTER_DIR = "adapter"
+EXPERT_DIR = "expert"  # distill_route gate: the expert's weights and its gate.json
 # tokenized (prompt, completion) pairs a scorer keeps: a round of `full` scores about 3,000
 ENCODED_CACHE_ENTRIES = 20_000
 
@@ -127,15 +135,22 @@ class LocalTrainer:
     ) -> None:
         self.settings = settings or TrainerSettings()
         check_lr_schedule(self.settings.lr_schedule)  # at start, not at the first round
+        check_lr_schedule(self.settings.expert_lr_schedule, "expert_lr_schedule")
         check_nonnegative("private_kl_weight", self.settings.private_kl_weight)
         self.tokenizer = tokenizer
         self.loss = loss
         self.private = private_examples(private)
         self.base_parameters = count_parameters(model)
         self.uses_lora = self.base_parameters > self.settings.lora_threshold_params
+        self.routes_to_expert = _check_distill_route(self.settings, self.uses_lora)
         self.model = _with_lora(model, self.settings.lora_rank) if self.uses_lora else model
         self.scorer = ModelScorer(self.model, tokenizer, self.settings.score_batch_size)
         self._round_start: torch.nn.Module | None = None  # in a round with private_kl_weight
+        # distill_route gate: the expert (a copy of the student made at its first round), the
+        # prompts it was taught, and the gate fitted on them against the private prompts
+        self.expert: PreTrainedModel | None = None
+        self.expert_prompts: list[str] = []
+        self.gate: AdapterGate | None = None
 
     @classmethod
     def from_path(
@@ -156,29 +171,56 @@ class LocalTrainer:
         trainer = cls(model, tokenizer, loss, private, settings)
         if checkpoint and (checkpoint / ADAPTER_DIR).is_dir():
             trainer._load_adapter(checkpoint / ADAPTER_DIR)
+        if checkpoint and (checkpoint / EXPERT_DIR).is_dir():
+            trainer._load_expert(checkpoint / EXPERT_DIR)
         return trainer
 
-    # ---- measuring -----------------------------------------------------------------
+    # ---- measuring (each prompt by the model that answers it) ------------------------
+    def routes(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether the expert (True) or the student answers each formatted prompt."""
+        if self.gate is None:
+            return [False] * len(prompts)
+        return self.gate.routes(prompts)
+
+    def _per_model(
+        self, prompts: Sequence[str], call: Callable[[PreTrainedModel, list[int]], list[Any]]
+    ) -> list[Any]:
+        """`call(model, rows)` once per model the prompts route to, its results put back in
+        the prompts' order."""
+        out: dict[int, Any] = {}
+        routed = self.routes(prompts)
+        for model, to_expert in ((self.model, False), (self.expert, True)):
+            rows = [i for i, hit in enumerate(routed) if hit == to_expert]
+            if rows and model is not None:
+                model.eval()
+                out.update(zip(rows, call(model, rows), strict=True))
+        return [out[i] for i in range(len(prompts))]
+
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """nlp_S per path, no gradients (the numbers that are reported)."""
-        self.model.eval()
-        scores = score_completions(
-            self.model,
-            self.tokenizer,
-            list(prompts),
-            list(completions),
-            self.settings.score_batch_size,
-        )
-        return [s.normalized for s in scores]
+
+        def call(model: PreTrainedModel, rows: list[int]) -> list[float]:
+            scores = score_completions(
+                model,
+                self.tokenizer,
+                [prompts[i] for i in rows],
+                [completions[i] for i in rows],
+                self.settings.score_batch_size,
+            )
+            return [s.normalized for s in scores]
+
+        return self._per_model(prompts, call)
 
     def greedy_answers(self, questions: Sequence[str]) -> list[str]:
         """The student's greedy completion for each question."""
-        self.model.eval()
         prompts = [format_prompt(q) for q in questions]
-        outputs = generate(
-            self.model, self.tokenizer, prompts, self.settings.max_new_tokens, greedy=True
-        )
-        return [o[0] for o in outputs]
+
+        def call(model: PreTrainedModel, rows: list[int]) -> list[str]:
+            chosen = [prompts[i] for i in rows]
+            limit = self.settings.max_new_tokens
+            return [o[0] for o in generate(model, self.tokenizer, chosen, limit, greedy=True)]
+
+        return self._per_model(prompts, call)
 
     def greedy_correct(self, problems: Sequence[Problem]) -> list[bool]:
         """Whether the student's greedy answer is right, per problem."""
@@ -189,18 +231,21 @@ class LocalTrainer:
         """`n` sampled paths per question (own negatives, candidate contributions)."""
         if n <= 0 or not questions:
             return [[] for _ in questions]
-        self.model.eval()
         prompts = [format_prompt(q) for q in questions]
-        return generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            self.settings.max_new_tokens,
-            greedy=False,
-            temperature=self.settings.own_path_temperature,
-            n=n,
-            seed=seed,
-        )
+
+        def call(model: PreTrainedModel, rows: list[int]) -> list[list[str]]:
+            return generate(
+                model,
+                self.tokenizer,
+                [prompts[i] for i in rows],
+                self.settings.max_new_tokens,
+                greedy=False,
+                temperature=self.settings.own_path_temperature,
+                n=n,
+                seed=seed,
+            )
+
+        return self._per_model(prompts, call)
 
     # ---- training ------------------------------------------------------------------
     def train_round(self, path_sets: Sequence[PathSet], round_number: int) -> TrainReport:
@@ -208,99 +253,165 @@ class LocalTrainer:
 
         A batch whose samples have no correct path trains on the private term alone
         (L = L_sft(D_k) when the distillation sum is empty); no allocation, no steps.
+        Under distill_route gate the expert then takes its own round on the same samples at
+        its rate, and the gate is refitted on every prompt it was taught.
         """
         if not path_sets:
             return TrainReport()
+        report = self._train(self.model, self.scorer, path_sets, round_number, self.settings)
+        if not self.routes_to_expert:
+            return report
+        if self.expert is None:
+            self.expert = copy.deepcopy(self.model)
+        expert_settings = replace(
+            self.settings,
+            learning_rate=self.settings.expert_learning_rate,
+            epochs=self.settings.expert_epochs,
+            lr_schedule=self.settings.expert_lr_schedule,
+        )
+        scorer = ModelScorer(self.expert, self.tokenizer, self.settings.score_batch_size)
+        expert = self._train(self.expert, scorer, path_sets, round_number, expert_settings)
+        taught = set(self.expert_prompts)
+        self.expert_prompts += [s.prompt for s in path_sets if s.prompt not in taught]
+        self._fit_gate()
+        parts = report.mean_parts | {f"expert_{k}": v for k, v in expert.mean_parts.items()}
+        return TrainReport(report.steps + expert.steps, report.seconds + expert.seconds, parts)
+
+    def _train(
+        self,
+        model: PreTrainedModel,
+        scorer: ModelScorer,
+        path_sets: Sequence[PathSet],
+        round_number: int,
+        settings: TrainerSettings,
+    ) -> TrainReport:
+        """One round of `model` at `settings`' rate, epochs and schedule."""
         started = time.perf_counter()
         rng = random.Random(self.settings.seed * 1_000_003 + round_number)
         torch.manual_seed(self.settings.seed * 1_000_003 + round_number)
-        optimizer = torch.optim.AdamW(self._trainable(), lr=self.settings.learning_rate)
-        schedule = _lr_schedule(optimizer, self.settings, self._round_steps(len(path_sets)))
+        optimizer = torch.optim.AdamW(_trainable(model), lr=settings.learning_rate)
+        planned = settings.epochs * math.ceil(len(path_sets) / settings.samples_per_step)
+        schedule = _lr_schedule(optimizer, settings.lr_schedule, planned)
         private = _cycle(self.private, rng)
         sums: dict[str, float] = {}
         steps = 0
-        self.loss.begin_round(self.scorer, path_sets)  # e.g. dpo's frozen reference, in eval mode
-        self._round_start = self._frozen_copy() if self.settings.private_kl_weight > 0 else None
-        self.model.train()
-        for _ in range(self.settings.epochs):
+        self.loss.begin_round(scorer, path_sets)  # e.g. dpo's frozen reference, in eval mode
+        self._round_start = _frozen_copy(model) if self.settings.private_kl_weight > 0 else None
+        model.train()
+        for _ in range(settings.epochs):
             order = list(path_sets)
             rng.shuffle(order)
-            for start in range(0, len(order), self.settings.samples_per_step):
-                batch = order[start : start + self.settings.samples_per_step]
+            for start in range(0, len(order), settings.samples_per_step):
+                batch = order[start : start + settings.samples_per_step]
                 private_batch = [next(private) for _ in range(self._private_batch_size())]
-                parts = self._step(optimizer, batch, private_batch)
+                parts = self._step(model, scorer, optimizer, batch, private_batch)
                 schedule.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value
                 steps += 1
-        self.model.eval()
+        model.eval()
         self._round_start = None
         means = {k: v / steps for k, v in sums.items()}
         return TrainReport(steps, time.perf_counter() - started, means)
 
     def _step(
         self,
+        model: PreTrainedModel,
+        scorer: ModelScorer,
         optimizer: torch.optim.Optimizer,
         batch: Sequence[PathSet],
         private_batch: Sequence[PrivateExample],
     ) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
-        output = self.loss.compute_loss(self.scorer, batch, private_batch)
+        output = self.loss.compute_loss(scorer, batch, private_batch)
         total, parts = output.total, output.parts
         if self._round_start is not None and private_batch:
-            kl = self._private_kl(private_batch)
+            kl = self._private_kl(model, private_batch)
             total = total + self.settings.private_kl_weight * kl
             parts = parts | {"private_kl": float(kl.detach()), "total": float(total.detach())}
         if not math.isfinite(parts["total"]):
             log.warning("skipping a step with a non-finite loss", extra={"parts": parts})
             return parts
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self._trainable(), self.settings.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(_trainable(model), self.settings.max_grad_norm)
         optimizer.step()
         return parts
 
-    def _frozen_copy(self) -> torch.nn.Module:
-        """The model as the round starts, without gradients (`private_kl_weight`'s reference)."""
-        frozen = copy.deepcopy(self.model).eval()
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
-        return frozen
-
-    def _private_kl(self, private_batch: Sequence[PrivateExample]) -> Tensor:
+    def _private_kl(
+        self, model: PreTrainedModel, private_batch: Sequence[PrivateExample]
+    ) -> Tensor:
         """Mean per-token KL(round start || now) over the private paths, EOS included."""
+        assert self._round_start is not None
         eos = self.tokenizer.eos_token_id
         end = [eos] if eos is not None else []
         pairs = [self.scorer._encode(e.prompt, e.completion) for e in private_batch]
         pairs = [(p, c + end) for p, c in pairs if c]
         pad = self.tokenizer.pad_token_id
-        now = torch.cat(completion_log_distributions(self.model, pairs, pad))
+        now = torch.cat(completion_log_distributions(model, pairs, pad))
         with torch.no_grad():
             start = torch.cat(completion_log_distributions(self._round_start, pairs, pad))
         return token_kl(start, now)
 
-    def _round_steps(self, samples: int) -> int:
-        return self.settings.epochs * math.ceil(samples / self.settings.samples_per_step)
+    def _fit_gate(self) -> None:
+        """The expert's prompts against the private ones: the student answers what looks
+        like its home data, the expert what looks like what it was taught."""
+        self.gate = AdapterGate(self.expert_prompts, [e.prompt for e in self.private])
 
     def _private_batch_size(self) -> int:
         return min(self.settings.private_per_step, len(self.private))
 
-    def _trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
     # ---- saving --------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Full weights + tokenizer, or only the LoRA adapter when training through peft."""
+        """Full weights + tokenizer, or only the LoRA adapter when training through peft;
+        the expert's weights and its gate beside them once it exists."""
         if self.uses_lora:
             self.model.save_pretrained(str(directory / ADAPTER_DIR))
         else:
             self.model.save_pretrained(str(directory / WEIGHTS_DIR))
             self.tokenizer.save_pretrained(str(directory / WEIGHTS_DIR))
+        if self.expert is not None and self.gate is not None:
+            self.expert.save_pretrained(str(directory / EXPERT_DIR))
+            self.tokenizer.save_pretrained(str(directory / EXPERT_DIR))
+            self.gate.save(directory / EXPERT_DIR)
+
+    def _load_expert(self, expert_dir: Path) -> None:
+        self.expert, _ = load_causal_lm(expert_dir)
+        gate = AdapterGate.load(expert_dir)
+        if gate is not None:
+            self.expert_prompts = list(gate.absorbed)
+            self._fit_gate()
 
     def _load_adapter(self, adapter_dir: Path) -> None:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
         set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_dir)))
+
+
+def _check_distill_route(settings: TrainerSettings, uses_lora: bool) -> bool:
+    """Whether the allocation trains an expert (distill_route gate); a clear error at start."""
+    if settings.distill_route not in DISTILL_ROUTES:
+        raise ConfigError(
+            f"distill_route: {settings.distill_route!r} is not one of {', '.join(DISTILL_ROUTES)}"
+        )
+    if settings.distill_route == DISTILL_ROUTE_GATE and uses_lora:
+        raise ConfigError(
+            "distill_route: gate trains a full copy of the student, and this model trains "
+            "through LoRA (above lora_threshold_params); use distill_route all"
+        )
+    return settings.distill_route == DISTILL_ROUTE_GATE
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as the round starts, without gradients (`private_kl_weight`'s reference)."""
+    frozen = copy.deepcopy(model).eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen
 
 
 def _with_lora(model: PreTrainedModel, rank: int) -> Any:
@@ -332,9 +443,9 @@ def check_lr_schedule(name: str, setting: str = "lr_schedule") -> None:
 
 
 def _lr_schedule(
-    optimizer: torch.optim.Optimizer, settings: TrainerSettings, steps: int
+    optimizer: torch.optim.Optimizer, name: str, steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    multiplier = LR_SCHEDULES[settings.lr_schedule]
+    multiplier = LR_SCHEDULES[name]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step, steps))
 
 

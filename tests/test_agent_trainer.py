@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lada.config import LadaHyperParams
-from lada.tasks import Problem, format_prompt
+from lada.tasks import Problem, format_prompt, format_target, load_dataset
 from lada.zoo import ZooManifest
 from slm_agent.losses import PathSet, make_loss
 from slm_agent.rounds import (
@@ -356,3 +356,101 @@ def test_a_negative_or_nan_private_kl_weight_is_refused_when_the_trainer_starts(
 ) -> None:
     with pytest.raises(ValueError, match="private_kl_weight: .* finite number >= 0"):
         trainer_for(micro_zoo, "slm-rates", "sft", [], private_kl_weight=weight)
+
+
+# ---- distill_route gate: an expert learns the allocation, a gate routes each prompt --------
+FOREIGN = load_dataset("synthetic:domains=purchases,n=16,seed=41")  # the home is rates
+
+
+def gated_trainer(zoo: ZooManifest, private: list[Problem], **settings: object) -> LocalTrainer:
+    return trainer_for(
+        zoo, "slm-rates", "sft", private, distill_route="gate", expert_learning_rate=3e-3,
+        expert_epochs=3, **settings,
+    )  # fmt: skip
+
+
+def test_under_the_gate_the_student_trains_as_without_it_and_answers_home_prompts(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    home = [format_prompt(p.question) for p in private_rates[:40]]
+    plain = trainer_for(micro_zoo, "slm-rates", "sft", private_rates[:40])
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    plain.train_round(sets, round_number=1)
+    report = gated.train_round(sets, round_number=1)
+    assert gated.routes(home) == [False] * 40
+    paths = [" " + p.reference for p in private_rates[:40]]
+    assert gated.score(home, paths) == pytest.approx(plain.score(home, paths), abs=1e-6)
+    assert report.steps == 1 + 3  # the student's one epoch, the expert's three
+    assert "expert_total" in report.mean_parts
+
+
+def test_under_the_gate_the_expert_learns_the_allocation_and_answers_prompts_like_it(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    held_out = [format_prompt(p.question) for p in FOREIGN[8:]]
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    before = gated.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
+    gated.train_round(sets, round_number=1)
+    after = gated.score([s.prompt for s in sets], [s.llm_paths[0] for s in sets])
+    assert gated.routes([s.prompt for s in sets]) == [True] * 8
+    assert sum(gated.routes(held_out)) >= 7  # unseen foreign prompts: at least 7 of 8
+    assert np.mean(after) > np.mean(before) + 0.1
+
+
+def test_the_expert_and_its_gate_reload_from_a_checkpoint(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path
+) -> None:
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    gated.train_round(sets, round_number=1)
+    gated.save(tmp_path)
+    reloaded = LocalTrainer.from_path(
+        micro_zoo.slms["slm-rates"], make_loss("sft"), private_rates[:40],
+        TrainerSettings(distill_route="gate"), checkpoint=tmp_path,
+    )  # fmt: skip
+    prompts = [s.prompt for s in sets] + [format_prompt(p.question) for p in private_rates[:4]]
+    paths = [s.llm_paths[0] for s in sets] + [" " + p.reference for p in private_rates[:4]]
+    assert reloaded.routes(prompts) == gated.routes(prompts)
+    assert reloaded.score(prompts, paths) == pytest.approx(gated.score(prompts, paths), abs=1e-5)
+
+
+def test_an_unknown_distill_route_is_refused_naming_the_allowed_values(
+    micro_zoo: ZooManifest,
+) -> None:
+    with pytest.raises(ValueError, match="distill_route: 'experts' is not one of all, gate"):
+        trainer_for(micro_zoo, "slm-rates", "sft", [], distill_route="experts")
+
+
+def test_the_gate_is_refused_for_a_model_that_trains_through_lora(micro_zoo: ZooManifest) -> None:
+    with pytest.raises(ValueError, match="distill_route: gate trains a full copy"):
+        trainer_for(
+            micro_zoo, "slm-rates", "sft", [], distill_route="gate", lora_threshold_params=1000
+        )
+
+
+def test_a_gated_checkpoint_is_evaluated_as_the_agent_answers(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path
+) -> None:
+    """The report's accuracy of a checkpoint with an expert: each test problem answered by
+    the model its gate routes it to, as the agent's own greedy answers."""
+    from lada.cluster import write_jsonl
+    from lada.report import accuracy_on
+
+    gated = gated_trainer(micro_zoo, private_rates[:32], max_new_tokens=128)
+    gated.train_round([contrast_set(p) for p in FOREIGN[:8]], round_number=1)
+    gated.save(tmp_path)
+    test = FOREIGN[8:] + private_rates[32:]  # unseen foreign, then unseen home
+    spec = write_jsonl(test, tmp_path / "test.jsonl")
+    routed = gated.routes([format_prompt(p.question) for p in test])
+    correct = gated.greedy_correct(test)
+    scores = accuracy_on(tmp_path / "model", spec)
+    assert sum(routed) >= 7 and not any(routed[8:])
+    references = gated.score(
+        [format_prompt(p.question) for p in test], [format_target(p.reference) for p in test]
+    )
+    assert scores["purchases"] == np.mean(correct[:8])
+    assert scores["rates"] == np.mean(correct[8:])
+    assert scores["purchases_nlp"] == pytest.approx(np.mean(references[:8]), abs=1e-5)
+    assert scores["rates_nlp"] == pytest.approx(np.mean(references[8:]), abs=1e-5)

@@ -127,6 +127,13 @@ def test_eval_with_an_unknown_data_source_lists_the_valid_ones(micro_zoo) -> Non
     assert "synthetic" in result.stderr and "jsonl" in result.stderr
 
 
+def test_a_probe_trainer_override_with_an_unknown_field_is_one_line_naming_it() -> None:
+    result = lada("models", "probe", "--trainer", "distill_rout=gate", "--doc", "")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "--trainer" in result.stderr and "distill_rout" in result.stderr
+
+
 def test_an_unknown_allocator_role_in_the_config_is_one_line_naming_the_field(tmp_path) -> None:
     config = tmp_path / "allocator.yaml"
     config.write_text("allocator:\n  role: sidecar\n")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lada.config import ConfigError, LLMServiceConfig
+from lada.gate import GATE_FILE, AdapterGate
 from lada.tasks import CLIENT_DOMAINS, format_prompt, format_target, load_dataset
-from llm_service.gate import GATE_FILE, AdapterGate
+from llm_service.gate import replay_to_train, serving_routes
 from llm_service.main import build_core
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import AbsorbOverrides, Contribution, Sampling
@@ -46,6 +47,27 @@ def test_a_gate_routes_the_same_after_a_round_trip_through_its_file(gate, tmp_pa
     loaded = AdapterGate.load(tmp_path)
     prompts = [format_prompt(p.question) for p in HELD_OUT]
     assert loaded is not None and loaded.routes(prompts) == gate.routes(prompts)
+
+
+def test_only_the_replay_the_gate_sends_to_the_adapter_trains_it(gate) -> None:
+    """Client-only contributions: no replayed public path trains the adapter."""
+    replay = [(prompt, "path") for prompt in _prompts(HELD_OUT, client_only=False)]
+    assert replay_to_train(gate, replay, train_all=False) == []
+    assert replay_to_train(gate, replay, train_all=True) == replay
+    assert replay_to_train(None, replay, train_all=False) == replay
+
+
+def test_replay_of_a_public_domain_the_adapter_absorbed_trains_it() -> None:
+    """Contributions on purchases samples send purchases prompts to the adapter, so the
+    replayed purchases paths train it (it will answer such prompts), and no others."""
+    absorbed = [format_prompt(p.question) for p in FIT if p.domain in ("units", "purchases")][:80]
+    known = [format_prompt(p.question) for p in FIT if p.domain not in ("units", "purchases")]
+    held = [p for p in HELD_OUT if p.domain != CLIENT_ONLY]
+    replay = [(format_prompt(p.question), p.domain) for p in held]
+    trained = replay_to_train(AdapterGate(absorbed, known), replay, train_all=False)
+    domains = [domain for _, domain in trained]
+    assert domains.count("purchases") >= 0.9 * sum(p.domain == "purchases" for p in held)
+    assert set(domains) == {"purchases"}
 
 
 def test_an_adapter_without_a_gate_file_has_no_gate(tmp_path: Path) -> None:
@@ -147,6 +169,20 @@ def test_a_gated_version_scores_client_only_paths_with_its_adapter(gated_core) -
     assert adapted.scores[0].joint_logprob > base.scores[0].joint_logprob + 0.1
 
 
+def test_the_serving_versions_routes_are_read_from_the_state_directory(gated_core) -> None:
+    """What `lada up` reports after the LLM service stopped."""
+    core, info, held_out = gated_core
+    public = [p for p in core.pool.values() if p.domain != CLIENT_ONLY][:10]
+    prompts = [format_prompt(p.question) for p in held_out + public]
+    routed = serving_routes(core.state_dir, prompts)
+    assert routed == [version == info.version for version in core.routes(prompts, info.version)]
+    assert routed == [True] * len(held_out) + [False] * 10
+
+
+def test_a_service_that_serves_base_has_no_adapter_routes(tmp_path: Path) -> None:
+    assert serving_routes(tmp_path, ["Q: 1+1?"]) is None
+
+
 def test_a_run_records_the_share_of_each_domain_its_adapter_answered(gated_core) -> None:
     from lada.simulation import adapter_share
 
@@ -179,9 +215,9 @@ def test_a_continued_version_gates_everything_its_chain_absorbed(micro_zoo, tmp_
 def test_replay_trains_the_adapter_unless_it_is_kept_for_the_gate(
     tmp_path, replay_trains: bool
 ) -> None:
-    """8 contributions, 2 replayed paths each, batch 4, 2 epochs: the adapter trains on the
-    contributions and the replay, or on the contributions alone; the gate knows the replay
-    either way."""
+    """8 client-only contributions, 2 replayed paths each, batch 4, 2 epochs: the adapter
+    trains on the contributions and the replay, or on the contributions alone (the gate
+    sends none of the replayed public prompts to it); the gate knows the replay either way."""
     extras = LLMServiceExtras(
         state_dir=str(tmp_path), absorb_replay_ratio=2.0, absorb_replay_trains=replay_trains
     )
@@ -195,6 +231,7 @@ def test_replay_trains_the_adapter_unless_it_is_kept_for_the_gate(
         core.close()
     trained_pairs = 8 + (info.samples_replayed if replay_trains else 0)
     assert info.samples_replayed >= 12
+    assert info.replay_trained == (info.samples_replayed if replay_trains else 0)
     assert info.train_steps == 2 * math.ceil(trained_pairs / 4)
     gate = AdapterGate.load(Path(info.adapter_dir))
     assert gate is not None and len(gate.known) == info.samples_replayed

@@ -87,5 +87,6 @@ def test_the_absorb_probe_sends_test_problems_where_the_service_would(
     units = [p for p in ROUTE_SET if p.domain == "units"]
     public = [p for p in ROUTE_SET if p.domain != "units"]
     test = load_dataset("synthetic:domains=all,n=40,seed=32")
-    routed = probe._gate_routes(route, _pairs(units), _pairs(public), test)
+    gate = probe._absorb_gate(route, _pairs(units), _pairs(public))
+    routed = probe._adapter_routes(gate, test)
     assert sum(routed) / len(routed) == public_routed

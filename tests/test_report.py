@@ -65,6 +65,11 @@ def test_the_llm_table_shows_the_client_only_domain_per_version() -> None:
     assert "| v2 | 0.750 | 0.950 | 0.300 |" in text
 
 
+def test_the_llm_table_shows_which_prompts_the_last_versions_adapter_answered() -> None:
+    text = render_markdown(METRICS | {"llm_adapter_share": {"purchases": 0.0, "units": 1.0}})
+    assert "| answered by v2's adapter | – | 0.000 | 1.000 |" in text
+
+
 def test_llm_accuracy_is_measured_overall_and_per_domain() -> None:
     problems = [
         Problem("a", "2+2?", "2+2=4\n#### 4", "4", "purchases", 1),
