@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument(
         "--replay-trains", choices=("yes", "no"), default="", help="empty: the service's default"
     )
+    parser.add_argument("--samples", type=int, default=200, help="contributed paths absorbed")
     parser.add_argument("--per-domain", type=int, default=150)
     args = parser.parse_args()
 
@@ -45,6 +46,7 @@ def main() -> None:
         absorb_anchor_weight=args.anchor,
         absorb_route=args.route,
         absorb_replay_trains={"yes": True, "no": False}.get(args.replay_trains),
+        absorb_samples=args.samples,
     )
     manifest = build_zoo(settings.profile, None, progress=False)
     test_ids = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
@@ -71,7 +73,7 @@ def main() -> None:
     before = json.loads(before_file.read_text())
     result = absorb_probe(manifest, client, offered, replay_pool, dev, before, settings)
     name = f"ep{args.epochs}-lr{args.lr}-replay{args.replay}-anchor{args.anchor}-{args.route}"
-    name += f"-trains{args.replay_trains}"
+    name += f"-trains{args.replay_trains}-n{args.samples}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     for domain, cells in result["llm"].items():
         routed = result["routed_to_adapter"][domain]
