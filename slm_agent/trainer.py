@@ -149,6 +149,7 @@ class LocalTrainer:
         # distill_route gate: the expert (a copy of the student made at its first round), the
         # prompts it was taught, and the gate fitted on them against the private prompts
         self.expert: PreTrainedModel | None = None
+        self._expert_scorer: ModelScorer | None = None  # kept: its encode cache spans rounds
         self.expert_prompts: list[str] = []
         self.gate: AdapterGate | None = None
 
@@ -262,15 +263,17 @@ class LocalTrainer:
         if not self.routes_to_expert:
             return report
         if self.expert is None:
-            self.expert = copy.deepcopy(self.model)
+            self._set_expert(copy.deepcopy(self.model))
         expert_settings = replace(
             self.settings,
             learning_rate=self.settings.expert_learning_rate,
             epochs=self.settings.expert_epochs,
             lr_schedule=self.settings.expert_lr_schedule,
         )
-        scorer = ModelScorer(self.expert, self.tokenizer, self.settings.score_batch_size)
-        expert = self._train(self.expert, scorer, path_sets, round_number, expert_settings)
+        assert self.expert is not None and self._expert_scorer is not None
+        expert = self._train(
+            self.expert, self._expert_scorer, path_sets, round_number, expert_settings
+        )
         taught = set(self.expert_prompts)
         self.expert_prompts += [s.prompt for s in path_sets if s.prompt not in taught]
         self._fit_gate()
@@ -374,8 +377,12 @@ class LocalTrainer:
             self.tokenizer.save_pretrained(str(directory / EXPERT_DIR))
             self.gate.save(directory / EXPERT_DIR)
 
+    def _set_expert(self, model: PreTrainedModel) -> None:
+        self.expert = model
+        self._expert_scorer = ModelScorer(model, self.tokenizer, self.settings.score_batch_size)
+
     def _load_expert(self, expert_dir: Path) -> None:
-        self.expert, _ = load_causal_lm(expert_dir)
+        self._set_expert(load_causal_lm(expert_dir)[0])
         gate = AdapterGate.load(expert_dir)
         if gate is not None:
             self.expert_prompts = list(gate.absorbed)
