@@ -186,6 +186,9 @@ class LLMServiceExtras:
     # on the contributions alone (the replay only gates) at 20 epochs took it to +27.3 in
     # 1,000 steps instead of 2,400 (attempt 18).
     absorb_epochs: int = 20
+    # a floor on the optimiser steps of an absorb (more epochs over few contributions); an
+    # absorb that asks for its own epochs takes just those
+    absorb_min_steps: int = 0
     absorb_learning_rate: float = 1e-3
     absorb_lora_rank: int = 4
     absorb_batch_size: int = 4

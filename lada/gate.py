@@ -19,6 +19,7 @@ from typing import Any
 
 GATE_FILE = "gate.json"
 GATE_THRESHOLD = 0.5  # P(absorbed) at or above which the adapter answers
+HELD_OUT_FOLDS = 5  # folds of the known prompts in `known_routes_held_out`
 
 
 class AdapterGate:
@@ -39,6 +40,26 @@ class AdapterGate:
             return [True] * len(prompts)
         probabilities = self._model.predict_proba(list(prompts))[:, 1]
         return [bool(p >= GATE_THRESHOLD) for p in probabilities]
+
+    def known_routes_held_out(self) -> list[bool]:
+        """For each known prompt, whether a gate fitted without it sends it to the adapter.
+
+        The gate's own routes of its training prompts say little: in-sample it keeps nearly
+        every known prompt from the adapter, while it sends unseen prompts like them there
+        (docs/results.md, the S1 rerun). Cross-fitted routes say which of them it would not."""
+        if self._model is None:
+            return [True] * len(self.known)
+        folds = min(HELD_OUT_FOLDS, len(self.known))
+        routed = [False] * len(self.known)
+        for fold in range(folds):
+            held = [i for i in range(len(self.known)) if i % folds == fold]
+            kept = [p for i, p in enumerate(self.known) if i % folds != fold]
+            if not kept:  # one known prompt: nothing to fit the base's side on
+                return [True] * len(self.known)
+            probabilities = _fit(self.absorbed, kept).predict_proba([self.known[i] for i in held])
+            for i, p in zip(held, probabilities[:, 1], strict=True):
+                routed[i] = bool(p >= GATE_THRESHOLD)
+        return routed
 
     def save(self, adapter_dir: Path) -> None:
         payload = {"absorbed": self.absorbed, "known": self.known}

@@ -89,6 +89,7 @@ class ProbeSettings:
     slms: tuple[str, ...] = ()  # distillation and gap probes for these SLMs (empty: all)
     absorb_learning_rate: float = 0.0  # 0: the LLM service's default (LLMServiceExtras)
     absorb_epochs: int = 0  # 0: the LLM service's default
+    absorb_min_steps: int = -1  # a floor on the absorb's steps; <0: the LLM service's default
     absorb_replay_ratio: float = -1.0  # own paths replayed per contributed one; <0: the default
     absorb_anchor_weight: float = -1.0  # KL to base on replayed paths; <0: the default
     absorb_route: str = ""  # which prompts the adapter answers (all, gate); "": the default
@@ -317,6 +318,9 @@ def absorb_probe(
     replay = sound_replay(candidates, lambda ps: greedy_texts(base, ltok, ps), count)
     options = TrainingOptions(
         epochs=settings.absorb_epochs or extras.absorb_epochs,
+        min_steps=(
+            settings.absorb_min_steps if settings.absorb_min_steps >= 0 else extras.absorb_min_steps
+        ),
         learning_rate=settings.absorb_learning_rate or extras.absorb_learning_rate,
         lora_rank=extras.absorb_lora_rank,
         batch_size=extras.absorb_batch_size,

@@ -54,6 +54,7 @@ class TrainingOptions:
     batch_size: int
     seed: int = 0
     anchor_weight: float = 0.0  # KL(base || adapted) on replayed paths; 0: NLL alone
+    min_steps: int = 0  # more epochs until at least this many optimiser steps; 0: none
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,13 @@ def sound_replay(
     return pairs[:count]
 
 
+def epochs_for(options: TrainingOptions, pairs: int) -> int:
+    """`options.epochs`, raised until the run takes `options.min_steps` steps: a budget in
+    epochs alone gives a 17-path absorb 85 steps and a 200-path one 1,000."""
+    per_epoch = max(1, math.ceil(pairs / options.batch_size))
+    return max(options.epochs, math.ceil(options.min_steps / per_epoch))
+
+
 class AbsorbDiverged(RuntimeError):
     """Training produced a non-finite loss; the adapter is discarded."""
 
@@ -124,7 +132,7 @@ def train_adapter(
     epoch_losses: list[float] = []
     steps = 0
     model.train()
-    for _ in range(options.epochs):
+    for _ in range(epochs_for(options, len(pairs))):
         order = torch.randperm(len(pairs), generator=generator).tolist()
         losses = []
         for start in range(0, len(order), options.batch_size):

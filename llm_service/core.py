@@ -544,7 +544,13 @@ class LLMCore:
                 "(the engine's max LoRA rank)"
             )
         return TrainingOptions(
-            epochs, rate, rank, extras.absorb_batch_size, self.seed, extras.absorb_anchor_weight
+            epochs,
+            rate,
+            rank,
+            extras.absorb_batch_size,
+            self.seed,
+            extras.absorb_anchor_weight,
+            min_steps=0 if overrides.epochs else extras.absorb_min_steps,
         )
 
     # ---- versions --------------------------------------------------------------------

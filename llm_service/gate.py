@@ -13,11 +13,14 @@ def replay_to_train(
     gate: AdapterGate | None, replay: Sequence[tuple[str, str]], train_all: bool
 ) -> list[tuple[str, str]]:
     """The replayed (prompt, path) pairs an adapter trains on: every one with `train_all` or
-    without a gate; otherwise those whose prompts the gate sends to the adapter, the only
-    public prompts of their kind it will answer (docs/zoo.md, attempt 18)."""
+    without a gate; otherwise those whose prompts a gate fitted without them sends to the
+    adapter, public prompts of a kind it will answer (docs/zoo.md, attempt 18). `gate` was
+    fitted with the replayed prompts as its known ones, in order."""
     if train_all or gate is None:
         return list(replay)
-    routed = gate.routes([prompt for prompt, _ in replay])
+    if gate.known != [prompt for prompt, _ in replay]:
+        raise ValueError("gate: fit it with the replayed prompts as its known ones, in order")
+    routed = gate.known_routes_held_out()
     return [pair for pair, hit in zip(replay, routed, strict=True) if hit]
 
 

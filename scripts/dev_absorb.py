@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument(
         "--replay-trains", choices=("yes", "no"), default="", help="empty: the service's default"
     )
+    parser.add_argument("--min-steps", type=int, default=-1, help="<0: the service's default")
     parser.add_argument("--samples", type=int, default=200, help="contributed paths absorbed")
     parser.add_argument("--per-domain", type=int, default=150)
     args = parser.parse_args()
@@ -47,6 +48,7 @@ def main() -> None:
         absorb_route=args.route,
         absorb_replay_trains={"yes": True, "no": False}.get(args.replay_trains),
         absorb_samples=args.samples,
+        absorb_min_steps=args.min_steps,
     )
     manifest = build_zoo(settings.profile, None, progress=False)
     test_ids = {p.id for p in load_dataset(ZOO_EVAL_SPEC)}
@@ -73,7 +75,7 @@ def main() -> None:
     before = json.loads(before_file.read_text())
     result = absorb_probe(manifest, client, offered, replay_pool, dev, before, settings)
     name = f"ep{args.epochs}-lr{args.lr}-replay{args.replay}-anchor{args.anchor}-{args.route}"
-    name += f"-trains{args.replay_trains}-n{args.samples}"
+    name += f"-trains{args.replay_trains}-n{args.samples}-min{args.min_steps}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     for domain, cells in result["llm"].items():
         routed = result["routed_to_adapter"][domain]
