@@ -249,7 +249,7 @@ def run_round(
     with times.phase("greedy before"):
         correct_before = trainer.greedy_correct(problems)
     with times.phase("train"):
-        report = trainer.train_round(path_sets, round_number)
+        report = trainer.train_round(path_sets, round_number, correct_before)
     with times.phase("score after"):
         after = _score_all(trainer, path_sets)
     with times.phase("greedy after"):

@@ -8,6 +8,7 @@ Paths are text: the student scores them with its own tokenizer (lada.modeling ru
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import random
@@ -28,7 +29,7 @@ from lada.config import (
     TrainerSettings,
     check_nonnegative,
 )
-from lada.gate import AdapterGate
+from lada.gate import GATE_FILE, AdapterGate
 from lada.modeling import (
     batched_completion_logprobs,
     completion_log_distributions,
@@ -46,6 +47,7 @@ log = logging.getLogger("lada.agent.trainer")
 WEIGHTS_DIR = "model"
 ADAPTER_DIR = "adapter"
 EXPERT_DIR = "expert"  # distill_route gate: the expert's weights and its gate.json
+EXPERT_PROMPTS_FILE = "prompts.json"  # in EXPERT_DIR: the public prompts taught and solved
 # tokenized (prompt, completion) pairs a scorer keeps: a round of `full` scores about 3,000
 ENCODED_CACHE_ENTRIES = 20_000
 
@@ -151,6 +153,9 @@ class LocalTrainer:
         self.expert: PreTrainedModel | None = None
         self._expert_scorer: ModelScorer | None = None  # kept: its encode cache spans rounds
         self.expert_prompts: list[str] = []
+        # public prompts the student answered right before a round taught them: the gate
+        # keeps these on the student, as the private ones
+        self.solved_prompts: list[str] = []
         self.gate: AdapterGate | None = None
 
     @classmethod
@@ -249,13 +254,19 @@ class LocalTrainer:
         return self._per_model(prompts, call)
 
     # ---- training ------------------------------------------------------------------
-    def train_round(self, path_sets: Sequence[PathSet], round_number: int) -> TrainReport:
+    def train_round(
+        self,
+        path_sets: Sequence[PathSet],
+        round_number: int,
+        solved: Sequence[bool] | None = None,
+    ) -> TrainReport:
         """`epochs` passes over the allocated samples, each step with a private batch.
 
         A batch whose samples have no correct path trains on the private term alone
         (L = L_sft(D_k) when the distillation sum is empty); no allocation, no steps.
         Under distill_route gate the expert then takes its own round on the same samples at
-        its rate, and the gate is refitted on every prompt it was taught.
+        its rate, and the gate is refitted: `solved` says which samples the agent answered
+        right before the round, and those the student answered stay with the student.
         """
         if not path_sets:
             return TrainReport()
@@ -271,14 +282,37 @@ class LocalTrainer:
             lr_schedule=self.settings.expert_lr_schedule,
         )
         assert self.expert is not None and self._expert_scorer is not None
+        prompts = [s.prompt for s in path_sets]
+        known = self._student_solved(prompts, solved)
         expert = self._train(
             self.expert, self._expert_scorer, path_sets, round_number, expert_settings
         )
-        taught = set(self.expert_prompts)
-        self.expert_prompts += [s.prompt for s in path_sets if s.prompt not in taught]
+        self._sort_prompts(prompts, known)
         self._fit_gate()
         parts = report.mean_parts | {f"expert_{k}": v for k, v in expert.mean_parts.items()}
         return TrainReport(report.steps + expert.steps, report.seconds + expert.seconds, parts)
+
+    def _student_solved(self, prompts: list[str], solved: Sequence[bool] | None) -> list[bool]:
+        """Which prompts the student (not the expert) answered right before the round."""
+        if solved is None:
+            return [False] * len(prompts)
+        if len(solved) != len(prompts):
+            raise ValueError(f"solved: {len(solved)} flags for {len(prompts)} samples")
+        routed = self.routes(prompts)
+        return [ok and not to_expert for ok, to_expert in zip(solved, routed, strict=True)]
+
+    def _sort_prompts(self, prompts: list[str], known: list[bool]) -> None:
+        """Each prompt to the side it now belongs to: solved by the student, else taught."""
+        for prompt, is_known in zip(prompts, known, strict=True):
+            keep, drop = (
+                (self.solved_prompts, self.expert_prompts)
+                if is_known
+                else (self.expert_prompts, self.solved_prompts)
+            )
+            if prompt in drop:
+                drop.remove(prompt)
+            if prompt not in keep:
+                keep.append(prompt)
 
     def _train(
         self,
@@ -356,9 +390,15 @@ class LocalTrainer:
         return token_kl(start, now)
 
     def _fit_gate(self) -> None:
-        """The expert's prompts against the private ones: the student answers what looks
-        like its home data, the expert what looks like what it was taught."""
-        self.gate = AdapterGate(self.expert_prompts, [e.prompt for e in self.private])
+        """The expert's prompts against the private ones and the public ones the student
+        solved: the student answers what looks like what it knows, the expert what looks
+        like what it was taught. Nothing taught yet (every allocated sample was solved):
+        no gate, the student answers everything."""
+        if not self.expert_prompts:
+            self.gate = None
+            return
+        known = [e.prompt for e in self.private] + self.solved_prompts
+        self.gate = AdapterGate(self.expert_prompts, known)
 
     def _private_batch_size(self) -> int:
         return min(self.settings.private_per_step, len(self.private))
@@ -366,16 +406,23 @@ class LocalTrainer:
     # ---- saving --------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Full weights + tokenizer, or only the LoRA adapter when training through peft;
-        the expert's weights and its gate beside them once it exists."""
+        the expert's weights, the prompts it was taught and the student solved, and its
+        gate beside them once it exists."""
         if self.uses_lora:
             self.model.save_pretrained(str(directory / ADAPTER_DIR))
         else:
             self.model.save_pretrained(str(directory / WEIGHTS_DIR))
             self.tokenizer.save_pretrained(str(directory / WEIGHTS_DIR))
-        if self.expert is not None and self.gate is not None:
-            self.expert.save_pretrained(str(directory / EXPERT_DIR))
-            self.tokenizer.save_pretrained(str(directory / EXPERT_DIR))
-            self.gate.save(directory / EXPERT_DIR)
+        if self.expert is not None:
+            expert_dir = directory / EXPERT_DIR
+            self.expert.save_pretrained(str(expert_dir))
+            self.tokenizer.save_pretrained(str(expert_dir))
+            prompts = {"taught": self.expert_prompts, "solved": self.solved_prompts}
+            (expert_dir / EXPERT_PROMPTS_FILE).write_text(json.dumps(prompts))
+            if self.gate is not None:
+                self.gate.save(expert_dir)
+            else:  # nothing taught any more: a stale gate would still route
+                (expert_dir / GATE_FILE).unlink(missing_ok=True)
 
     def _set_expert(self, model: PreTrainedModel) -> None:
         self.expert = model
@@ -383,10 +430,9 @@ class LocalTrainer:
 
     def _load_expert(self, expert_dir: Path) -> None:
         self._set_expert(load_causal_lm(expert_dir)[0])
-        gate = AdapterGate.load(expert_dir)
-        if gate is not None:
-            self.expert_prompts = list(gate.absorbed)
-            self._fit_gate()
+        prompts = json.loads((expert_dir / EXPERT_PROMPTS_FILE).read_text())
+        self.expert_prompts, self.solved_prompts = prompts["taught"], prompts["solved"]
+        self._fit_gate()
 
     def _load_adapter(self, adapter_dir: Path) -> None:
         from peft import set_peft_model_state_dict

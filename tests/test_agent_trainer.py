@@ -416,6 +416,58 @@ def test_the_expert_and_its_gate_reload_from_a_checkpoint(
     assert reloaded.score(prompts, paths) == pytest.approx(gated.score(prompts, paths), abs=1e-5)
 
 
+def test_under_the_gate_samples_the_student_solved_stay_with_it(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    """The gate's known side is the private prompts and the allocated prompts the student
+    answered right before the round; its taught side is the rest."""
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    gated.train_round(sets, round_number=1, solved=[True] * 3 + [False] * 5)
+    prompts = [s.prompt for s in sets]
+    assert gated.solved_prompts == prompts[:3]
+    assert gated.expert_prompts == prompts[3:]
+    assert gated.gate is not None
+    assert gated.gate.known == [format_prompt(p.question) for p in private_rates[:40]] + prompts[:3]
+
+
+def test_a_sample_the_expert_answered_right_is_not_counted_as_the_students(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    gated.train_round(sets, round_number=1, solved=[False] * 8)
+    routed = gated.routes([s.prompt for s in sets])
+    gated.train_round(sets, round_number=2, solved=[True] * 8)
+    prompts = [s.prompt for s in sets]
+    assert gated.expert_prompts == [p for p, hit in zip(prompts, routed, strict=True) if hit]
+    assert gated.solved_prompts == [p for p, hit in zip(prompts, routed, strict=True) if not hit]
+
+
+def test_a_round_the_student_solved_entirely_routes_nothing_to_the_expert(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path
+) -> None:
+    sets = [contrast_set(p) for p in FOREIGN[:8]]
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    gated.train_round(sets, round_number=1, solved=[True] * 8)
+    gated.save(tmp_path)
+    reloaded = LocalTrainer.from_path(
+        micro_zoo.slms["slm-rates"], make_loss("sft"), private_rates[:40],
+        TrainerSettings(distill_route="gate"), checkpoint=tmp_path,
+    )  # fmt: skip
+    held_out = [format_prompt(p.question) for p in FOREIGN[8:]]
+    assert gated.routes(held_out) == reloaded.routes(held_out) == [False] * 8
+    assert reloaded.solved_prompts == [s.prompt for s in sets]
+
+
+def test_solved_flags_must_match_the_allocation(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    gated = gated_trainer(micro_zoo, private_rates[:40])
+    with pytest.raises(ValueError, match="solved: 2 flags for 8 samples"):
+        gated.train_round([contrast_set(p) for p in FOREIGN[:8]], 1, solved=[True, False])
+
+
 def test_an_unknown_distill_route_is_refused_naming_the_allowed_values(
     micro_zoo: ZooManifest,
 ) -> None:
