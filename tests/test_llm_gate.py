@@ -61,9 +61,10 @@ def test_only_the_replay_the_gate_sends_to_the_adapter_trains_it() -> None:
 def _purchases_gate() -> tuple[AdapterGate, list]:
     """An S1-like absorb: 60 client-only and 20 purchases contributions; the replay is 400
     public paths, 100 of each public domain."""
-    absorbed = _prompts(FIT, client_only=True) + [
-        format_prompt(p.question) for p in FIT if p.domain == "purchases"
-    ][:20]
+    absorbed = (
+        _prompts(FIT, client_only=True)
+        + [format_prompt(p.question) for p in FIT if p.domain == "purchases"][:20]
+    )
     held = [p for p in HELD_OUT if p.domain != CLIENT_ONLY]
     return AdapterGate(absorbed, [format_prompt(p.question) for p in held]), held
 
