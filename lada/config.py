@@ -340,6 +340,9 @@ class AllocatorConfig:
     settings: AllocatorSettings = field(default_factory=AllocatorSettings)
 
 
+MAX_SAMPLES_PER_REQUEST = 1024  # the LLM service's default cap on samples in one request
+
+
 @dataclass
 class LLMServiceConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=DEFAULT_LLM_PORT))
@@ -348,7 +351,7 @@ class LLMServiceConfig:
     public_pool: str = DEFAULT_PUBLIC_POOL
     max_paths_per_request: int = 16
     max_tokens_limit: int = 512
-    max_samples_per_request: int = 1024
+    max_samples_per_request: int = MAX_SAMPLES_PER_REQUEST
     gpu_memory_utilization: float = 0.05
     dtype: str = "float32"
     seed: int = 0

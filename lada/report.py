@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from allocator.folding import parse_stats, report_arrays, split_scans
-from lada.config import ClusterAgentConfig, ClusterConfig
+from lada.config import MAX_SAMPLES_PER_REQUEST, ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
 from lada.state import StateStore
 from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
@@ -82,17 +82,23 @@ LLM_EVAL_MAX_TOKENS = 128  # greedy answer budget when measuring the LLM on test
 
 
 def llm_accuracy_of(
-    answers: Callable[[list[str], str], list[str]], versions: list[str], problems: list[Problem]
+    answers: Callable[[list[str], str], list[str]],
+    versions: list[str],
+    problems: list[Problem],
+    chunk: int = MAX_SAMPLES_PER_REQUEST,
 ) -> dict[str, dict[str, float]]:
     """Greedy accuracy per model version, overall (`all`) and per domain;
-    `answers(prompts, version)` runs the LLM."""
+    `answers(prompts, version)` runs the LLM, on at most `chunk` prompts at a time (the
+    service refuses larger requests; the paper-scale test sets hold 2,500)."""
     prompts = [format_prompt(p.question) for p in problems]
     accuracy = {}
     for version in dict.fromkeys(versions):
-        hits = [
-            is_correct(text, p.answer)
-            for text, p in zip(answers(prompts, version), problems, strict=True)
+        texts = [
+            text
+            for start in range(0, len(prompts), chunk)
+            for text in answers(prompts[start : start + chunk], version)
         ]
+        hits = [is_correct(text, p.answer) for text, p in zip(texts, problems, strict=True)]
         domains = sorted({p.domain for p in problems})
         accuracy[version] = {"all": _share(hits)} | {
             d: _share([h for h, p in zip(hits, problems, strict=True) if p.domain == d])

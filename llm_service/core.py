@@ -506,8 +506,17 @@ class LLMCore:
         ]
 
         def write(problems: Sequence[Problem]) -> list[str]:
-            found = self.generate([p.id for p in problems], [], sampling, version)
-            return [r.paths[0].text if r.paths else "" for r in found.results]
+            """In requests of at most the service's own limit (candidates: 6 per path)."""
+            step = self.limits.max_samples_per_request
+            ids = [p.id for p in problems]
+            found = [
+                result
+                for start in range(0, len(ids), step)
+                for result in self.generate(
+                    ids[start : start + step], [], sampling, version
+                ).results
+            ]
+            return [r.paths[0].text if r.paths else "" for r in found]
 
         return sound_replay(candidates, write, count)
 

@@ -289,3 +289,20 @@ def test_an_absorb_takes_at_least_its_minimum_steps_unless_it_asks_for_epochs(tm
     per_epoch = math.ceil((8 + floored.replay_trained) / 4)
     assert floored.train_steps == math.ceil(9 / per_epoch) * per_epoch
     assert asked.train_steps == 2 * math.ceil((16 + asked.replay_trained) / 4)
+
+
+def test_an_absorb_writes_its_replay_in_requests_within_the_services_limit(tmp_path) -> None:
+    """8 contributions at replay 2 draw 32 candidates; with a limit of 5 samples a request
+    the replay is written in 7 requests, not refused."""
+    extras = LLMServiceExtras(state_dir=str(tmp_path), absorb_replay_ratio=2.0)
+    config = LLMServiceConfig(
+        model=str(DEMO_LLM), backend="transformers", public_pool=POOL, max_samples_per_request=5
+    )
+    core = build_core(config, extras)
+    try:
+        units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY][:8]
+        references = [Contribution(p.id, format_target(p.reference)) for p in units]
+        info = core.absorb(references, AbsorbOverrides(epochs=1))
+    finally:
+        core.close()
+    assert info.samples_replayed >= 12

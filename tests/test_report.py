@@ -86,6 +86,21 @@ def test_llm_accuracy_is_measured_overall_and_per_domain() -> None:
     assert accuracy["v1"] == {"all": 1.0, "purchases": 1.0, "units": 1.0}
 
 
+def test_llm_accuracy_asks_for_at_most_a_request_limit_of_prompts_at_a_time() -> None:
+    """7 problems in requests of at most 3 (the service refuses larger ones): 3 + 3 + 1 per
+    version, answers kept in order."""
+    problems = [Problem(str(i), f"{i}+0?", f"#### {i}", str(i), "purchases", 1) for i in range(7)]
+    sizes: list[int] = []
+
+    def answers(prompts: list[str], version: str) -> list[str]:
+        sizes.append(len(prompts))
+        return [f"#### {p.split('+')[0].split()[-1]}" for p in prompts]
+
+    accuracy = llm_accuracy_of(answers, ["base"], problems, chunk=3)
+    assert sizes == [3, 3, 1]
+    assert accuracy["base"] == {"all": 1.0, "purchases": 1.0}
+
+
 def test_agents_are_reported_in_the_order_the_config_lists_them() -> None:
     from lada.config import ClusterAgentConfig, ClusterConfig
     from lada.report import in_config_order
