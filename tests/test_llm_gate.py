@@ -5,7 +5,9 @@ prompts that look like what the base already answered soundly."""
 from __future__ import annotations
 
 import math
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from llm_service.gate import replay_to_train, serving_routes
 from llm_service.main import build_core
 from llm_service.settings import LLMServiceExtras
 from llm_service.types import AbsorbOverrides, Contribution, Sampling
+from llm_service.versions import VersionInfo
 
 CLIENT_ONLY = CLIENT_DOMAINS[0]
 FIT = load_dataset("synthetic:domains=all+units,n=300,seed=21")
@@ -244,6 +247,28 @@ def test_a_continued_version_gates_everything_its_chain_absorbed(micro_zoo, tmp_
     assert gate.absorbed == [format_prompt(p.question) for p in second + first]
 
 
+def _absorbs(
+    extras: LLMServiceExtras, batches: list[tuple[int, AbsorbOverrides]], **config: Any
+) -> list[VersionInfo]:
+    """Successive absorbs into the demo LLM, each of the next `count` client-only reference
+    paths of the pool, on a core built with `extras` and `config`."""
+    settings = LLMServiceConfig(
+        model=str(DEMO_LLM), backend="transformers", public_pool=POOL, **config
+    )
+    core = build_core(settings, extras)
+    try:
+        units = iter([p for p in core.pool.values() if p.domain == CLIENT_ONLY])
+        return [
+            core.absorb(
+                [Contribution(p.id, format_target(p.reference)) for p in islice(units, count)],
+                options,
+            )
+            for count, options in batches
+        ]
+    finally:
+        core.close()
+
+
 @pytest.mark.parametrize("replay_trains", [True, False])
 def test_replay_trains_the_adapter_unless_it_is_kept_for_the_gate(
     tmp_path, replay_trains: bool
@@ -254,14 +279,7 @@ def test_replay_trains_the_adapter_unless_it_is_kept_for_the_gate(
     extras = LLMServiceExtras(
         state_dir=str(tmp_path), absorb_replay_ratio=2.0, absorb_replay_trains=replay_trains
     )
-    config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
-    core = build_core(config, extras)
-    try:
-        units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY][:8]
-        references = [Contribution(p.id, format_target(p.reference)) for p in units]
-        info = core.absorb(references, AbsorbOverrides(epochs=2))
-    finally:
-        core.close()
+    (info,) = _absorbs(extras, [(8, AbsorbOverrides(epochs=2))])
     trained_pairs = 8 + (info.samples_replayed if replay_trains else 0)
     assert info.samples_replayed >= 12
     assert info.replay_trained == (info.samples_replayed if replay_trains else 0)
@@ -277,15 +295,7 @@ def test_an_absorb_takes_at_least_its_minimum_steps_unless_it_asks_for_epochs(tm
     extras = LLMServiceExtras(
         state_dir=str(tmp_path), absorb_replay_ratio=1.0, absorb_epochs=1, absorb_min_steps=9
     )
-    config = LLMServiceConfig(model=str(DEMO_LLM), backend="transformers", public_pool=POOL)
-    core = build_core(config, extras)
-    try:
-        units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY][:16]
-        paths = [Contribution(p.id, format_target(p.reference)) for p in units]
-        floored = core.absorb(paths[:8], AbsorbOverrides())
-        asked = core.absorb(paths[8:], AbsorbOverrides(epochs=2))
-    finally:
-        core.close()
+    floored, asked = _absorbs(extras, [(8, AbsorbOverrides()), (8, AbsorbOverrides(epochs=2))])
     per_epoch = math.ceil((8 + floored.replay_trained) / 4)
     assert floored.train_steps == math.ceil(9 / per_epoch) * per_epoch
     assert asked.train_steps == 2 * math.ceil((16 + asked.replay_trained) / 4)
@@ -295,14 +305,5 @@ def test_an_absorb_writes_its_replay_in_requests_within_the_services_limit(tmp_p
     """8 contributions at replay 2 draw 32 candidates; with a limit of 5 samples a request
     the replay is written in 7 requests, not refused."""
     extras = LLMServiceExtras(state_dir=str(tmp_path), absorb_replay_ratio=2.0)
-    config = LLMServiceConfig(
-        model=str(DEMO_LLM), backend="transformers", public_pool=POOL, max_samples_per_request=5
-    )
-    core = build_core(config, extras)
-    try:
-        units = [p for p in core.pool.values() if p.domain == CLIENT_ONLY][:8]
-        references = [Contribution(p.id, format_target(p.reference)) for p in units]
-        info = core.absorb(references, AbsorbOverrides(epochs=1))
-    finally:
-        core.close()
+    (info,) = _absorbs(extras, [(8, AbsorbOverrides(epochs=1))], max_samples_per_request=5)
     assert info.samples_replayed >= 12
