@@ -592,8 +592,8 @@ def add_offline_metrics(
         a.name: audited_bytes(cluster.workdir / "agents" / a.name) for a in agents
     }
     test_spec = write_jsonl(test_problems(data), cluster.workdir / "data" / "test-all.jsonl")
-    before = evaluate_agents(agents, cluster.workdir, models, test_spec, trained=False)
-    after = evaluate_agents(agents, cluster.workdir, models, test_spec, trained=True)
+    before = evaluate_agents(agents, cluster.workdir, models, test_spec, False, with_ids=True)
+    after = evaluate_agents(agents, cluster.workdir, models, test_spec, True, with_ids=True)
     metrics["final_eval"] = {
         name: {
             "before": before[name]["all"],
@@ -602,9 +602,20 @@ def add_offline_metrics(
             "own_after": after[name]["own"],
             "own_nlp_before": before[name]["own_nlp"],
             "own_nlp_after": after[name]["own_nlp"],
+            **own_flips(before[name]["own_correct"], after[name]["own_correct"]),
+            "own_correct_before": before[name]["own_correct"],
         }
         for name in before
     }
+
+
+def own_flips(before: list[str], after: list[str]) -> dict[str, Any]:
+    """Own-domain problems newly right and no longer right, with the McNemar p-value: whether
+    a change in accuracy is more than the churn of retraining."""
+    from lada.report import flips
+
+    change = flips(before, after)
+    return {"own_up": change.up, "own_down": change.down, "own_p": change.p}
 
 
 @contextmanager
@@ -642,7 +653,7 @@ def baseline_metrics(
     with redis_for_cluster(base_dir, name="baseline") as handle, _quiet("lada"):
         run = simulate(base, base_dir, handle, models)
     test_spec = write_jsonl(test_problems(data), base_dir / "test-all.jsonl")
-    after = evaluate_agents(config.agents, base_dir, models, test_spec, trained=True)
+    after = evaluate_agents(config.agents, base_dir, models, test_spec, True, with_ids=True)
     return {
         "policy": base.policy,
         "mode": run["mode"],
@@ -695,6 +706,11 @@ def add_baseline_metrics(metrics: dict[str, Any], baseline: dict[str, Any] | Non
                 "after": after[name]["all"],
                 "own_before": before.get(name, {}).get("own_before"),
                 "own_after": after[name]["own"],
+                **(
+                    own_flips(before[name]["own_correct_before"], after[name]["own_correct"])
+                    if "own_correct_before" in before.get(name, {})
+                    else {}
+                ),
             }
             for name in after
         },

@@ -185,13 +185,13 @@ def run_combination(
     return metrics
 
 
-def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, float]]:
+def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, Any]]:
     """`accuracy_on`, remembered in `cache_dir` per (model files, test set file): a starting
     model's greedy scores on a seed's test set are the same in every run of that seed."""
     from lada.report import accuracy_on
     from llm_service.cache import model_digest
 
-    def accuracy(model: Path, spec: str) -> dict[str, float]:
+    def accuracy(model: Path, spec: str) -> dict[str, Any]:
         tests = hashlib.sha256(Path(spec.removeprefix("jsonl:")).read_bytes()).hexdigest()
         key = hashlib.sha256(f"{model_digest(model)}|{tests}|{RESULT_FORMAT}".encode())
         path = cache_dir / f"{key.hexdigest()[:32]}.json"

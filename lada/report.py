@@ -7,9 +7,11 @@ metrics shape, so one writer serves both.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from lada.learnability import learnability_gaps
 from lada.state import StateStore
 from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
+
+KEEP_EVERY_ROW = 2**62  # `evaluate(keep_samples=...)` that keeps every problem's row
 
 
 def round_metrics(
@@ -148,10 +152,11 @@ def run_metrics(
     }
 
 
-def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
-    """Greedy accuracy overall and per domain on a JSONL test set. An agent's checkpointed
-    weights with an expert beside them (distill_route gate) answer as the agent does: each
-    problem by the model its gate routes it to."""
+def accuracy_on(model_dir: Path, spec: str) -> dict[str, Any]:
+    """Greedy accuracy overall and per domain on a JSONL test set, and per domain the IDs of
+    the problems answered right (`correct`), so that two models can be compared problem by
+    problem. An agent's checkpointed weights with an expert beside them (distill_route gate)
+    answer as the agent does: each problem by the model its gate routes it to."""
     from lada.evaluation import evaluate
     from slm_agent.trainer import EXPERT_DIR, WEIGHTS_DIR
 
@@ -162,16 +167,41 @@ def accuracy_on(model_dir: Path, spec: str) -> dict[str, float]:
         spec,
         pass_k=0,
         progress=False,
-        keep_samples=0,
+        keep_samples=KEEP_EVERY_ROW,
         expert_dir=expert if routed else None,
     )
     domains = report.by_domain.items()
+    correct: dict[str, list[str]] = {d: [] for d in report.by_domain}
+    for row in report.samples:
+        if row["correct"]:
+            correct[row["domain"]].append(row["id"])
     return {
         "all": report.overall.accuracy,
         "all_nlp": report.overall.mean_nlp,
         **{d: stats.accuracy for d, stats in domains},
         **{f"{d}_nlp": stats.mean_nlp for d, stats in domains},
+        "correct": {d: sorted(ids) for d, ids in correct.items()},
     }
+
+
+@dataclass(frozen=True)
+class Flips:
+    """Test problems a model newly answers right (`up`) and no longer answers right (`down`)
+    after a run, and the exact two-sided McNemar p-value of those counts: how likely a split
+    at least this uneven is if the run only reshuffled which problems come out right."""
+
+    up: int
+    down: int
+    p: float
+
+
+def flips(before: Iterable[str], after: Iterable[str]) -> Flips:
+    """Compare the IDs answered right before and after, problem by problem (same test set)."""
+    was, now = set(before), set(after)
+    up, down = len(now - was), len(was - now)
+    changed = up + down
+    tail = sum(math.comb(changed, k) for k in range(min(up, down) + 1)) / 2**changed
+    return Flips(up, down, min(1.0, 2 * tail))
 
 
 def final_model_dir(state_dir: Path) -> Path | None:
@@ -190,10 +220,13 @@ def evaluate_agents(
     models: dict[str, Path],
     test_spec: str,
     trained: bool,
-    accuracy: Callable[[Path, str], dict[str, float]] | None = None,
-) -> dict[str, dict[str, float]]:
+    accuracy: Callable[[Path, str], dict[str, Any]] | None = None,
+    with_ids: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Each agent's accuracy (own domain and all); `trained=False`: its starting model.
-    `accuracy` scores a model on a test set (default `accuracy_on`)."""
+    `with_ids`: also the IDs of the own-domain problems it answers right (`own_correct`), to
+    pair two evaluations problem by problem. `accuracy` scores a model on a test set
+    (default `accuracy_on`)."""
     accuracy = accuracy or accuracy_on
     results = {}
     for agent in agents:
@@ -208,9 +241,11 @@ def evaluate_agents(
             "by_domain": {
                 d: v
                 for d, v in scores.items()
-                if not d.startswith("all") and not d.endswith("_nlp")
+                if isinstance(v, int | float) and not d.startswith("all") and not d.endswith("_nlp")
             },
         }
+        if with_ids:
+            results[agent.name]["own_correct"] = scores.get("correct", {}).get(home, [])
     return results
 
 
@@ -270,7 +305,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
 
 
 def _final_eval_section(
-    final: dict[str, dict[str, float]], baseline: dict[str, Any] | None = None
+    final: dict[str, dict[str, Any]], baseline: dict[str, Any] | None = None
 ) -> list[str]:
     """Per agent: all-domain and own-domain test accuracy before -> after, with the change;
     beside it the same agents after a baseline run (another policy, same split and seed)."""
@@ -289,13 +324,13 @@ def _final_eval_section(
             f"{_fmt(v.get('before'))} -> {_fmt(v.get('after'))}",
             _change(v.get("before"), v.get("after")),
             f"{_fmt(v.get('own_before'))} -> {_fmt(v.get('own_after'))}",
-            _change(v.get("own_before"), v.get("own_after")),
+            _own_change(v),
             f"{_fmt(v.get('own_nlp_before'))} -> {_fmt(v.get('own_nlp_after'))}",
         ]
         if other:
             b = other.get(agent, {})
             row += [b.get("after"), _change(b.get("before"), b.get("after"))]
-            row += [b.get("own_after"), _change(b.get("own_before"), b.get("own_after"))]
+            row += [b.get("own_after"), _own_change(b)]
         rows.append(row)
     lines = ["", "## Held-out test accuracy before and after the run", ""]
     if other:
@@ -305,7 +340,25 @@ def _final_eval_section(
             " s).",
             "",
         ]
-    return [*lines, markdown_table(headers, rows)]
+    lines.append(markdown_table(headers, rows))
+    if any("own_up" in v for v in final.values()):
+        lines += ["", FLIPS_LEGEND]
+    return lines
+
+
+FLIPS_LEGEND = (
+    "Own domain, in brackets: test problems newly answered right (up) and no longer answered"
+    " right (down), and the exact McNemar p-value of that split; above 0.05, the change is"
+    " within the churn of retraining."
+)
+
+
+def _own_change(row: dict[str, Any]) -> str:
+    """The own-domain change, with the problems behind it where they were paired."""
+    change = _change(row.get("own_before"), row.get("own_after"))
+    if "own_up" not in row:
+        return change
+    return f"{change} ({row['own_up']} up, {row['own_down']} down, p {row['own_p']:.2f})"
 
 
 def _change(before: float | None, after: float | None) -> str:

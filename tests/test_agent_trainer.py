@@ -506,3 +506,6 @@ def test_a_gated_checkpoint_is_evaluated_as_the_agent_answers(
     assert scores["rates"] == np.mean(correct[8:])
     assert scores["purchases_nlp"] == pytest.approx(np.mean(references[:8]), abs=1e-5)
     assert scores["rates_nlp"] == pytest.approx(np.mean(references[8:]), abs=1e-5)
+    right = [p for p, c in zip(test, correct, strict=True) if c]
+    for domain in ("purchases", "rates"):
+        assert scores["correct"][domain] == sorted(p.id for p in right if p.domain == domain)

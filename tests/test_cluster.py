@@ -75,6 +75,18 @@ def test_report_sets_a_random_baseline_beside_each_agent(cluster_run) -> None:
     )
 
 
+def test_each_own_domain_change_is_paired_problem_by_problem(cluster_run) -> None:
+    """Up and down counts with a McNemar p-value, for the run and for its baseline."""
+    metrics = cluster_run["metrics"]
+    for rows in (metrics["final_eval"], metrics["baseline"]["final_eval"]):
+        for row in rows.values():
+            assert row["own_up"] >= 0 and row["own_down"] >= 0
+            assert 0.0 < row["own_p"] <= 1.0
+    for row in metrics["final_eval"].values():
+        assert len(row["own_correct_before"]) >= row["own_down"]
+    assert "McNemar" in (cluster_run["out"] / "report.md").read_text()
+
+
 def test_the_llm_keeps_its_versions_in_the_run_directory(cluster_run) -> None:
     """So a second `lada up` starts from the base model, not from what this run absorbed."""
     state = cluster_run["out"] / "run" / "llm"

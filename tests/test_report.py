@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lada.report import llm_accuracy_of, render_markdown, reward_terms_by_gap
+from lada.cluster import add_baseline_metrics, own_flips
+from lada.report import Flips, flips, llm_accuracy_of, render_markdown, reward_terms_by_gap
 from lada.tasks import Problem, format_prompt
 from lada.v1 import allocator_pb2
 
@@ -57,6 +58,48 @@ def test_each_agent_row_shows_its_change_and_the_baseline_beside_it() -> None:
         "-4.0 pts",
     ]
     assert "after a `random` run at the same budget" in text
+
+
+def test_flips_count_problems_newly_right_and_no_longer_right() -> None:
+    assert flips(["a", "b", "c"], ["b", "c", "d", "e"]) == Flips(up=2, down=1, p=1.0)
+
+
+def test_a_one_sided_split_is_unlikely_as_churn_and_an_even_one_is_not() -> None:
+    """Exact McNemar: 6 up, 0 down is 2/64; 7 up, 5 down is 2 * 1586/4096."""
+    assert flips([], list("abcdef")).p == pytest.approx(0.03125)
+    twelve = [f"q{i}" for i in range(12)]
+    assert flips(twelve[:5], twelve[5:]).p == pytest.approx(0.7744, abs=1e-4)
+    assert flips(["a"], ["a"]) == Flips(up=0, down=0, p=1.0)
+
+
+def test_the_own_change_shows_the_problems_behind_it_with_its_p_value() -> None:
+    final = {**METRICS["final_eval"]["agent-units"], "own_up": 3, "own_down": 7, "own_p": 0.34375}
+    text = render_markdown({**METRICS, "final_eval": {"agent-units": final}})
+    row = next(line for line in text.splitlines() if line.startswith("| agent-units"))
+    assert "| -2.0 pts (3 up, 7 down, p 0.34) |" in row
+    assert "McNemar" in text
+
+
+def test_the_baseline_is_paired_with_the_agents_own_starting_answers() -> None:
+    metrics = {
+        "final_eval": {
+            "agent-units": {"before": 0.3, "own_before": 0.5, "own_correct_before": ["a", "b"]}
+        }
+    }
+    baseline = {
+        "policy": "random",
+        "after": {"agent-units": {"all": 0.4, "own": 0.75, "own_correct": ["b", "c", "d"]}},
+    }
+    add_baseline_metrics(metrics, baseline)
+    paired = metrics["baseline"]["final_eval"]["agent-units"]
+    assert paired == {
+        "before": 0.3,
+        "after": 0.4,
+        "own_before": 0.5,
+        "own_after": 0.75,
+        **own_flips(["a", "b"], ["b", "c", "d"]),
+    }
+    assert (paired["own_up"], paired["own_down"]) == (2, 1)
 
 
 def test_the_llm_table_shows_the_client_only_domain_per_version() -> None:
