@@ -40,6 +40,7 @@ from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embed
 from lada.state import StateStore
 from lada.tasks import (
     AgentSplitSpec,
+    FederatedSplit,
     Problem,
     SplitSpec,
     format_prompt,
@@ -202,9 +203,9 @@ def write_jsonl(problems: list[Problem], path: Path) -> str:
     return f"jsonl:{path}"
 
 
-def carve_data(config: ClusterConfig, data_dir: Path) -> DataFiles:
-    """Split the source into disjoint public / private / test sets and write them out."""
-    split = make_split(
+def carve_split(config: ClusterConfig) -> FederatedSplit:
+    """Split the source into disjoint public / private / test sets, as the config says."""
+    return make_split(
         SplitSpec(
             source=config.source,
             public_size=config.public_size,
@@ -217,6 +218,11 @@ def carve_data(config: ClusterConfig, data_dir: Path) -> DataFiles:
             ],
         )
     )
+
+
+def carve_data(config: ClusterConfig, data_dir: Path) -> DataFiles:
+    """`carve_split`, written out as JSONL files."""
+    split = carve_split(config)
     private_dir, test_dir = data_dir / "private", data_dir / "test"
     return DataFiles(
         public=write_jsonl(split.public, data_dir / "public.jsonl"),

@@ -134,6 +134,26 @@ def test_the_experiment_config_is_at_the_papers_scale() -> None:
     assert "units" in base.source  # the client-only domain is in the split
 
 
+@pytest.mark.parametrize("path", ["deploy/experiment.yaml", "deploy/experiment-cpu.yaml"])
+def test_every_scenario_of_an_experiment_config_carves_its_data_for_three_seeds(path) -> None:
+    """A source too small for a scenario's private sets fails a run only once it starts."""
+    from lada.cluster import carve_split
+    from lada.experiment import SCENARIOS, scenario_config
+
+    base = lada_config.load_config(
+        lada_config.ClusterConfig, str(REPO_ROOT / path), section="experiment", env={}
+    )
+    models = {model for _, members, _ in SCENARIOS.values() for model, _ in members}
+    for scenario in SCENARIOS:
+        for seed in range(3):
+            config = scenario_config(base, scenario, "lada", "contrastive", seed, models)
+            split = carve_split(config)
+            assert all(len(split.private[a.name]) == a.private_size for a in config.agents), (
+                scenario,
+                seed,
+            )
+
+
 def _kind(kind: str) -> list[dict[str, Any]]:
     return [doc for doc in MANIFESTS if doc["kind"] == kind]
 
