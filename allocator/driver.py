@@ -279,10 +279,10 @@ class RoundDriver:
         sample_ids = [c.sample_id for c in candidates]
         accuracy = self._llm_accuracy(sorted(set(sample_ids)))
         before = np.array([self.llm.score(c.sample_id, [c.text])[0] for c in candidates])
+        sampled = np.array([accuracy.get(s, np.nan) for s in sample_ids])
+        threshold = core.config.lada.novelty_max_llm_accuracy
         novelty = novelty_scores(
-            before,
-            np.array([accuracy.get(s, np.nan) for s in sample_ids]),
-            core.config.lada.novelty_max_llm_accuracy,
+            before, sampled, threshold, self._greedy_right(sample_ids, sampled < threshold)
         )
         chosen = select_novel(
             sample_ids, novelty, self.store.absorbed(), core.config.lada.llm_budget
@@ -305,6 +305,16 @@ class RoundDriver:
         self.store.record_absorption(r, [c.sample_id for c in selected], learner.to_json(), version)
         log.info("llm absorbed", extra={"round": r, "samples": len(selected), "version": version})
         return len(selected)
+
+    def _greedy_right(self, sample_ids: list[str], weak: np.ndarray) -> np.ndarray | None:
+        """Whether the serving LLM answers each sample right greedily, asked only for the
+        samples its sampled accuracy calls weak (None when `novelty_greedy_check` is off)."""
+        assert self.llm is not None
+        if not self.core.config.lada.novelty_greedy_check:
+            return None
+        asked = sorted({s for s, w in zip(sample_ids, weak, strict=True) if w})
+        greedy = self.llm.accuracy(asked, 1, 0.0) if asked else {}
+        return accuracy_of(greedy, sample_ids) == 1.0
 
     def _llm_accuracy(self, sample_ids: list[str]) -> dict[str, float]:
         """Reported LLM accuracy, asking the LLM service for samples no agent reported on."""

@@ -89,6 +89,9 @@ class LadaHyperParams:
     band_step: float = 0.05
     correctness_reward_weight: float = 1.0
     novelty_max_llm_accuracy: float = 0.5
+    # novelty also needs the LLM's greedy answer to be wrong: at temperature 0.8 a sample the
+    # LLM answers right greedily can score below 0.5 (docs/results.md, the paper's scale, S1)
+    novelty_greedy_check: bool = True
     llm_budget: int = 64  # B_L: contributions absorbed per round
     contribution_requests: int = 32  # public samples each agent is asked for paths on, per round
     # gap scan (not in the paper's method; 0 = off): never-measured public samples each agent

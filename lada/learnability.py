@@ -238,13 +238,19 @@ def select_in_band(
 
 # ---- 2. the LLM direction --------------------------------------------------------------------
 def novelty_scores(
-    llm_nlp_of_contribution: np.ndarray, llm_acc: np.ndarray, max_llm_accuracy: float = 0.5
+    llm_nlp_of_contribution: np.ndarray,
+    llm_acc: np.ndarray,
+    max_llm_accuracy: float = 0.5,
+    llm_greedy_right: np.ndarray | None = None,
 ) -> np.ndarray:
     """novelty = -nlp_L(y^S|x), counted only where the LLM's accuracy is below the threshold
-    (NaN elsewhere, and where the accuracy is unknown)."""
+    and, where `llm_greedy_right` is given, its greedy answer is wrong (NaN elsewhere, and
+    where the accuracy is unknown)."""
     nlp = np.asarray(llm_nlp_of_contribution, float)
     acc = np.asarray(llm_acc, float)
     counted = np.isfinite(acc) & (acc < max_llm_accuracy) & np.isfinite(nlp)
+    if llm_greedy_right is not None:
+        counted &= ~np.asarray(llm_greedy_right, bool)
     return np.where(counted, -nlp, np.nan)
 
 

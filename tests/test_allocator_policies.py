@@ -283,6 +283,63 @@ class ScriptedLLM(LLMGateway):
         return self.serving_version()
 
 
+class GreedyRightLLM(ScriptedLLM):
+    """Right greedily on `right`, though every sampled path is wrong (0/4)."""
+
+    def __init__(self, nlp: dict[str, float], right: set[str]) -> None:
+        super().__init__(nlp)
+        self.right = right
+        self.greedy_asked: list[list[str]] = []
+
+    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+        if (paths, temperature) != (1, 0.0):
+            return super().accuracy(sample_ids, paths, temperature)
+        self.greedy_asked.append(list(sample_ids))
+        return {s: f"{int(s in self.right)}/1" for s in sample_ids}
+
+
+def _absorbed_after_one_round(
+    store: StateStore, test_problems: list[Problem], llm: ScriptedLLM, greedy_check: bool
+) -> list[str]:
+    """Contribute test_problems[0:2]'s references in a one-round run; what the LLM absorbed."""
+    core = _core(store, test_problems, min_agents=1, rounds=1)
+    core.config.lada.novelty_greedy_check = greedy_check
+    _, secret, _ = core.invite("a", 0)
+    record = core.register("a", "", "", [], 3, core.fingerprint, secret).record
+    driver = RoundDriver(core, llm)
+    driver.step()
+    driver.step()  # open, allocate
+    samples = core.allocation(record.agent_id, 1).samples
+    report = synthetic_stats(
+        [allocator_pb2.AllocatedSample(sample_id=s.sample_id) for s in samples]
+    )
+    core.report(record.agent_id, 1, report)
+    core.contribute(record.agent_id, 1, [(p.id, p.reference) for p in test_problems[:2]])
+    while store.round_phase(1).value != "CLOSED":
+        driver.step()
+    return [c.sample_id for batch in llm.absorbed for c in batch]
+
+
+def test_a_sample_the_llm_answers_right_greedily_is_not_novel(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    """Its sampled paths are all wrong (0/4), but greedy decoding knows it: nothing to learn."""
+    known, unknown = test_problems[0], test_problems[1]
+    llm = GreedyRightLLM({known.id: -2.0, unknown.id: -1.0}, right={known.id})
+    assert _absorbed_after_one_round(store, test_problems, llm, True) == [unknown.id]
+    assert sorted(llm.greedy_asked[0]) == sorted([known.id, unknown.id])
+
+
+def test_without_the_greedy_check_sampled_accuracy_alone_decides_novelty(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    known, unknown = test_problems[0], test_problems[1]
+    llm = GreedyRightLLM({known.id: -2.0, unknown.id: -1.0}, right={known.id})
+    absorbed = _absorbed_after_one_round(store, test_problems, llm, False)
+    assert sorted(absorbed) == sorted([known.id, unknown.id])
+    assert llm.greedy_asked == []
+
+
 def test_the_llm_absorbs_the_most_novel_contributions_where_it_is_weak(
     store: StateStore,
     test_problems: list[Problem],

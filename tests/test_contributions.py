@@ -37,7 +37,12 @@ def test_only_sound_paths_within_the_cap_reach_absorb(
             min_agents=1,
             llm_address=llm.address,
             settings={"max_contributions_per_agent_round": CAP},
-            lada={"num_clusters": 4, "novelty_max_llm_accuracy": 1.01},
+            # every accepted path counts as novel: this test is about soundness and the cap
+            lada={
+                "num_clusters": 4,
+                "novelty_max_llm_accuracy": 1.01,
+                "novelty_greedy_check": False,
+            },
         ) as deployment:
             agent = AgentClient(deployment.replicas[0].address)
             agent.register("clinic-a", 8, test_pool_fingerprint)
