@@ -298,12 +298,8 @@ class GreedyRightLLM(ScriptedLLM):
         return {s: f"{int(s in self.right)}/1" for s in sample_ids}
 
 
-def _absorbed_after_one_round(
-    store: StateStore, test_problems: list[Problem], llm: ScriptedLLM, greedy_check: bool
-) -> list[str]:
-    """Contribute test_problems[0:2]'s references in a one-round run; what the LLM absorbed."""
-    core = _core(store, test_problems, min_agents=1, rounds=1)
-    core.config.lada.novelty_greedy_check = greedy_check
+def _reported_round_one(core: AllocatorCore, llm: ScriptedLLM) -> tuple[str, RoundDriver]:
+    """One agent registered, round 1 opened and allocated, and its report in: (agent, driver)."""
     _, secret, _ = core.invite("a", 0)
     record = core.register("a", "", "", [], 3, core.fingerprint, secret).record
     driver = RoundDriver(core, llm)
@@ -314,7 +310,17 @@ def _absorbed_after_one_round(
         [allocator_pb2.AllocatedSample(sample_id=s.sample_id) for s in samples]
     )
     core.report(record.agent_id, 1, report)
-    core.contribute(record.agent_id, 1, [(p.id, p.reference) for p in test_problems[:2]])
+    return record.agent_id, driver
+
+
+def _absorbed_after_one_round(
+    store: StateStore, test_problems: list[Problem], llm: ScriptedLLM, greedy_check: bool
+) -> list[str]:
+    """Contribute test_problems[0:2]'s references in a one-round run; what the LLM absorbed."""
+    core = _core(store, test_problems, min_agents=1, rounds=1)
+    core.config.lada.novelty_greedy_check = greedy_check
+    agent_id, driver = _reported_round_one(core, llm)
+    core.contribute(agent_id, 1, [(p.id, p.reference) for p in test_problems[:2]])
     while store.round_phase(1).value != "CLOSED":
         driver.step()
     return [c.sample_id for batch in llm.absorbed for c in batch]
@@ -346,22 +352,13 @@ def test_the_llm_absorbs_the_most_novel_contributions_where_it_is_weak(
 ) -> None:
     core = _core(store, test_problems, min_agents=1, rounds=1)
     core.config.lada.llm_budget = 1
-    _, secret, _ = core.invite("a", 0)
-    record = core.register("a", "", "", [], 3, core.fingerprint, secret).record
     novel, familiar, strong = test_problems[0], test_problems[1], test_problems[2]
     llm = ScriptedLLM({novel.id: -2.0, familiar.id: -0.3, strong.id: -3.0})
-    driver = RoundDriver(core, llm)
-    driver.step()
-    driver.step()  # open, allocate
-    samples = core.allocation(record.agent_id, 1).samples
-    report = synthetic_stats(
-        [allocator_pb2.AllocatedSample(sample_id=s.sample_id) for s in samples]
-    )
-    core.report(record.agent_id, 1, report)
+    agent_id, driver = _reported_round_one(core, llm)
     # The LLM got 3/4 paths right on `strong` (per an agent's report): not counted as novel.
     store.fold_round(0, {}, {}, {strong.id: "3/4"})
     accepted = core.contribute(
-        record.agent_id,
+        agent_id,
         1,
         [(novel.id, novel.reference), (familiar.id, familiar.reference), (strong.id, "#### -1")],
     )
