@@ -6,7 +6,8 @@ allocated, their clusters, and greedy accuracy on them before and after the roun
 This module turns those into one row per scenario, method and round: where in the pool's
 gap distribution the allocated samples sat (quintiles of what `full` saw, the whole pool, in
 the same scenario, seed, agent and round; `random`'s allocations where no `full` ran), how
-concentrated on clusters the choice was, and what the agent learned of it.
+concentrated on clusters the choice was, how much of it came from the agent's home domain (runs
+that recorded it), and what the agent learned of it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,14 @@ def _agent_round(entry: dict[str, Any], reference: np.ndarray | None) -> dict[st
         "clusters": float(len(entry.get("clusters", {}))),
         "acc_before": float(entry.get("accuracy_before", np.nan)),
         "acc_after": float(entry.get("accuracy_after", np.nan)),
+        "home_share": _or_nan(entry.get("home_share")),
         **_band_after(entry),
     }
+
+
+def _or_nan(value: float | None) -> float:
+    """A figure an older run did not record (or an empty round) as NaN, left out of means."""
+    return float("nan") if value is None else float(value)
 
 
 def _band_after(entry: dict[str, Any]) -> dict[str, float]:
@@ -119,6 +126,7 @@ def choice_rows(runs: list[Run]) -> list[dict[str, Any]]:
                         "clusters",
                         "acc_before",
                         "acc_after",
+                        "home_share",
                         "band_low",
                         "band_high",
                     )
@@ -143,15 +151,17 @@ def render_choices(rows: list[dict[str, Any]]) -> str:
     head = (
         "| scenario | method | round | samples per agent | mean gap | "
         + " | ".join(f"Q{q + 1}" for q in range(QUINTILES))
-        + " | top cluster | clusters | greedy acc on them before -> after | band after |"
+        + " | top cluster | clusters | home domain | greedy acc on them before -> after"
+        + " | band after |"
     )
-    lines = [head, "|" + "---|" * (9 + QUINTILES)]
+    lines = [head, "|" + "---|" * (10 + QUINTILES)]
     for row in rows:
         shares = " | ".join(_pct(s) for s in row["shares"])
         lines.append(
             f"| {row['scenario']} | {row['method']} | {row['round']} | {row['allocated']:.0f} "
             f"| {row['mean_gap']:.3f} | {shares} | {_pct(row['top_cluster'])} "
-            f"| {row['clusters']:.1f} | {_pct(row['acc_before'])} -> {_pct(row['acc_after'])} "
+            f"| {row['clusters']:.1f} | {_pct(row['home_share'])} "
+            f"| {_pct(row['acc_before'])} -> {_pct(row['acc_after'])} "
             f"| {_band(row['band_low'], row['band_high'])} |"
         )
     return "\n".join(lines)

@@ -575,7 +575,12 @@ def collect_cluster_metrics(cluster: Cluster, data: DataFiles, started: float) -
         for a in store.list_agents()
     }
     metrics = run_metrics(
-        config, store, "cluster", started, llm_accuracy(llm_address, test_problems(data))
+        config,
+        store,
+        "cluster",
+        started,
+        llm_accuracy(llm_address, test_problems(data)),
+        load_dataset(data.public),
     )
     return {**metrics, "logit_exchange_bytes": logits}
 

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 from allocator.folding import parse_stats, report_arrays, split_scans
 from lada.config import MAX_SAMPLES_PER_REQUEST, ClusterAgentConfig, ClusterConfig
 from lada.learnability import learnability_gaps
-from lada.state import StateStore
+from lada.state import AgentRecord, StateStore
 from lada.tasks import CLIENT_DOMAINS, Problem, format_prompt, is_correct
 from lada.v1 import allocator_pb2
 
@@ -28,13 +28,18 @@ KEEP_EVERY_ROW = 2**62  # `evaluate(keep_samples=...)` that keeps every problem'
 
 
 def round_metrics(
-    store: StateStore, round_number: int, agent_id: str, learner: dict[str, Any] | None
+    store: StateStore,
+    round_number: int,
+    agent: AgentRecord,
+    learner: dict[str, Any] | None,
+    domain_of: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per-round numbers for one agent from what it reported (accuracy on its samples), with
     what the learnable band is made of: each sample's gap and its reward's two terms, and
-    where the round's fold left the band (`learner`, from `StateStore.round_learners`)."""
-    allocation = [a for a in store.get_allocation(round_number, agent_id) if not a.scan_only]
-    stats, scanned = split_scans(parse_stats(store.get_stats(round_number, agent_id)))
+    where the round's fold left the band (`learner`, from `StateStore.round_learners`).
+    With `domain_of` (public sample ID -> domain), also what it was given by domain."""
+    allocation = [a for a in store.get_allocation(round_number, agent.agent_id) if not a.scan_only]
+    stats, scanned = split_scans(parse_stats(store.get_stats(round_number, agent.agent_id)))
     before = [s.correct_before for s in stats]
     after = [s.correct_after for s in stats]
     return {
@@ -47,6 +52,25 @@ def round_metrics(
         "clusters": dict(Counter(a.cluster for a in allocation)),
         **reward_terms_by_gap(stats, {a.sample_id: a.cluster for a in allocation}),
         "band_after": list(learner["band"]) if learner else None,
+        **(
+            allocation_domains([a.sample_id for a in allocation], domain_of, agent.domain_tags)
+            if domain_of is not None
+            else {}
+        ),
+    }
+
+
+def allocation_domains(
+    sample_ids: Sequence[str], domain_of: Mapping[str, str], home: Sequence[str]
+) -> dict[str, Any]:
+    """How many of an agent's samples came from each domain, and the share from its home
+    domains (None when it was given none): whether a policy feeds an agent its own domain."""
+    counts = Counter(domain_of[s] for s in sample_ids)
+    total = sum(counts.values())
+    home_count = sum(counts[d] for d in set(home))
+    return {
+        "domains": dict(sorted(counts.items())),
+        "home_share": home_count / total if total else None,
     }
 
 
@@ -71,13 +95,15 @@ def reward_terms_by_gap(
     }
 
 
-def collect_round_metrics(store: StateStore) -> dict[str, list[dict[str, Any]]]:
+def collect_round_metrics(
+    store: StateStore, domain_of: Mapping[str, str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Every agent's per-round metrics, keyed by agent name."""
     agents = store.list_agents()
     rounds = range(1, store.current_round() + 1)
     learners = {r: store.round_learners(r) for r in rounds}
     return {
-        a.name: [round_metrics(store, r, a.agent_id, learners[r].get(a.agent_id)) for r in rounds]
+        a.name: [round_metrics(store, r, a, learners[r].get(a.agent_id), domain_of) for r in rounds]
         for a in agents
     }
 
@@ -135,9 +161,12 @@ def run_metrics(
     mode: str,
     started: float,
     llm_accuracy: dict[str, dict[str, float]],
+    public_pool: Sequence[Problem] = (),
 ) -> dict[str, Any]:
     """The metrics both modes (`lada up`, simulation) report for one finished run;
-    `llm_accuracy` is `llm_accuracy_of`'s (overall kept under its old key)."""
+    `llm_accuracy` is `llm_accuracy_of`'s (overall kept under its old key). With the
+    `public_pool`, each agent-round also says what it was given by domain."""
+    domain_of = {p.id: p.domain for p in public_pool} if public_pool else None
     return {
         "run_id": store.run_id,
         "mode": mode,
@@ -145,7 +174,7 @@ def run_metrics(
         "loss": config.loss,
         "rounds": config.rounds,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "agents_rounds": in_config_order(collect_round_metrics(store), config),
+        "agents_rounds": in_config_order(collect_round_metrics(store, domain_of), config),
         "llm_accuracy": {v: by_domain["all"] for v, by_domain in llm_accuracy.items()},
         "llm_accuracy_by_domain": llm_accuracy,
         "llm_absorbed": len(store.absorbed()),

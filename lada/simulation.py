@@ -307,7 +307,7 @@ def simulate(
             problems = [p for spec in tests for p in load_dataset(spec)]
             versions = [BASE_VERSION, run.llm.serving_version]
             accuracy = llm_accuracy_of(core_answers(run.llm), versions, problems)
-        metrics = run_metrics(config, run.store, "simulation", started, accuracy)
+        metrics = run_metrics(config, run.store, "simulation", started, accuracy, run.core.problems)
         metrics["llm_path_cache"] = path_cache_counts(run.llm)
         metrics["llm_adapter_share"] = adapter_share(run.llm, versions[-1], problems)
     finally:

@@ -1,6 +1,6 @@
 """`lada experiment choices`: what a policy allocated, placed in the pool's gap quintiles
 (taken from `full`, which sees the whole pool, else from `random`), how concentrated on
-clusters, and greedy accuracy on it before -> after."""
+clusters, how much from the agent's home domain, and greedy accuracy on it before -> after."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lada.choices import (
     equal_quota_rows,
     quintile_shares,
     reference_gaps,
+    render_choices,
     reward_rows,
     top_cluster_share,
 )
@@ -83,6 +84,16 @@ def test_a_row_shows_where_the_fold_left_the_band_on_average() -> None:
     assert (row["band_low"], row["band_high"]) == pytest.approx((0.30, 0.90))
 
 
+def test_a_row_shows_the_home_domain_share_of_the_runs_that_recorded_it() -> None:
+    runs = [_run("lada", [0.5], {"0": 4}, seed) for seed in (0, 1, 2)]
+    runs[0]["agents_rounds"]["agent-a"][0]["home_share"] = 0.25
+    runs[1]["agents_rounds"]["agent-a"][0]["home_share"] = 0.75
+    # seed 2 ran before the share was recorded: left out of the mean, not counted as 0
+    (row,) = choice_rows(runs)
+    assert row["home_share"] == pytest.approx(0.5)
+    assert "| 50% |" in render_choices([row])
+
+
 def _with_terms(run: dict, progress: list[float], flips: list[float]) -> dict:
     run["agents_rounds"]["agent-a"][0] |= {"nlp_progress": progress, "greedy_flips": flips}
     return run
@@ -115,7 +126,9 @@ def test_the_command_renders_a_table_from_results_files(tmp_path: Path) -> None:
     results.write_text(json.dumps([_run("full", POOL_GAPS, {"0": 10}), _run("lada", [0.9], {})]))
     out = lada("experiment", "choices", str(results))
     assert out.returncode == 0, out.stderr
-    assert "| S9 | lada+sft | 1 | 1 | 0.900 | 0% | 0% | 0% | 0% | 100% | - | 0.0 |" in out.stdout
+    assert (
+        "| S9 | lada+sft | 1 | 1 | 0.900 | 0% | 0% | 0% | 0% | 100% | - | 0.0 | - |" in out.stdout
+    )
     assert "per gap quintile" not in out.stdout  # no run recorded the reward's terms
 
 

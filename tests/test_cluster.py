@@ -49,6 +49,7 @@ def test_every_agent_reports_every_allocated_sample_each_round(cluster_run) -> N
     for rounds in rounds_by_agent.values():
         assert [r["round"] for r in rounds] == [1, 2]
         assert all(r["allocated"] == r["reported"] == 4 for r in rounds)
+        assert all(sum(r["domains"].values()) == 4 for r in rounds)
 
 
 def test_report_compares_audited_bytes_with_logit_exchange(cluster_run) -> None:

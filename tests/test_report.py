@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from lada.cluster import add_baseline_metrics, own_flips
-from lada.report import Flips, flips, llm_accuracy_of, render_markdown, reward_terms_by_gap
+from lada.report import (
+    Flips,
+    allocation_domains,
+    flips,
+    llm_accuracy_of,
+    render_markdown,
+    reward_terms_by_gap,
+)
 from lada.tasks import Problem, format_prompt
 from lada.v1 import allocator_pb2
 
@@ -181,3 +188,13 @@ def test_each_samples_gap_comes_with_the_two_terms_of_its_reward() -> None:
     assert terms["nlp_progress"] == pytest.approx([0.75, -0.05])
     assert terms["greedy_flips"] == [1.0, -1.0]
     assert terms["gap_clusters"] == [3, 0]
+
+
+def test_an_agents_samples_are_counted_by_domain_with_its_home_share() -> None:
+    domain_of = {"a": "rates", "b": "rates", "c": "units", "d": "purchases"}
+    given = allocation_domains(["a", "b", "c", "d"], domain_of, home=["rates"])
+    assert given == {"domains": {"purchases": 1, "rates": 2, "units": 1}, "home_share": 0.5}
+
+
+def test_an_agent_given_nothing_has_no_home_share() -> None:
+    assert allocation_domains([], {}, home=["rates"]) == {"domains": {}, "home_share": None}

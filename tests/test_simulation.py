@@ -59,6 +59,10 @@ def test_simulated_round_reports_every_allocated_sample(
         assert round_one["allocated"] == 4
         assert round_one["reported"] == 4
         assert sum(round_one["clusters"].values()) == 4
+        # what it was given by domain, and the share from its home domain
+        assert sum(round_one["domains"].values()) == 4
+        home = name.removeprefix("sim-")
+        assert round_one["home_share"] == round_one["domains"].get(home, 0) / 4
         # the round's fold is on record: where it left the band, and each gap's reward terms
         assert len(round_one["band_after"]) == 2
         assert len(round_one["gaps"]) == len(round_one["nlp_progress"])
