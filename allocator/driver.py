@@ -29,6 +29,7 @@ from allocator.scans import round_scans
 from lada import metrics
 from lada.learnability import novelty_scores, select_novel
 from lada.state import AgentRecord, AgentRoundState, Allocation, Phase, now_ms
+from llm_service.types import BASE_VERSION
 
 log = logging.getLogger("lada.allocator.driver")
 
@@ -176,7 +177,7 @@ class RoundDriver:
         stored = self.store.run_info().get("llm_version")
         if stored:
             return stored
-        return self.llm.serving_version() if self.llm is not None else "base"
+        return self.llm.serving_version() if self.llm is not None else BASE_VERSION
 
     def _maybe_close_reporting(self, r: int) -> bool:
         record = self.store.get_round(r)
@@ -307,13 +308,17 @@ class RoundDriver:
         return len(selected)
 
     def _greedy_right(self, sample_ids: list[str], weak: np.ndarray) -> np.ndarray | None:
-        """Whether the serving LLM answers each sample right greedily, asked only for the
-        samples its sampled accuracy calls weak (None when `novelty_greedy_check` is off)."""
+        """Whether the base LLM answers each sample right greedily, asked only for the
+        samples its sampled accuracy calls weak (None when `novelty_greedy_check` is off).
+
+        The base, not the serving version: once a version's gate sends a domain to its
+        adapter, that adapter's errors there would count as novel and be absorbed, and the
+        next gate would send the domain there all the more (docs/results.md, S1 seed 1)."""
         assert self.llm is not None
         if not self.core.config.lada.novelty_greedy_check:
             return None
         asked = sorted({s for s, w in zip(sample_ids, weak, strict=True) if w})
-        greedy = self.llm.accuracy(asked, 1, 0.0) if asked else {}
+        greedy = self.llm.accuracy(asked, 1, 0.0, BASE_VERSION) if asked else {}
         return accuracy_of(greedy, sample_ids) == 1.0
 
     def _llm_accuracy(self, sample_ids: list[str]) -> dict[str, float]:

@@ -36,8 +36,10 @@ class LLMGateway(ABC):
         """nlp_L of each completion after the sample's prompt."""
 
     @abstractmethod
-    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
-        """sample_id -> "correct/total" of the LLM's own paths."""
+    def accuracy(
+        self, sample_ids: Sequence[str], paths: int, temperature: float, version: str = ""
+    ) -> dict[str, str]:
+        """sample_id -> "correct/total" of the LLM's own paths (`version`: "" = serving)."""
 
     @abstractmethod
     def absorb(self, contributions: Sequence[Contribution]) -> str:
@@ -85,13 +87,16 @@ class GrpcLLMGateway(LLMGateway):
         )
         return [score.normalized_logprob for score in reply.scores]
 
-    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+    def accuracy(
+        self, sample_ids: Sequence[str], paths: int, temperature: float, version: str = ""
+    ) -> dict[str, str]:
         reply = self._stub.GenerateReasoningPaths(
             llm_service_pb2.GenerateReasoningPathsRequest(
                 sample_ids=list(sample_ids),
                 sampling=llm_service_pb2.SamplingParams(
                     n=paths, temperature=temperature, max_tokens=self.max_tokens
                 ),
+                model_version=version,
             ),
             timeout=self._timeout,
         )

@@ -48,6 +48,7 @@ from lada.tasks import (
     make_split,
 )
 from lada.v1 import agent_pb2, agent_pb2_grpc, allocator_pb2, allocator_pb2_grpc, common_pb2
+from llm_service.types import BASE_VERSION
 
 log = logging.getLogger("lada.cluster")
 
@@ -516,7 +517,7 @@ def llm_accuracy(address: str, problems: list[Problem]) -> dict[str, float]:
             )
             return [r.paths[0].text for r in result.results]
 
-        return llm_accuracy_of(answers, ["base", client.serving_version()], problems)
+        return llm_accuracy_of(answers, [BASE_VERSION, client.serving_version()], problems)
 
 
 def logit_exchange_bytes(

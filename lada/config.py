@@ -89,8 +89,9 @@ class LadaHyperParams:
     band_step: float = 0.05
     correctness_reward_weight: float = 1.0
     novelty_max_llm_accuracy: float = 0.5
-    # novelty also needs the LLM's greedy answer to be wrong: at temperature 0.8 a sample the
-    # LLM answers right greedily can score below 0.5 (docs/results.md, the paper's scale, S1)
+    # novelty also needs the base LLM's greedy answer to be wrong: at temperature 0.8 a sample
+    # the LLM answers right greedily can score below 0.5 (docs/results.md, the paper's scale,
+    # S1); the base's, since the serving version's adapter errs where its gate sends it
     novelty_greedy_check: bool = True
     llm_budget: int = 64  # B_L: contributions absorbed per round
     contribution_requests: int = 32  # public samples each agent is asked for paths on, per round

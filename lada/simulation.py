@@ -149,11 +149,13 @@ class InProcessLLMGateway(LLMGateway):
         result = self.core.score("", completions, sample_id=sample_id, model_version=version)
         return [s.normalized_logprob for s in result.scores]
 
-    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+    def accuracy(
+        self, sample_ids: Sequence[str], paths: int, temperature: float, version: str = ""
+    ) -> dict[str, str]:
         sampling = Sampling(n=paths, temperature=temperature, max_tokens=ACCURACY_MAX_TOKENS)
         return {
             r.sample_id: f"{sum(p.correct for p in r.paths)}/{len(r.paths)}"
-            for r in self.core.generate(sample_ids, [], sampling).results
+            for r in self.core.generate(sample_ids, [], sampling, version).results
             if r.paths
         }
 

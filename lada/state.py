@@ -72,6 +72,8 @@ from typing import Any
 
 import redis
 
+from llm_service.types import BASE_VERSION
+
 KEY_ROOT = "lada"
 
 
@@ -1448,7 +1450,7 @@ class StateStore:
         pipe.execute()
 
     def llm_version(self) -> str:
-        return _s(self.redis.hget(self.key("run"), "llm_version")) or "base"
+        return _s(self.redis.hget(self.key("run"), "llm_version")) or BASE_VERSION
 
     def finish_run(self, last_round: int) -> bool:
         """Mark the run finished once and log a `finished` event for watchers."""

@@ -29,6 +29,7 @@ from lada.learnability import assign_clusters
 from lada.state import StateStore
 from lada.tasks import Problem, load_dataset
 from lada.v1 import allocator_pb2
+from llm_service.types import BASE_VERSION
 from tests.fixtures_allocator import TEST_POOL, synthetic_stats
 
 PARAMS = LadaHyperParams(num_clusters=1)
@@ -275,7 +276,9 @@ class ScriptedLLM(LLMGateway):
         bonus = 1.5 if version and version != "v0" else 0.0
         return [self.nlp[sample_id] + bonus for _ in completions]
 
-    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+    def accuracy(
+        self, sample_ids: Sequence[str], paths: int, temperature: float, version: str = ""
+    ) -> dict[str, str]:
         return {s: "0/4" for s in sample_ids}
 
     def absorb(self, contributions: Sequence[Contribution]) -> str:
@@ -284,18 +287,26 @@ class ScriptedLLM(LLMGateway):
 
 
 class GreedyRightLLM(ScriptedLLM):
-    """Right greedily on `right`, though every sampled path is wrong (0/4)."""
+    """Right greedily on `right`, though every sampled path is wrong (0/4); a version other
+    than the base (an adapter behind its gate) is right greedily on `serving_right`."""
 
-    def __init__(self, nlp: dict[str, float], right: set[str]) -> None:
+    def __init__(
+        self, nlp: dict[str, float], right: set[str], serving_right: set[str] | None = None
+    ) -> None:
         super().__init__(nlp)
         self.right = right
+        self.serving_right = right if serving_right is None else serving_right
         self.greedy_asked: list[list[str]] = []
 
-    def accuracy(self, sample_ids: Sequence[str], paths: int, temperature: float) -> dict[str, str]:
+    def accuracy(
+        self, sample_ids: Sequence[str], paths: int, temperature: float, version: str = ""
+    ) -> dict[str, str]:
         if (paths, temperature) != (1, 0.0):
-            return super().accuracy(sample_ids, paths, temperature)
+            return super().accuracy(sample_ids, paths, temperature, version)
         self.greedy_asked.append(list(sample_ids))
-        return {s: f"{int(s in self.right)}/1" for s in sample_ids}
+        base = (version or self.serving_version()) == BASE_VERSION
+        right = self.right if base else self.serving_right
+        return {s: f"{int(s in right)}/1" for s in sample_ids}
 
 
 def _reported_round_one(core: AllocatorCore, llm: ScriptedLLM) -> tuple[str, RoundDriver]:
@@ -334,6 +345,17 @@ def test_a_sample_the_llm_answers_right_greedily_is_not_novel(
     llm = GreedyRightLLM({known.id: -2.0, unknown.id: -1.0}, right={known.id})
     assert _absorbed_after_one_round(store, test_problems, llm, True) == [unknown.id]
     assert sorted(llm.greedy_asked[0]) == sorted([known.id, unknown.id])
+
+
+def test_the_greedy_check_asks_the_base_model_not_an_adapter_that_errs_where_it_is_sent(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    """An earlier absorb serves an adapter that gets `known` wrong greedily, though the base
+    answers it right: the adapter's error is not knowledge the LLM lacks."""
+    known, unknown = test_problems[0], test_problems[1]
+    llm = GreedyRightLLM({known.id: -2.0, unknown.id: -1.0}, right={known.id}, serving_right=set())
+    llm.absorbed.append([])  # serving "v1" from the start
+    assert _absorbed_after_one_round(store, test_problems, llm, True) == [unknown.id]
 
 
 def test_without_the_greedy_check_sampled_accuracy_alone_decides_novelty(

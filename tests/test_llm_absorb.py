@@ -14,11 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from allocator.llm_gateway import GrpcLLMGateway
 from lada.tasks import Problem, format_prompt, format_target, load_dataset
 from llm_service.backends.base import BackendSettings
 from llm_service.backends.transformers_backend import TransformersBackend
 from llm_service.client import LLMClient
-from llm_service.types import Contribution
+from llm_service.types import BASE_VERSION, Contribution
 from tests.fixtures_llm import LLMServiceHandle, start_llm_service
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -114,6 +115,20 @@ def test_each_version_has_its_own_cached_paths(client, pool, first_absorb) -> No
     assert (on_v1.model_version, on_base.model_version) == ("v1", "base")
     assert not on_base.results[0].cache_hit
     assert client.generate(sample, n=2, max_tokens=24, seed=3).results[0].cache_hit
+
+
+def test_the_allocators_gateway_asks_the_version_it_names(
+    absorbing_service, pool, first_absorb
+) -> None:
+    """The novelty check asks the base model while an adapter serves (allocator/driver.py)."""
+    gateway = GrpcLLMGateway(absorbing_service.address, timeout_s=600)
+    sample = pool[60].id
+    assert gateway.serving_version() != BASE_VERSION  # an adapter serves
+    assert gateway.accuracy([sample], 1, 0.0, BASE_VERSION)[sample] in ("0/1", "1/1")
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.accuracy([sample], 1, 0.0, "v99")
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "model_version" in refused.value.details()
 
 
 @pytest.mark.parametrize(
