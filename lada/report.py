@@ -32,12 +32,12 @@ def round_metrics(
     round_number: int,
     agent: AgentRecord,
     learner: dict[str, Any] | None,
-    domain_of: Mapping[str, str] | None = None,
+    domain_of: Mapping[str, str],
 ) -> dict[str, Any]:
     """Per-round numbers for one agent from what it reported (accuracy on its samples), with
     what the learnable band is made of: each sample's gap and its reward's two terms, and
-    where the round's fold left the band (`learner`, from `StateStore.round_learners`).
-    With `domain_of` (public sample ID -> domain), also what it was given by domain."""
+    where the round's fold left the band (`learner`, from `StateStore.round_learners`), and
+    what it was given by domain (`domain_of`: public sample ID -> domain)."""
     allocation = [a for a in store.get_allocation(round_number, agent.agent_id) if not a.scan_only]
     stats, scanned = split_scans(parse_stats(store.get_stats(round_number, agent.agent_id)))
     before = [s.correct_before for s in stats]
@@ -52,11 +52,7 @@ def round_metrics(
         "clusters": dict(Counter(a.cluster for a in allocation)),
         **reward_terms_by_gap(stats, {a.sample_id: a.cluster for a in allocation}),
         "band_after": list(learner["band"]) if learner else None,
-        **(
-            allocation_domains([a.sample_id for a in allocation], domain_of, agent.domain_tags)
-            if domain_of is not None
-            else {}
-        ),
+        **allocation_domains([a.sample_id for a in allocation], domain_of, agent.domain_tags),
     }
 
 
@@ -96,7 +92,7 @@ def reward_terms_by_gap(
 
 
 def collect_round_metrics(
-    store: StateStore, domain_of: Mapping[str, str] | None = None
+    store: StateStore, domain_of: Mapping[str, str]
 ) -> dict[str, list[dict[str, Any]]]:
     """Every agent's per-round metrics, keyed by agent name."""
     agents = store.list_agents()
@@ -161,12 +157,12 @@ def run_metrics(
     mode: str,
     started: float,
     llm_accuracy: dict[str, dict[str, float]],
-    public_pool: Sequence[Problem] = (),
+    public_pool: Sequence[Problem],
 ) -> dict[str, Any]:
     """The metrics both modes (`lada up`, simulation) report for one finished run;
-    `llm_accuracy` is `llm_accuracy_of`'s (overall kept under its old key). With the
-    `public_pool`, each agent-round also says what it was given by domain."""
-    domain_of = {p.id: p.domain for p in public_pool} if public_pool else None
+    `llm_accuracy` is `llm_accuracy_of`'s (overall kept under its old key); `public_pool`
+    says each allocated sample's domain."""
+    domain_of = {p.id: p.domain for p in public_pool}
     return {
         "run_id": store.run_id,
         "mode": mode,
