@@ -205,6 +205,11 @@ class LLMServiceExtras:
     # teach the gate, and an absorb of client-only paths takes up to 1 + absorb_replay_ratio
     # times fewer steps); under absorb_route all they all train, there being no gate
     absorb_replay_trains: bool = False
+    # under the gate, whether the adapter answers only prompts on which the base model is
+    # also likely wrong, by its greedy answers on the public pool (lada/gate.py); False: the
+    # gate of 2026-12-05 and before, which sent most of a domain the base answers 92% of to
+    # the adapter after a few contributions on it (docs/results.md, S1 at the paper's scale)
+    absorb_gate_base_check: bool = True
     absorb_anchor_weight: float = 0.0  # KL to base's distributions on replayed paths
     absorb_mode: str = ABSORB_REBASE  # rebase: fresh adapter from base; continue: the parent's
     absorb_route: str = ABSORB_ROUTE_GATE  # which prompts a version's adapter answers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ log = logging.getLogger("lada.llm.core")
 _T = TypeVar("_T")
 MAX_LISTED = 20  # unknown IDs named in one error message
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+GREEDY = Sampling(n=1, temperature=0.0)  # the replay's and the gate's paths of a version
+GATE_BASE_ANSWERS = 1000  # public samples whose base answers a gate learns from, at most
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class LLMCore:
         self.versions = VersionRegistry(state_dir / VERSIONS_FILE)
         self._absorbing = threading.Lock()
         self._gates: dict[str, AdapterGate] = {}
+        self._base_answer_memo: list[tuple[str, bool]] | None = None
         for info in self.versions.adapters():
             self._serve(info.version, Path(info.adapter_dir))
 
@@ -392,7 +396,8 @@ class LLMCore:
         gate = None
         if self.extras.absorb_route == ABSORB_ROUTE_GATE:  # every prompt the chain absorbed
             prompts = [format_prompt(self.pool[c.sample_id].question) for c in plan.absorbed]
-            gate = AdapterGate(prompts, [p for p, _ in replay])
+            answers = self._base_answers() if self.extras.absorb_gate_base_check else []
+            gate = AdapterGate(prompts, [p for p, _ in replay], answers)
         trained_replay = replay_to_train(gate, replay, self.extras.replay_trains_adapter)
         try:
             trained = train_adapter(
@@ -497,28 +502,50 @@ class LLMCore:
         """`version`'s own sound greedy paths on public samples outside `exclude`."""
         count = round(self.extras.absorb_replay_ratio * contributed)
         seed = self.seed + len(self.versions.all())  # a fresh draw for each version
-        sampling = Sampling(n=1, temperature=0.0)
-        context = self.backend.context_length - sampling.max_tokens
-        candidates = [
+        candidates = self._within_context(
+            replay_candidates(list(self.pool.values()), exclude, count, seed)
+        )
+
+        def write(problems: Sequence[Problem]) -> list[str]:
+            return [r.paths[0].text if r.paths else "" for r in self._greedy(problems, version)]
+
+        return sound_replay(candidates, write, count)
+
+    def _base_answers(self) -> list[tuple[str, bool]]:
+        """(prompt, whether the base model's greedy answer is right) on up to
+        GATE_BASE_ANSWERS public samples: what a gate learns where the base is weak from.
+        Computed once: the base model never changes (and its paths are cached)."""
+        if self._base_answer_memo is None:
+            problems = list(self.pool.values())
+            if len(problems) > GATE_BASE_ANSWERS:
+                problems = random.Random(self.seed).sample(problems, GATE_BASE_ANSWERS)
+            problems = self._within_context(problems)
+            results = self._greedy(problems, BASE_VERSION)
+            self._base_answer_memo = [
+                (format_prompt(p.question), bool(r.paths and r.paths[0].correct))
+                for p, r in zip(problems, results, strict=True)
+            ]
+        return self._base_answer_memo
+
+    def _within_context(self, problems: Sequence[Problem]) -> list[Problem]:
+        """The problems whose prompts leave room for a greedy path in the context."""
+        context = self.backend.context_length - GREEDY.max_tokens
+        return [
             p
-            for p in replay_candidates(list(self.pool.values()), exclude, count, seed)
+            for p in problems
             if len(self.backend.prompt_ids(format_prompt(p.question))) <= context
         ]
 
-        def write(problems: Sequence[Problem]) -> list[str]:
-            """In requests of at most the service's own limit (candidates: 6 per path)."""
-            step = self.limits.max_samples_per_request
-            ids = [p.id for p in problems]
-            found = [
-                result
-                for start in range(0, len(ids), step)
-                for result in self.generate(
-                    ids[start : start + step], [], sampling, version
-                ).results
-            ]
-            return [r.paths[0].text if r.paths else "" for r in found]
-
-        return sound_replay(candidates, write, count)
+    def _greedy(self, problems: Sequence[Problem], version: str) -> list[SampleResult]:
+        """`version`'s greedy path on each problem, in requests of at most the service's own
+        limit (replay candidates: 6 per path)."""
+        step = self.limits.max_samples_per_request
+        ids = [p.id for p in problems]
+        return [
+            result
+            for start in range(0, len(ids), step)
+            for result in self.generate(ids[start : start + step], [], GREEDY, version).results
+        ]
 
     def _absorb_examples(self, contributions: Sequence[Contribution]) -> list[Example]:
         if not contributions:

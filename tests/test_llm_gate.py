@@ -4,6 +4,7 @@ prompts that look like what the base already answered soundly."""
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import islice
 from pathlib import Path
@@ -106,6 +107,74 @@ def test_the_replay_routes_through_a_gate_fitted_on_it() -> None:
         replay_to_train(other, replay, train_all=False)
 
 
+def _base_answers(problems) -> list[tuple[str, bool]]:
+    """The base model's answers as the demo LLM gives them: every client-only one wrong,
+    one in twelve public ones wrong (the demo LLM answers 92-98% of each public domain)."""
+    return [
+        (format_prompt(p.question), p.domain != CLIENT_ONLY and i % 12 != 0)
+        for i, p in enumerate(problems)
+    ]
+
+
+def _share(gate: AdapterGate, domain: str) -> float:
+    unseen = load_dataset(f"synthetic:domains={domain},n=200,seed=24")
+    routed = gate.routes([format_prompt(p.question) for p in unseen])
+    return sum(routed) / len(routed)
+
+
+def _s1_gate(base_answers: list[tuple[str, bool]]) -> AdapterGate:
+    """As in S1 at the paper's scale (seed 1, round 5): 13 client-only and 6 purchases
+    contributions absorbed, 3 replayed public paths per contribution."""
+    absorbed = (
+        _prompts(FIT, client_only=True)[:13]
+        + [format_prompt(p.question) for p in FIT if p.domain == "purchases"][:6]
+    )
+    return AdapterGate(absorbed, _prompts(HELD_OUT, client_only=False)[:57], base_answers)
+
+
+def test_a_gate_given_the_base_answers_keeps_a_domain_the_base_knows_from_the_adapter() -> None:
+    """The S1 failure: 6 purchases contributions draw most purchases prompts to the adapter,
+    though the base answers them; with the base's answers the gate keeps them on the base."""
+    assert _share(_s1_gate([]), "purchases") >= 0.5
+    assert _share(_s1_gate(_base_answers(FIT)), "purchases") <= 0.02
+
+
+def test_the_base_check_still_sends_the_client_only_domain_to_the_adapter() -> None:
+    assert _share(_s1_gate(_base_answers(FIT)), CLIENT_ONLY) >= 0.95
+
+
+def test_a_base_right_wherever_it_was_asked_keeps_every_prompt() -> None:
+    answers = [(prompt, True) for prompt in _prompts(FIT, client_only=False)]
+    gate = AdapterGate(_prompts(FIT, client_only=True), _prompts(FIT, client_only=False), answers)
+    assert gate.routes(_prompts(HELD_OUT, client_only=True)) == [False] * 100
+
+
+def test_a_base_wrong_wherever_it_was_asked_leaves_the_routes_to_the_absorbed_side() -> None:
+    answers = [(prompt, False) for prompt in _prompts(FIT, client_only=False)]
+    plain = AdapterGate(_prompts(FIT, client_only=True), _prompts(FIT, client_only=False))
+    checked = AdapterGate(plain.absorbed, plain.known, answers)
+    prompts = [format_prompt(p.question) for p in HELD_OUT]
+    assert checked.routes(prompts) == plain.routes(prompts)
+
+
+def test_a_gate_keeps_its_base_answers_through_its_file(tmp_path: Path) -> None:
+    gate, _ = _purchases_gate()
+    checked = AdapterGate(gate.absorbed, gate.known, _base_answers(FIT))
+    checked.save(tmp_path)
+    loaded = AdapterGate.load(tmp_path)
+    prompts = [format_prompt(p.question) for p in HELD_OUT]
+    assert loaded is not None and loaded.base_answers == checked.base_answers
+    assert loaded.routes(prompts) == checked.routes(prompts)
+
+
+def test_a_gate_file_written_before_the_base_check_loads_without_it(tmp_path: Path) -> None:
+    (tmp_path / GATE_FILE).write_text(
+        json.dumps({"absorbed": ["Q: how many dozens"], "known": ["Q: how much money"]})
+    )
+    loaded = AdapterGate.load(tmp_path)
+    assert loaded is not None and loaded.base_answers == []
+
+
 def test_an_adapter_without_a_gate_file_has_no_gate(tmp_path: Path) -> None:
     assert AdapterGate.load(tmp_path) is None
 
@@ -149,6 +218,12 @@ def test_replay_for_the_gate_alone_is_read_from_the_environment() -> None:
     extras.check()
 
 
+def test_the_gates_base_check_is_on_by_default_and_read_from_the_environment() -> None:
+    assert LLMServiceExtras.from_env({}).absorb_gate_base_check is True
+    off = LLMServiceExtras.from_env({"LADA_LLM_ABSORB_GATE_BASE_CHECK": "false"})
+    assert off.absorb_gate_base_check is False
+
+
 def test_an_unreadable_replay_trains_value_is_rejected_naming_its_variable() -> None:
     with pytest.raises(ConfigError, match="LADA_LLM_ABSORB_REPLAY_TRAINS: cannot read 'maybe'"):
         LLMServiceExtras.from_env({"LADA_LLM_ABSORB_REPLAY_TRAINS": "maybe"})
@@ -185,6 +260,17 @@ def test_a_gated_absorb_saves_its_gate_beside_the_adapter(gated_core) -> None:
     assert info.absorb_route == "gate" and (Path(info.adapter_dir) / GATE_FILE).exists()
     assert gate is not None and len(gate.absorbed) == 8
     assert len(gate.known) == info.samples_replayed > 0
+
+
+def test_a_gated_absorb_learns_the_base_answers_of_the_whole_pool(gated_core) -> None:
+    """The demo LLM answers no client-only sample of the pool and most public ones."""
+    core, info, _ = gated_core
+    gate = AdapterGate.load(Path(info.adapter_dir))
+    assert gate is not None and len(gate.base_answers) == len(core.pool) == 80
+    by_prompt = {format_prompt(p.question): p.domain for p in core.pool.values()}
+    right = [ok for prompt, ok in gate.base_answers if by_prompt[prompt] == CLIENT_ONLY]
+    public = [ok for prompt, ok in gate.base_answers if by_prompt[prompt] != CLIENT_ONLY]
+    assert sum(right) == 0 and sum(public) / len(public) >= 0.85
 
 
 def test_a_gated_version_answers_public_samples_exactly_as_the_base_model(gated_core) -> None:
