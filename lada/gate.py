@@ -67,13 +67,8 @@ class AdapterGate:
         if self._model is not None:
             probabilities = self._model.predict_proba(list(prompts))[:, 1]
             looks_absorbed = [bool(p >= GATE_THRESHOLD) for p in probabilities]
-        base_wrong = self.base_likely_wrong(prompts)
+        base_wrong = self._base_wrong(list(prompts))  # all True for a gate without answers
         return [a and b for a, b in zip(looks_absorbed, base_wrong, strict=True)]
-
-    def base_likely_wrong(self, prompts: Sequence[str]) -> list[bool]:
-        """For each prompt, whether the base model is at least as likely wrong as right on
-        it, by its `base_answers`; True for every prompt of a gate without them."""
-        return self._base_wrong(list(prompts))
 
     def known_routes_held_out(self) -> list[bool]:
         """For each known prompt, whether a gate fitted without it sends it to the adapter.
