@@ -207,7 +207,7 @@ def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, Any]
     return accuracy
 
 
-def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
+def llm_columns(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The LLM's greedy test accuracy before and after absorbing, and what it absorbed."""
     measured = [r["llm_accuracy"] for r in runs if r.get("llm_accuracy")]
     if not measured:
@@ -224,7 +224,24 @@ def llm_columns(runs: list[dict[str, Any]]) -> dict[str, float]:
                 columns[f"llm_{group}_{when}"] = float(
                     np.mean([_domain_mean(list(v.values())[pick], wanted) for v in by_domain])
                 )
+        columns.update(_worst_public_change(by_domain))
     return columns
+
+
+def _worst_public_change(by_domain: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """The largest drop of one public domain in one run, before -> after: the LLM target
+    bounds each domain, and a mean over domains and seeds would hide a single fall."""
+    from lada.tasks import CLIENT_DOMAINS
+
+    changes = []
+    for run in by_domain:
+        before, after = list(run.values())[0], list(run.values())[-1]
+        public = [d for d in before if d != "all" and d not in CLIENT_DOMAINS and d in after]
+        changes += [(after[d] - before[d], d) for d in public]
+    if not changes:
+        return {}
+    change, domain = min(changes)
+    return {"llm_public_worst_change": change, "llm_public_worst_domain": domain}
 
 
 def _domain_mean(accuracy: dict[str, float], client_only: bool) -> float:
@@ -287,7 +304,7 @@ def _versus_random(
     method: str,
     members: list[dict[str, Any]],
     groups: dict[tuple[str, str], list[dict[str, Any]]],
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Paired by seed: this method minus random with the same loss (own and all domains)."""
     if "+" not in method or method.startswith(BASELINE_METHOD + "+"):
         return {}
@@ -300,7 +317,7 @@ def _versus_local_training(
     method: str,
     members: list[dict[str, Any]],
     groups: dict[tuple[str, str], list[dict[str, Any]]],
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Paired by seed: this method minus local training (`random+local`): what distillation
     adds over the same steps on the private data alone; the starting models too."""
     if method == LOCAL_TRAINING_METHOD:
@@ -310,16 +327,17 @@ def _versus_local_training(
 
 def _paired(
     name: str, members: list[dict[str, Any]], baseline: list[dict[str, Any]]
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Mean and 95% interval of (member - baseline) over the seeds both have."""
     base = {r["seed"]: r for r in baseline}
     pairs = [(m, base[m["seed"]]) for m in members if m["seed"] in base]
     if not pairs:
         return {}
-    out: dict[str, float] = {f"{name}_seeds": float(len(pairs))}
+    out: dict[str, Any] = {f"{name}_seeds": float(len(pairs))}
     for key in ("own", "all"):
         diffs = [_agent_mean(m, key) - _agent_mean(b, key) for m, b in pairs]
         out[f"{name}_{key}"], out[f"{name}_{key}_ci"] = interval95(diffs)
+        out[f"{name}_{key}_by_seed"] = diffs  # three seeds' interval hides less than it shows
     return out
 
 
@@ -374,10 +392,14 @@ def _pm(mean: float, half: float) -> str:
 
 
 def _diff(row: dict[str, Any], key: str, versus: str = "vs_random") -> str:
+    """Mean ± 95% half-interval in points, then the paired difference of each seed."""
     if f"{versus}_{key}" not in row:
         return "-"
     mean, half = 100 * row[f"{versus}_{key}"], 100 * row[f"{versus}_{key}_ci"]
-    return f"{mean:+.1f}" if math.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
+    if math.isnan(half):
+        return f"{mean:+.1f}"
+    seeds = ", ".join(f"{100 * d:+.1f}" for d in row.get(f"{versus}_{key}_by_seed", []))
+    return f"{mean:+.1f} ± {half:.1f}" + (f" ({seeds})" if seeds else "")
 
 
 def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -417,6 +439,9 @@ def llm_cell(row: dict[str, Any]) -> str:
             f"; client-only {row['llm_client_before']:.3f} -> {row['llm_client_after']:.3f}, "
             f"public {row['llm_public_before']:.3f} -> {row['llm_public_after']:.3f}"
         )
+    if "llm_public_worst_change" in row:
+        worst = 100 * row["llm_public_worst_change"]
+        cell += f" (worst run: {row['llm_public_worst_domain']} {worst:+.1f} pts)"
     return cell
 
 

@@ -416,7 +416,7 @@ def test_each_method_is_compared_with_random_seed_by_seed() -> None:
     assert lada["vs_random_own_ci"] == pytest.approx(4.303 / 3**0.5 * 0.01, rel=1e-3)
     assert lada["own_mean"] == pytest.approx(0.55)
     row = next(line for line in render_table(summarise(runs)).splitlines() if "lada+sft" in line)
-    assert "| +5.0 ± 2.5 | +2.3 ± 1.4 |" in row
+    assert "| +5.0 ± 2.5 (+5.0, +4.0, +6.0) | +2.3 ± 1.4 (+2.0, +3.0, +2.0) |" in row
 
 
 def test_each_method_is_compared_with_local_training_when_the_sweep_ran_it() -> None:
@@ -438,7 +438,7 @@ def test_each_method_is_compared_with_local_training_when_the_sweep_ran_it() -> 
     table = render_table(summarise(runs))
     assert "| own vs local training (pts) | all vs local training (pts) |" in table
     sft = next(line for line in table.splitlines() if "| random+sft |" in line)
-    assert "| - | - | -2.5 ± 6.4 | +0.5 ± 6.4 |" in sft
+    assert "| - | - | -2.5 ± 6.4 (-2.0, -3.0) | +0.5 ± 6.4 (+0.0, +1.0) |" in sft
 
 
 def test_without_local_training_the_table_has_no_local_columns() -> None:
@@ -460,6 +460,23 @@ def test_the_llm_cell_separates_the_client_only_domain_from_the_public_ones() ->
     assert row["llm_public_before"] == pytest.approx(0.95)
     assert row["llm_public_after"] == pytest.approx(0.88)
     assert "client-only 0.020 -> 0.300, public 0.950 -> 0.880" in render_table([row])
+
+
+def test_the_llm_cell_names_the_single_worst_public_domain_of_any_run() -> None:
+    """A mean over domains and seeds would hide one domain's fall in one run."""
+    runs = []
+    for seed, purchases_after in ((0, 0.95), (1, 0.89)):
+        run = _run("lada+sft", seed, 0.5, 0.2)
+        run["llm_accuracy"] = {"base": 0.7, "v2": 0.7}
+        run["llm_accuracy_by_domain"] = {
+            "base": {"all": 0.7, "purchases": 0.95, "rates": 0.94, "units": 0.02},
+            "v2": {"all": 0.7, "purchases": purchases_after, "rates": 0.96, "units": 0.9},
+        }
+        runs.append(run)
+    (row,) = summarise(runs)
+    assert row["llm_public_worst_change"] == pytest.approx(-0.06)
+    assert row["llm_public_worst_domain"] == "purchases"
+    assert "(worst run: purchases -6.0 pts)" in render_table([row])
 
 
 # ---- a run's key covers the settings it reads from the environment -----------------------
