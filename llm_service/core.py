@@ -134,18 +134,25 @@ class LLMCore:
         sampling: Sampling,
         model_version: str = "",
     ) -> GenerateResult:
-        """`sampling.n` paths per sample ID then per raw prompt; cached per sampling."""
+        """`sampling.n` paths per sample ID then per raw prompt; cached per sampling and per
+        the model that answers each (a prompt a version's gate keeps on the base model
+        reuses the base's paths: the same weights give the same paths)."""
         version = self._version(model_version)
         sampling = self._checked_sampling(sampling)
         self._check_count(len(sample_ids) + len(prompts), "sample_ids + prompts")
         items = self._resolve(sample_ids, "sample_ids") + [_Item("", p, None) for p in prompts]
         n_ids = len(sample_ids)
         for index, item in enumerate(items):
-            kind = "sample" if item.sample_id else "prompt"
             where = f"sample_ids[{index}]" if item.sample_id else f"prompts[{index - n_ids}]"
             self._check_prompt(item.prompt, sampling.max_tokens, where)
-            item.key = (kind, item.sample_id or item.prompt, version, sampling)
-        found = self._paths_for(items, sampling, version)
+        found: dict[tuple[object, ...], SampleResult] = {}
+        answering = self.routes([item.prompt for item in items], version)
+        for backend_version, rows in _rows_by(answering).items():
+            group = [items[i] for i in rows]
+            for item in group:
+                kind = "sample" if item.sample_id else "prompt"
+                item.key = (kind, item.sample_id or item.prompt, backend_version, sampling)
+            found.update(self._paths_for(group, sampling, backend_version))
         return GenerateResult([found[item.key] for item in items], version)
 
     def _paths_for(
