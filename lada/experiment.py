@@ -231,12 +231,10 @@ def llm_columns(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _worst_public_change(by_domain: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     """The largest drop of one public domain in one run, before -> after: the LLM target
     bounds each domain, and a mean over domains and seeds would hide a single fall."""
-    from lada.tasks import CLIENT_DOMAINS
-
     changes = []
     for run in by_domain:
         before, after = list(run.values())[0], list(run.values())[-1]
-        public = [d for d in before if d != "all" and d not in CLIENT_DOMAINS and d in after]
+        public = [d for d in before if _is_public(d) and d in after]
         changes += [(after[d] - before[d], d) for d in public]
     if not changes:
         return {}
@@ -244,11 +242,16 @@ def _worst_public_change(by_domain: list[dict[str, dict[str, float]]]) -> dict[s
     return {"llm_public_worst_change": change, "llm_public_worst_domain": domain}
 
 
-def _domain_mean(accuracy: dict[str, float], client_only: bool) -> float:
-    """Mean accuracy over the client-only domains (or over the public ones)."""
+def _is_public(domain: str) -> bool:
+    """A public domain's key in an accuracy mapping (not `all`, not client-only)."""
     from lada.tasks import CLIENT_DOMAINS
 
-    values = [a for d, a in accuracy.items() if d != "all" and (d in CLIENT_DOMAINS) == client_only]
+    return domain != "all" and domain not in CLIENT_DOMAINS
+
+
+def _domain_mean(accuracy: dict[str, float], client_only: bool) -> float:
+    """Mean accuracy over the client-only domains (or over the public ones)."""
+    values = [a for d, a in accuracy.items() if d != "all" and _is_public(d) != client_only]
     return float(np.mean(values)) if values else float("nan")
 
 

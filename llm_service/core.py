@@ -158,7 +158,8 @@ class LLMCore:
     def _paths_for(
         self, items: list[_Item], sampling: Sampling, version: str
     ) -> dict[tuple[object, ...], SampleResult]:
-        """Cached results as hits; one backend call for every distinct item not cached."""
+        """Cached results as hits; one backend call for every distinct item not cached.
+        `version` is the backend version that answers every item (the caller routed them)."""
         found: dict[tuple[object, ...], SampleResult] = {}
         todo: dict[tuple[object, ...], _Item] = {}
         for item in items:
@@ -174,7 +175,7 @@ class LLMCore:
             return found
         pending = list(todo.values())
         self.generate_calls += 1
-        raw = self._routed_generate([i.prompt for i in pending], sampling, version)
+        raw = self.backend.generate([i.prompt for i in pending], sampling, version)
         fresh: dict[str, SampleResult] = {}
         for item, paths in zip(pending, raw, strict=True):
             consistent = self._consistent(item.prompt, paths, version)
@@ -270,7 +271,7 @@ class LLMCore:
         redo = [i for i, p in enumerate(paths) if ids[i] != p.token_ids]
         if not redo:
             return paths
-        scores = self._routed_score([prompt] * len(redo), [paths[i].text for i in redo], version)
+        scores = self.backend.score([prompt] * len(redo), [paths[i].text for i in redo], version)
         out = list(paths)
         for i, score in zip(redo, scores, strict=True):
             p = paths[i]
@@ -303,15 +304,6 @@ class LLMCore:
         for backend_version, rows in _rows_by(self.routes(prompts, version)).items():
             out.update(zip(rows, call(rows, backend_version), strict=True))
         return [out[i] for i in range(len(prompts))]
-
-    def _routed_generate(
-        self, prompts: list[str], sampling: Sampling, version: str
-    ) -> list[list[GeneratedPath]]:
-        return self._per_route(
-            prompts,
-            version,
-            lambda rows, to: self.backend.generate([prompts[i] for i in rows], sampling, to),
-        )
 
     def _routed_score(
         self, prompts: list[str], completions: list[str], version: str
