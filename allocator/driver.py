@@ -142,7 +142,16 @@ class RoundDriver:
                 learners.get(agent.agent_id), core.pool.num_clusters, core.config.lada
             )
             views.append(
-                AgentView(agent.agent_id, agent.capacity, learner, idx, gaps, solved, agent.name)
+                AgentView(
+                    agent.agent_id,
+                    agent.capacity,
+                    learner,
+                    idx,
+                    gaps,
+                    solved,
+                    agent.name,
+                    tuple(agent.domain_tags),
+                )
             )
         return AllocationRequest(
             round=r,

@@ -98,6 +98,7 @@ class AgentView:
     known_gap: np.ndarray = field(default_factory=lambda: np.zeros(0))
     known_solved: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     name: str = ""
+    domain_tags: tuple[str, ...] = ()  # as the agent registered them: its private data's domains
 
     @property
     def draw_key(self) -> str:
@@ -184,6 +185,42 @@ class RandomPolicy(AllocationPolicy):
             rng = agent_rng(request.seed, request.round, agent.draw_key)
             take = min(agent.capacity, size)
             out[agent.agent_id] = _distinct_draw(rng, size, take)
+        return out
+
+
+@register_policy
+class HomePolicy(AllocationPolicy):
+    """B_k samples uniformly at random from the agent's own domains (its registered domain
+    tags), topped up from the rest of the pool where those run short.
+
+    A baseline, not the method: it asks how much of a policy's gain over `random` is domain
+    matching alone, which the learnability filter has to beat to earn its keep.
+    """
+
+    name = "home"
+
+    def __init__(self) -> None:
+        self.domains: np.ndarray | None = None
+
+    def bind(self, context: PolicyContext) -> None:
+        self.domains = np.asarray(context.domains)
+
+    def allocate(self, request: AllocationRequest) -> dict[str, np.ndarray]:
+        if self.domains is None or len(self.domains) != len(request.pool):
+            raise RuntimeError(
+                "policy home: not bound to the pool's domains (AllocatorCore calls policy.bind)"
+            )
+        size = len(request.pool)
+        out: dict[str, np.ndarray] = {}
+        for agent in request.agents:
+            rng = agent_rng(request.seed, request.round, agent.draw_key)
+            home = np.isin(self.domains, agent.domain_tags)
+            take = min(agent.capacity, size)
+            picked = rng.permutation(np.flatnonzero(home))[:take]
+            short = take - len(picked)
+            if short > 0:
+                picked = np.concatenate([picked, rng.permutation(np.flatnonzero(~home))[:short]])
+            out[agent.agent_id] = picked.astype(np.int64)
         return out
 
 

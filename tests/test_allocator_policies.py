@@ -20,6 +20,7 @@ from allocator.policies import (
     AgentView,
     AllocationRequest,
     LearnerState,
+    PolicyContext,
     PoolIndex,
     make_policy,
 )
@@ -65,9 +66,9 @@ def _agent(
     )
 
 
-def test_the_three_method_policies_are_registered_by_name() -> None:
-    assert {"full", "random", "lada", "eenet"} <= set(POLICIES)
-    with pytest.raises(ValueError, match="policy: unknown policy 'best'; valid: eenet, full, lada"):
+def test_the_method_policies_and_baselines_are_registered_by_name() -> None:
+    assert {"full", "random", "home", "lada", "eenet"} <= set(POLICIES)
+    with pytest.raises(ValueError, match="policy: unknown policy 'best'; valid: eenet, full, home"):
         make_policy("best")
 
 
@@ -86,6 +87,43 @@ def test_random_draws_capacity_distinct_samples_reproducibly() -> None:
     assert len(set(first.tolist())) == 50
     assert first.tolist() == again.tolist()
     assert first.tolist() != later.tolist()
+
+
+HOME_DOMAINS = ["purchases", "rates", "units"] * 4  # pool index i has domain i % 3
+
+
+def _home_policy(store: StateStore) -> Any:
+    policy = make_policy("home")
+    policy.bind(PolicyContext(store, HOME_DOMAINS))
+    return policy
+
+
+def _home_agent(capacity: int, tags: tuple[str, ...]) -> AgentView:
+    return AgentView("a", capacity, LearnerState.fresh(1, PARAMS), domain_tags=tags)
+
+
+def test_home_draws_only_the_agents_own_domains_while_they_last(store: StateStore) -> None:
+    policy, pool = _home_policy(store), _pool(len(HOME_DOMAINS))
+    first = policy.allocate(_request(pool, [_home_agent(3, ("rates",))]))["a"]
+    again = policy.allocate(_request(pool, [_home_agent(3, ("rates",))]))["a"]
+    assert len(set(first.tolist())) == 3
+    assert all(HOME_DOMAINS[i] == "rates" for i in first)
+    assert first.tolist() == again.tolist()
+
+
+def test_home_tops_up_from_other_domains_when_its_own_run_short(store: StateStore) -> None:
+    chosen = _home_policy(store).allocate(
+        _request(_pool(len(HOME_DOMAINS)), [_home_agent(6, ("rates",))])
+    )["a"]
+    domains = Counter(HOME_DOMAINS[i] for i in chosen)
+    assert len(set(chosen.tolist())) == 6
+    assert domains["rates"] == 4  # all of them, then 2 from the rest
+    assert domains["purchases"] + domains["units"] == 2
+
+
+def test_home_refuses_to_allocate_before_it_knows_the_pools_domains() -> None:
+    with pytest.raises(RuntimeError, match="policy home: not bound"):
+        make_policy("home").allocate(_request(_pool(4), [_home_agent(2, ("rates",))]))
 
 
 def test_lada_prefers_the_band_over_known_samples_outside_it() -> None:
@@ -250,6 +288,25 @@ def test_the_downloaded_cluster_model_assigns_texts_like_the_allocator(
         model, [p.question for p in test_problems], [p.domain for p in test_problems]
     )
     assert local.tolist() == core.pool.clusters.tolist()
+
+
+def test_the_round_driver_hands_home_each_agents_registered_domains(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    core = _core(store, test_problems, policy="home", min_agents=2)
+    tags = {"a": ["rates"], "b": ["purchases", "units"]}
+    ids = {}
+    for name, domains in tags.items():
+        _, secret, _ = core.invite(name, 0)
+        ids[name] = core.register(name, "", "", domains, 20, core.fingerprint, secret).record
+    driver = RoundDriver(core)
+    driver.step()
+    driver.step()  # open, allocate
+    domain_of = {p.id: p.domain for p in test_problems}
+    for name, record in ids.items():
+        sent = [domain_of[s.sample_id] for s in core.allocation(record.agent_id, 1).samples]
+        assert len(sent) == 20
+        assert set(sent) <= set(tags[name])
 
 
 def test_a_second_replica_reuses_the_stored_clustering(
