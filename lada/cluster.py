@@ -13,12 +13,11 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from lada.config import (
     llm_env_var,
     load_config,
 )
+from lada.netports import free_ports
 from lada.redis_conn import RedisHandle, connect, shutdown_embedded, start_embedded
 from lada.state import StateStore
 from lada.tasks import (
@@ -54,19 +54,6 @@ log = logging.getLogger("lada.cluster")
 
 ROUND_PHASE = common_pb2.RoundPhase
 AGENT_STATE = allocator_pb2.AgentRoundState
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: all bound at once, so no two calls can return the same."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @dataclass

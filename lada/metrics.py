@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 from prometheus_client import Counter, Histogram, start_http_server
+
+from lada.netports import free_port
 
 log = logging.getLogger("lada.metrics")
 
@@ -18,19 +19,13 @@ TOKENS_GENERATED = Counter("lada_llm_tokens_generated_total", "Tokens generated"
 _started_port: int | None = None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def start_endpoint(port: int, host: str = "127.0.0.1") -> int | None:
     """Serve /metrics over HTTP; port 0 picks a free one, -1 disables. Once per process."""
     global _started_port
     if port < 0:
         return None
     if _started_port is None:
-        chosen = port or _free_port(host)
+        chosen = port or free_port(host)
         start_http_server(chosen, addr=host)
         _started_port = chosen
     return _started_port

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lada.netports import free_port as free_port  # the tests' servers take ports as lada up does
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LADA = [sys.executable, "-m", "lada.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:

@@ -22,6 +22,7 @@ from allocator.client import AgentClient, OperatorClient
 from allocator.policies import AgentView, AllocationRequest, LearnerState, PoolIndex, make_policy
 from lada.bench import write_result
 from lada.config import LadaHyperParams
+from lada.netports import free_port
 from lada.redis_conn import connect
 from lada.state import StateStore
 from lada.tasks import load_dataset, pool_fingerprint
@@ -105,14 +106,6 @@ def _stats_for(samples: list[allocator_pb2.AllocatedSample]) -> list[allocator_p
     ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -141,7 +134,7 @@ def time_ingest(pool_size: int, agents: int, per_agent: int, batch: int) -> dict
     run_id = "bench-" + uuid.uuid4().hex[:8]
     spec = f"synthetic:domains=all,n={pool_size},seed=11"
     fingerprint = pool_fingerprint(load_dataset(spec))
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "allocator.yaml"
         config.write_text(

@@ -24,6 +24,7 @@ import psutil
 
 from lada.bench import write_result
 from lada.config import LLMServiceConfig
+from lada.netports import free_port
 from lada.tasks import Problem, format_target, load_dataset
 
 POOL = "synthetic:domains=all,n=240,seed=7"
@@ -121,7 +122,7 @@ class GrpcTarget(Target):
     def __init__(self, model: Path, backend: str, state_dir: Path, log_path: Path) -> None:
         from lada.healthcheck import check
 
-        self.port = _free_port()
+        self.port = free_port()
         self._local = threading.local()
         self._clients: list[Any] = []
         env = {
@@ -175,14 +176,6 @@ class GrpcTarget(Target):
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _timed(clients: int, jobs: list[Callable[[], int]]) -> tuple[int, float]:

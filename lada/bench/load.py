@@ -396,7 +396,7 @@ def start_allocator(
     gets one thread per agent plus headroom for the unary calls (aio needs no pool).
     `LADA_ALLOCATOR_SERVER_MODE` in the environment chooses the mode for an A/B.
     """
-    from lada.cluster import free_port
+    from lada.netports import free_port
 
     port = free_port()
     config = workdir / "allocator.yaml"
