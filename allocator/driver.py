@@ -27,7 +27,7 @@ from allocator.policies import AgentView, AllocationRequest, LearnerState
 from allocator.requests import round_requests, weak_samples
 from allocator.scans import round_scans
 from lada import metrics
-from lada.learnability import novelty_scores, select_novel
+from lada.learnability import domain_relevance, novelty_scores, select_novel
 from lada.state import AgentRecord, AgentRoundState, Allocation, Phase, now_ms
 from llm_service.types import BASE_VERSION
 
@@ -254,6 +254,7 @@ class RoundDriver:
         # every reporter's statistics and known gaps in two round trips, not two per agent
         reported = self.store.get_stats_many(r, reporters)
         known_gaps = self.store.known_gaps_many(reporters)
+        tags = {a.agent_id: tuple(a.domain_tags) for a in self.store.list_agents()}
         for agent_id in reporters:
             stats, scanned = split_scans(parse_stats(reported[agent_id]))
             if not stats:
@@ -262,7 +263,9 @@ class RoundDriver:
             learner = LearnerState.from_json(
                 stored.get(agent_id), core.pool.num_clusters, core.config.lada
             )
-            result = fold_report(learner, known, report_arrays(stats), core.pool, core.config.lada)
+            arrays = report_arrays(stats)
+            relevance = self._relevance(arrays.sample_ids, tags.get(agent_id, ()))
+            result = fold_report(learner, known, arrays, core.pool, core.config.lada, relevance)
             learners[agent_id] = result.learner.to_json()
             gaps[agent_id] = result.gaps
             llm_acc.update(result.llm_acc)
@@ -274,6 +277,16 @@ class RoundDriver:
         if folded:
             log.info("round folded", extra={"round": r, "agents": len(learners)})
         return folded
+
+    def _relevance(self, sample_ids: list[str], domain_tags: tuple[str, ...]) -> np.ndarray | None:
+        """Each reported sample's reward weight for an agent of these domains (method 1.4);
+        None at the method's default scale of 1, where no weight changes anything."""
+        scale = self.core.config.lada.foreign_reward_scale
+        if scale == 1.0:
+            return None
+        index_of = self.core.pool.index_of
+        domains = [self.core.problems[index_of[s]].domain for s in sample_ids]
+        return domain_relevance(domains, domain_tags, scale)
 
     # ---- the LLM direction ---------------------------------------------------------------------
     def absorb(self, r: int) -> int:

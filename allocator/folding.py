@@ -92,11 +92,17 @@ def fold_report(
     report: ReportArrays,
     pool: PoolIndex,
     params: LadaHyperParams,
+    relevance: np.ndarray | None = None,
 ) -> FoldResult:
     """Rewards into the cluster arms, the band moved by where in it reward was earned, and
-    the post-training gap recorded as the agent's current gap on each sample."""
+    the post-training gap recorded as the agent's current gap on each sample.
+
+    `relevance` (one weight per report row, `domain_relevance`) scales each reward before it
+    reaches the arms and the band; None leaves them as the method defines them."""
     clusters = np.array([pool.clusters[pool.index_of[s]] for s in report.sample_ids], np.int64)
     rewards = report.rewards(params.correctness_reward_weight)
+    if relevance is not None:
+        rewards = rewards * relevance
     gap_before = learnability_gaps(report.llm_nlp, report.before, report.correct)
     gap_after = learnability_gaps(report.llm_nlp, report.after, report.correct)
     history = np.concatenate([known_gaps, gap_before])

@@ -88,6 +88,9 @@ class LadaHyperParams:
     band_high_quantile: float = 0.8
     band_step: float = 0.05
     correctness_reward_weight: float = 1.0
+    # reward of a sample outside the agent's registered domain tags, times this, in the arms
+    # and band of `lada` (1.0: the method; docs/results.md, "A reward for the agent's domains")
+    foreign_reward_scale: float = 1.0
     novelty_max_llm_accuracy: float = 0.5
     # novelty also needs the base LLM's greedy answer to be wrong: at temperature 0.8 a sample
     # the LLM answers right greedily can score below 0.5 (docs/results.md, the paper's scale,
@@ -116,6 +119,10 @@ class LadaHyperParams:
             raise ConfigError(
                 f"lada.first_round_split: {self.first_round_split!r} is not one of "
                 f"{', '.join(FIRST_ROUND_SPLITS)}"
+            )
+        if not 0.0 <= self.foreign_reward_scale <= 1.0:
+            raise ConfigError(
+                f"lada.foreign_reward_scale: must be in [0, 1], got {self.foreign_reward_scale}"
             )
         if self.scan_per_round < 0:
             raise ConfigError(

@@ -9,6 +9,7 @@ docs/allocator.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,17 @@ def sample_rewards(
     progress = np.where(best >= 0, progress, 0.0)
     flips = np.asarray(correct_after, float) - np.asarray(correct_before, float)
     return progress + correctness_weight * flips
+
+
+def domain_relevance(
+    sample_domains: Sequence[str], agent_domains: Sequence[str], foreign_scale: float
+) -> np.ndarray:
+    """1 for a sample of one of the agent's registered domains, `foreign_scale` for any other;
+    all 1 for an agent that registered none (nothing says what is foreign to it)."""
+    if not agent_domains:
+        return np.ones(len(sample_domains))
+    home = np.isin(np.asarray(sample_domains, dtype=object), list(agent_domains))
+    return np.where(home, 1.0, foreign_scale)
 
 
 def llm_accuracy(correct: np.ndarray, path_count: np.ndarray) -> np.ndarray:

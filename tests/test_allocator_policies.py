@@ -26,7 +26,7 @@ from allocator.policies import (
 )
 from allocator.service import cluster_model_message
 from lada.config import AllocatorConfig, ConfigError, LadaHyperParams
-from lada.learnability import assign_clusters
+from lada.learnability import assign_clusters, domain_relevance
 from lada.state import StateStore
 from lada.tasks import Problem, load_dataset
 from lada.v1 import allocator_pb2
@@ -307,6 +307,44 @@ def test_the_round_driver_hands_home_each_agents_registered_domains(
         sent = [domain_of[s.sample_id] for s in core.allocation(record.agent_id, 1).samples]
         assert len(sent) == 20
         assert set(sent) <= set(tags[name])
+
+
+def test_a_foreign_samples_reward_reaches_the_arms_at_the_configured_scale(
+    store: StateStore, test_problems: list[Problem]
+) -> None:
+    """`lada.foreign_reward_scale=0.25`: an agent of `rates` that earned 1.0 on every sample
+    banks 1.0 per `rates` sample and 0.25 per sample of another domain, cluster by cluster."""
+    core = _core(store, test_problems, policy="random")
+    core.config.lada.foreign_reward_scale = 0.25
+    _, secret, _ = core.invite("a", 0)
+    record = core.register("a", "", "", ["rates"], 40, core.fingerprint, secret).record
+    driver = RoundDriver(core)
+    driver.step()
+    driver.step()  # open, allocate
+    samples = core.allocation(record.agent_id, 1).samples
+    core.report(record.agent_id, 1, synthetic_stats(samples, lambda c: 1.0))
+    assert driver.fold(1)
+    domain_of = {p.id: p.domain for p in test_problems}
+    weights = [1.0 if domain_of[s.sample_id] == "rates" else 0.25 for s in samples]
+    assert 0 < weights.count(1.0) < len(samples)  # both kinds were allocated
+    clusters = [core.pool.clusters[core.pool.index_of[s.sample_id]] for s in samples]
+    expected = np.bincount(clusters, weights=weights, minlength=core.pool.num_clusters)
+    learner = core.learner(record.agent_id)
+    assert learner.reward_sum == pytest.approx(expected)
+    assert learner.pulls.sum() == len(samples)
+
+
+def test_domain_relevance_weighs_only_what_an_agent_with_domains_calls_foreign() -> None:
+    domains = ["rates", "units", "purchases"]
+    assert domain_relevance(domains, ["rates", "units"], 0.25).tolist() == [1.0, 1.0, 0.25]
+    assert domain_relevance(domains, [], 0.25).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_foreign_reward_scale_outside_zero_to_one_is_refused_naming_the_field() -> None:
+    with pytest.raises(
+        ConfigError, match="lada.foreign_reward_scale: must be in \\[0, 1\\], got 1.5"
+    ):
+        LadaHyperParams(foreign_reward_scale=1.5).check()
 
 
 def test_a_second_replica_reuses_the_stored_clustering(
