@@ -146,6 +146,12 @@ class AllocationPolicy(ABC):
         """Hand the policy the run's state once, at startup; stateless policies ignore it."""
         del context
 
+    def _unbound(self, what: str) -> RuntimeError:
+        """The error of a policy asked to allocate before `bind` gave it `what`."""
+        return RuntimeError(
+            f"policy {self.name}: not bound to {what} (AllocatorCore calls policy.bind)"
+        )
+
 
 POLICIES: dict[str, type[AllocationPolicy]] = {}
 
@@ -207,9 +213,7 @@ class HomePolicy(AllocationPolicy):
 
     def allocate(self, request: AllocationRequest) -> dict[str, np.ndarray]:
         if self.domains is None or len(self.domains) != len(request.pool):
-            raise RuntimeError(
-                "policy home: not bound to the pool's domains (AllocatorCore calls policy.bind)"
-            )
+            raise self._unbound("the pool's domains")
         size = len(request.pool)
         out: dict[str, np.ndarray] = {}
         for agent in request.agents:
@@ -375,9 +379,7 @@ class EENetPolicy(AllocationPolicy):
 
     def allocate(self, request: AllocationRequest) -> dict[str, np.ndarray]:
         if self.context is None:
-            raise RuntimeError(
-                "policy eenet: not bound to the run's state (AllocatorCore calls policy.bind)"
-            )
+            raise self._unbound("the run's state")
         from allocator.eenet import allocate_eenet  # torch is loaded only for this policy
 
         return allocate_eenet(request, self.context, LadaPolicy())
