@@ -88,7 +88,8 @@ class _Report:
 
 
 def _report(raw: dict[str, bytes], pool: PoolIndex, params: LadaHyperParams) -> _Report:
-    """One stored report as pool rows, rewards computed exactly as `fold_report` does."""
+    """One stored report as pool rows, rewards computed as `fold_report` does before any
+    `lada.foreign_reward_scale` (a `lada` choice; eenet learns from the rewards as realised)."""
     trained, _ = split_scans(parse_stats(raw))  # a scan earns no reward
     stats = [s for s in trained if s.sample_id in pool.index_of]
     arrays = report_arrays(stats)
