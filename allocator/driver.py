@@ -13,6 +13,7 @@ import numpy as np
 
 from allocator.core import LLM_LEARNER, AllocatorCore
 from allocator.folding import (
+    ReportArrays,
     accuracy_of,
     decode_known_gaps,
     fold_report,
@@ -254,7 +255,7 @@ class RoundDriver:
         # every reporter's statistics and known gaps in two round trips, not two per agent
         reported = self.store.get_stats_many(r, reporters)
         known_gaps = self.store.known_gaps_many(reporters)
-        tags = {a.agent_id: tuple(a.domain_tags) for a in self.store.list_agents()}
+        tags = self._foreign_tags()
         for agent_id in reporters:
             stats, scanned = split_scans(parse_stats(reported[agent_id]))
             if not stats:
@@ -264,7 +265,7 @@ class RoundDriver:
                 stored.get(agent_id), core.pool.num_clusters, core.config.lada
             )
             arrays = report_arrays(stats)
-            relevance = self._relevance(arrays.sample_ids, tags.get(agent_id, ()))
+            relevance = None if tags is None else self._relevance(arrays, tags.get(agent_id, ()))
             result = fold_report(learner, known, arrays, core.pool, core.config.lada, relevance)
             learners[agent_id] = result.learner.to_json()
             gaps[agent_id] = result.gaps
@@ -278,15 +279,17 @@ class RoundDriver:
             log.info("round folded", extra={"round": r, "agents": len(learners)})
         return folded
 
-    def _relevance(self, sample_ids: list[str], domain_tags: tuple[str, ...]) -> np.ndarray | None:
-        """Each reported sample's reward weight for an agent of these domains (method 1.4);
-        None at the method's default scale of 1, where no weight changes anything."""
-        scale = self.core.config.lada.foreign_reward_scale
-        if scale == 1.0:
+    def _foreign_tags(self) -> dict[str, tuple[str, ...]] | None:
+        """Each agent's registered domains where `lada.foreign_reward_scale` weighs rewards;
+        None at the method's scale of 1, so a default fold reads no registrations."""
+        if self.core.config.lada.foreign_reward_scale == 1.0:
             return None
-        index_of = self.core.pool.index_of
-        domains = [self.core.problems[index_of[s]].domain for s in sample_ids]
-        return domain_relevance(domains, domain_tags, scale)
+        return {a.agent_id: tuple(a.domain_tags) for a in self.store.list_agents()}
+
+    def _relevance(self, report: ReportArrays, domain_tags: tuple[str, ...]) -> np.ndarray:
+        """Each reported sample's reward weight for an agent of these domains (method 1.4)."""
+        domains = [self.core.by_id[s].domain for s in report.sample_ids]
+        return domain_relevance(domains, domain_tags, self.core.config.lada.foreign_reward_scale)
 
     # ---- the LLM direction ---------------------------------------------------------------------
     def absorb(self, r: int) -> int:
