@@ -279,8 +279,10 @@ class _RoundSource:
         return self.agent.current_round if self.agent else 0
 
 
-class ShutdownRequested(Exception):
-    """SIGTERM/SIGINT arrived while connecting or loading: unwind and exit cleanly."""
+class ShutdownRequested(BaseException):
+    """SIGTERM/SIGINT arrived while connecting or loading: unwind and exit cleanly. A
+    BaseException, like KeyboardInterrupt, so a library's `except Exception` (transformers'
+    tokenizer loading turns it into "Can't load tokenizer") cannot swallow it."""
 
 
 _SIGNAL_TARGET: dict[str, Agent | None] = {"agent": None}
