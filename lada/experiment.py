@@ -166,6 +166,7 @@ def run_combination(
         for p in load_dataset(f"jsonl:{path}")
     ]
     test_spec = write_jsonl(tests, workdir / "data" / "test-all.jsonl")
+    metrics["test_sets"] = test_sets_digest(test_spec)
     with times.phase("agents' evaluation"):
         metrics["final"] = evaluate_agents(config.agents, workdir, models, test_spec, trained=True)
     metrics["samples_distilled"] = sum(
@@ -185,6 +186,12 @@ def run_combination(
     return metrics
 
 
+def test_sets_digest(spec: str) -> str:
+    """What a run was tested on (its held-out `jsonl:` file): runs are compared seed by seed
+    only where it matches, since one seed under another data source draws other test sets."""
+    return hashlib.sha256(Path(spec.removeprefix("jsonl:")).read_bytes()).hexdigest()[:16]
+
+
 def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, Any]]:
     """`accuracy_on`, remembered in `cache_dir` per (model files, test set file): a starting
     model's greedy scores on a seed's test set are the same in every run of that seed."""
@@ -192,8 +199,9 @@ def remembered_accuracy(cache_dir: Path) -> Callable[[Path, str], dict[str, Any]
     from llm_service.cache import model_digest
 
     def accuracy(model: Path, spec: str) -> dict[str, Any]:
-        tests = hashlib.sha256(Path(spec.removeprefix("jsonl:")).read_bytes()).hexdigest()
-        key = hashlib.sha256(f"{model_digest(model)}|{tests}|{RESULT_FORMAT}".encode())
+        key = hashlib.sha256(
+            f"{model_digest(model)}|{test_sets_digest(spec)}|{RESULT_FORMAT}".encode()
+        )
         path = cache_dir / f"{key.hexdigest()[:32]}.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -331,9 +339,10 @@ def _versus_local_training(
 def _paired(
     name: str, members: list[dict[str, Any]], baseline: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Mean and 95% interval of (member - baseline) over the seeds both have."""
-    base = {r["seed"]: r for r in baseline}
-    pairs = [(m, base[m["seed"]]) for m in members if m["seed"] in base]
+    """Mean and 95% interval of (member - baseline) over the seeds both ran on the same test
+    sets (rows from before `test_sets` was recorded pair by seed alone)."""
+    base = {_pairing(r): r for r in baseline}
+    pairs = [(m, base[_pairing(m)]) for m in members if _pairing(m) in base]
     if not pairs:
         return {}
     out: dict[str, Any] = {f"{name}_seeds": float(len(pairs))}
@@ -342,6 +351,10 @@ def _paired(
         out[f"{name}_{key}"], out[f"{name}_{key}_ci"] = interval95(diffs)
         out[f"{name}_{key}_by_seed"] = diffs  # three seeds' interval hides less than it shows
     return out
+
+
+def _pairing(run: dict[str, Any]) -> tuple[int, str | None]:
+    return run["seed"], run.get("test_sets")
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -818,12 +831,13 @@ def execute(
 
 
 def first_local_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One local-only row per scenario and seed (several runs may measure the same models)."""
-    seen: set[tuple[str, int]] = set()
+    """One local-only row per scenario, seed and test sets (several runs may measure the same
+    models on them)."""
+    seen: set[tuple[str, int, str | None]] = set()
     kept = []
     for row in rows:
         if row["method"] == "local-only":
-            tag = (row["scenario"], row["seed"])
+            tag = (row["scenario"], *_pairing(row))
             if tag in seen:
                 continue
             seen.add(tag)
@@ -836,7 +850,8 @@ def result_rows(spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     tags = {"scenario": spec.scenario, "seed": spec.seed}
     rows = [{**metrics, **tags, "method": f"{spec.policy}+{spec.loss}"}]
     if "local_only" in metrics:
-        rows.append({**tags, "method": "local-only", "final": metrics["local_only"]})
+        local_only = {"method": "local-only", "final": metrics["local_only"]}
+        rows.append({**tags, **local_only, "test_sets": metrics.get("test_sets")})
     return rows
 
 

@@ -23,6 +23,7 @@ from lada.experiment import (
     SweepError,
     SweepOutcome,
     config_digest,
+    first_local_only,
     ray_session,
     render_phase_table,
     render_table,
@@ -147,6 +148,16 @@ def test_each_run_records_which_test_domains_its_llms_adapter_answered(sweep: Pa
         shares = run["llm_adapter_share"]
         assert set(shares) == set(run["llm_accuracy_by_domain"]["base"]) - {"all"}
         assert all(0.0 <= share <= 1.0 for share in shares.values())
+
+
+def test_each_run_records_its_test_sets_the_same_for_every_method_of_a_seed(sweep: Path) -> None:
+    runs = json.loads((sweep / "results.json").read_text())
+    by_seed: dict[int, set[str]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], set()).add(run["test_sets"])
+    assert all(len(digests) == 1 for digests in by_seed.values())  # local-only rows included
+    assert by_seed[0] != by_seed[1]  # another seed draws other test sets
+    assert all(len(d) == 16 for digests in by_seed.values() for d in digests)
 
 
 def test_each_run_records_where_its_minutes_went(sweep: Path) -> None:
@@ -439,6 +450,28 @@ def test_each_method_is_compared_with_local_training_when_the_sweep_ran_it() -> 
     assert "| own vs local training (pts) | all vs local training (pts) |" in table
     sft = next(line for line in table.splitlines() if "| random+sft |" in line)
     assert "| - | - | -2.5 ± 6.4 (-2.0, -3.0) | +0.5 ± 6.4 (+0.0, +1.0) |" in sft
+
+
+def test_runs_of_one_seed_on_other_test_sets_are_not_paired() -> None:
+    """The same seed under another data source draws other test sets: no paired difference."""
+    runs = [
+        {**_run("random+sft", 0, 0.50, 0.20), "test_sets": "source-a"},
+        {**_run("random+sft", 1, 0.60, 0.30), "test_sets": "source-b"},
+        {**_run("lada+sft", 0, 0.40, 0.20), "test_sets": "source-b"},
+        {**_run("lada+sft", 1, 0.64, 0.33), "test_sets": "source-b"},
+    ]
+    lada = next(r for r in summarise(runs) if r["method"] == "lada+sft")
+    assert lada["vs_random_seeds"] == 1.0
+    assert lada["vs_random_own_by_seed"] == [pytest.approx(0.04)]  # seed 1 only
+
+
+def test_one_local_only_row_is_kept_per_scenario_seed_and_test_sets() -> None:
+    rows = [
+        {**_run("local-only", 0, 0.50, 0.20), "test_sets": "source-a"},
+        {**_run("local-only", 0, 0.50, 0.20), "test_sets": "source-a"},
+        {**_run("local-only", 0, 0.45, 0.20), "test_sets": "source-b"},
+    ]
+    assert [r["test_sets"] for r in first_local_only(rows)] == ["source-a", "source-b"]
 
 
 def test_without_local_training_the_table_has_no_local_columns() -> None:
