@@ -354,6 +354,7 @@ def _paired(
 
 
 def _pairing(run: dict[str, Any]) -> tuple[int, str | None]:
+    """What two runs share to be compared: the seed and the test sets it drew."""
     return run["seed"], run.get("test_sets")
 
 
@@ -850,8 +851,14 @@ def result_rows(spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     tags = {"scenario": spec.scenario, "seed": spec.seed}
     rows = [{**metrics, **tags, "method": f"{spec.policy}+{spec.loss}"}]
     if "local_only" in metrics:
-        local_only = {"method": "local-only", "final": metrics["local_only"]}
-        rows.append({**tags, **local_only, "test_sets": metrics.get("test_sets")})
+        rows.append(
+            {
+                **tags,
+                "method": "local-only",
+                "final": metrics["local_only"],
+                "test_sets": metrics.get("test_sets"),
+            }
+        )
     return rows
 
 
