@@ -47,6 +47,13 @@ AGENT_SAMPLES_PER_STEP = 16
 DISTILL_ROUTE_ALL = "all"
 DISTILL_ROUTE_GATE = "gate"
 DISTILL_ROUTES = (DISTILL_ROUTE_ALL, DISTILL_ROUTE_GATE)
+# private_paths: what L_sft(D_k) trains on. "reference": the private data's reference paths.
+# "own": the private data as question and final answer only (clients without worked
+# solutions); the agent trains on its own greedy paths that reach the answer, found once
+# from the model it starts with (rejection sampling, as in STaR)
+PRIVATE_PATHS_REFERENCE = "reference"
+PRIVATE_PATHS_OWN = "own"
+PRIVATE_PATHS = (PRIVATE_PATHS_REFERENCE, PRIVATE_PATHS_OWN)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ABSORB_REBASE = "rebase"  # each LLM version: a fresh adapter on all absorbed so far (absorb.py)
 ABSORB_CONTINUE = "continue"  # each LLM version: the parent's adapter trained further
@@ -144,6 +151,7 @@ class TrainerSettings:
     # x KL(the model at the round's start || now) on each step's private paths: a trust
     # region on the home domain, so a rate that learns the allocation does not erode it
     private_kl_weight: float = 0.0
+    private_paths: str = PRIVATE_PATHS_REFERENCE  # PRIVATE_PATHS: what L_sft(D_k) trains on
     distill_route: str = DISTILL_ROUTE_ALL
     # the expert's round under distill_route gate (the same loss, batches and private data)
     expert_learning_rate: float = 3e-4

@@ -905,12 +905,16 @@ def run_sweep(
     return SweepOutcome(runs, len(specs), len(todo) - failed, resumed, failed)
 
 
-def check_agent_trainer(base: ClusterConfig) -> None:
-    """The agents' rate and schedule, checked before any run starts rather than in each."""
-    from slm_agent.trainer import check_lr_schedule
+def check_agent_trainer(base: ClusterConfig, env: dict[str, str] | None = None) -> None:
+    """The agents' rate and schedule, and what their private term trains on (from the
+    environment), checked before any run starts rather than in each."""
+    from lada.config import AgentSettings
+    from slm_agent.trainer import check_lr_schedule, check_private_paths
 
     check_positive("agent_learning_rate", base.agent_learning_rate)
     check_lr_schedule(base.agent_lr_schedule, "agent_lr_schedule")
+    env = dict(os.environ) if env is None else env
+    check_private_paths(load_config(AgentSettings, env=env, section="agent").trainer.private_paths)
 
 
 def run_experiment(

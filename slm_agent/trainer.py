@@ -25,6 +25,9 @@ from transformers import PreTrainedModel
 from lada.config import (
     DISTILL_ROUTE_GATE,
     DISTILL_ROUTES,
+    PRIVATE_PATHS,
+    PRIVATE_PATHS_OWN,
+    PRIVATE_PATHS_REFERENCE,
     ConfigError,
     TrainerSettings,
     check_nonnegative,
@@ -48,6 +51,8 @@ WEIGHTS_DIR = "model"
 ADAPTER_DIR = "adapter"
 EXPERT_DIR = "expert"  # distill_route gate: the expert's weights and its gate.json
 EXPERT_PROMPTS_FILE = "prompts.json"  # in EXPERT_DIR: the public prompts taught and solved
+# private_paths own: the agent's own solved private paths, kept so a restart trains on the same
+OWN_PRIVATE_FILE = "own_private_paths.json"
 # tokenized (prompt, completion) pairs a scorer keeps: a round of `full` scores about 3,000
 ENCODED_CACHE_ENTRIES = 20_000
 
@@ -124,6 +129,22 @@ def private_examples(problems: Sequence[Problem]) -> list[PrivateExample]:
     return [PrivateExample(format_prompt(p.question), format_target(p.reference)) for p in problems]
 
 
+def solved_examples(problems: Sequence[Problem], paths: Sequence[str]) -> list[PrivateExample]:
+    """(prompt, path) for each path that reaches its problem's final answer: what a client
+    holding questions and answers, but no worked solutions, can train on."""
+    return [
+        PrivateExample(format_prompt(p.question), format_target(path))
+        for p, path in zip(problems, paths, strict=True)
+        if is_correct(path, p.answer)
+    ]
+
+
+def check_private_paths(value: str) -> None:
+    """ConfigError naming the setting when it is not one of PRIVATE_PATHS."""
+    if value not in PRIVATE_PATHS:
+        raise ConfigError(f"private_paths: {value!r} is not one of {', '.join(PRIVATE_PATHS)}")
+
+
 class LocalTrainer:
     """One student model plus its loss: scoring, greedy evaluation, one round of training."""
 
@@ -139,9 +160,17 @@ class LocalTrainer:
         check_lr_schedule(self.settings.lr_schedule)  # at start, not at the first round
         check_lr_schedule(self.settings.expert_lr_schedule, "expert_lr_schedule")
         check_nonnegative("private_kl_weight", self.settings.private_kl_weight)
+        check_private_paths(self.settings.private_paths)
         self.tokenizer = tokenizer
         self.loss = loss
-        self.private = private_examples(private)
+        self.private_problems = list(private)
+        self.private_prompts = [format_prompt(p.question) for p in self.private_problems]
+        # L_sft(D_k)'s pairs; under private_paths own, found at first use (a greedy pass)
+        self._private: list[PrivateExample] | None = (
+            private_examples(private)
+            if self.settings.private_paths == PRIVATE_PATHS_REFERENCE
+            else None
+        )
         self.base_parameters = count_parameters(model)
         self.uses_lora = self.base_parameters > self.settings.lora_threshold_params
         self.routes_to_expert = _check_distill_route(self.settings, self.uses_lora)
@@ -175,11 +204,29 @@ class LocalTrainer:
         )
         model, tokenizer = load_causal_lm(source)
         trainer = cls(model, tokenizer, loss, private, settings)
+        if checkpoint and (checkpoint / OWN_PRIVATE_FILE).is_file():
+            rows = json.loads((checkpoint / OWN_PRIVATE_FILE).read_text())
+            trainer._private = [PrivateExample(**row) for row in rows]
         if checkpoint and (checkpoint / ADAPTER_DIR).is_dir():
             trainer._load_adapter(checkpoint / ADAPTER_DIR)
         if checkpoint and (checkpoint / EXPERT_DIR).is_dir():
             trainer._load_expert(checkpoint / EXPERT_DIR)
         return trainer
+
+    @property
+    def private(self) -> list[PrivateExample]:
+        """The pairs L_sft(D_k) trains on: the reference paths, or (private_paths own) the
+        paths the model this agent started with wrote and got right."""
+        if self._private is None:
+            problems = self.private_problems
+            self._private = solved_examples(
+                problems, self.greedy_answers([p.question for p in problems])
+            )
+            log.info(
+                "own private paths",
+                extra={"solved": len(self._private), "private": len(problems)},
+            )
+        return self._private
 
     # ---- measuring (each prompt by the model that answers it) ------------------------
     def routes(self, prompts: Sequence[str]) -> list[bool]:
@@ -397,7 +444,7 @@ class LocalTrainer:
         if not self.expert_prompts:
             self.gate = None
             return
-        known = [e.prompt for e in self.private] + self.solved_prompts
+        known = self.private_prompts + self.solved_prompts
         self.gate = AdapterGate(self.expert_prompts, known)
 
     def _private_batch_size(self) -> int:
@@ -408,6 +455,9 @@ class LocalTrainer:
         """Full weights + tokenizer, or only the LoRA adapter when training through peft;
         the expert's weights, the prompts it was taught and the student solved, and its
         gate beside them once it exists."""
+        if self._private is not None and self.settings.private_paths == PRIVATE_PATHS_OWN:
+            rows = [{"prompt": e.prompt, "completion": e.completion} for e in self._private]
+            (directory / OWN_PRIVATE_FILE).write_text(json.dumps(rows))
         if self.uses_lora:
             self.model.save_pretrained(str(directory / ADAPTER_DIR))
         else:

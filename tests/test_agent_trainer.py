@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from lada.config import LadaHyperParams
-from lada.tasks import Problem, format_prompt, format_target, load_dataset
+from lada.tasks import Problem, format_prompt, format_target, is_correct, load_dataset
+from lada.tasks.verifier import extract_answer
 from lada.zoo import ZooManifest
 from slm_agent.losses import PathSet, make_loss
 from slm_agent.rounds import (
@@ -21,7 +23,13 @@ from slm_agent.rounds import (
     run_round,
     sample_weights,
 )
-from slm_agent.trainer import LocalTrainer, TrainerSettings
+from slm_agent.trainer import (
+    OWN_PRIVATE_FILE,
+    LocalTrainer,
+    TrainerSettings,
+    private_examples,
+    solved_examples,
+)
 from tests.fixtures_agent import LocalLLM, torch_threads_one
 
 torch_threads_one()
@@ -509,3 +517,74 @@ def test_a_gated_checkpoint_is_evaluated_as_the_agent_answers(
     right = [p for p, c in zip(test, correct, strict=True) if c]
     for domain in ("purchases", "rates"):
         assert scores["correct"][domain] == sorted(p.id for p in right if p.domain == domain)
+
+
+def test_solved_examples_keep_only_the_paths_that_reach_the_final_answer(
+    private_rates: list[Problem],
+) -> None:
+    right, wrong = private_rates[:2]
+    examples = solved_examples([right, wrong], [right.reference, wrong_path(wrong)])
+    assert [(e.prompt, e.completion) for e in examples] == [
+        (format_prompt(right.question), format_target(right.reference))
+    ]
+
+
+def answered_as_the_model_does(trainer: LocalTrainer, problems: list[Problem]) -> list[Problem]:
+    """Ten problems answered as the model's greedy paths end, alternating with ten it gets
+    wrong: a private set the model half solves (the micro models solve none as given)."""
+    answers = trainer.greedy_answers([p.question for p in problems])
+    solvable = [
+        replace(p, answer=str(extract_answer(a)))
+        for p, a in zip(problems, answers, strict=True)
+        if extract_answer(a) is not None and is_correct(a, str(extract_answer(a)))
+    ]
+    unsolved = [p for p, a in zip(problems, answers, strict=True) if not is_correct(a, p.answer)]
+    return [p for pair in zip(solvable[:10], unsolved[-10:], strict=True) for p in pair]
+
+
+def test_under_own_private_paths_the_private_term_trains_on_the_paths_the_model_solved(
+    micro_zoo: ZooManifest, private_rates: list[Problem]
+) -> None:
+    reference = trainer_for(micro_zoo, "slm-rates", "sft", [])
+    private = answered_as_the_model_does(reference, private_rates[:60])
+    own = trainer_for(micro_zoo, "slm-rates", "sft", private, private_paths="own")
+    answers = own.greedy_answers([p.question for p in private])
+    assert own.private == solved_examples(private, answers)
+    assert len(own.private) == 10  # the ten it answers as its answers, not the reference's
+    assert {e.prompt for e in own.private} == {format_prompt(p.question) for p in private[::2]}
+    assert {e.completion for e in own.private} == {format_target(a) for a in answers[::2]}
+    assert own.private_prompts == [format_prompt(p.question) for p in private]
+
+
+def test_own_private_paths_reload_from_a_checkpoint_without_a_new_greedy_pass(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path, monkeypatch
+) -> None:
+    private = answered_as_the_model_does(
+        trainer_for(micro_zoo, "slm-rates", "sft", []), private_rates[:20]
+    )
+    own = trainer_for(micro_zoo, "slm-rates", "sft", private, private_paths="own")
+    own.train_round([contrast_set(p) for p in FOREIGN[:4]], round_number=1)
+    own.save(tmp_path)
+    monkeypatch.setattr(LocalTrainer, "greedy_answers", lambda *_: pytest.fail("regenerated"))
+    reloaded = LocalTrainer.from_path(
+        micro_zoo.slms["slm-rates"], make_loss("sft"), private,
+        TrainerSettings(private_paths="own"), checkpoint=tmp_path,
+    )  # fmt: skip
+    assert len(own.private) == 10
+    assert reloaded.private == own.private
+
+
+def test_reference_private_paths_write_no_own_paths_file(
+    micro_zoo: ZooManifest, private_rates: list[Problem], tmp_path: Path
+) -> None:
+    trainer = trainer_for(micro_zoo, "slm-rates", "sft", private_rates[:8])
+    trainer.save(tmp_path)
+    assert not (tmp_path / OWN_PRIVATE_FILE).exists()
+    assert trainer.private == private_examples(private_rates[:8])
+
+
+def test_an_unknown_private_paths_is_refused_naming_the_allowed_values(
+    micro_zoo: ZooManifest,
+) -> None:
+    with pytest.raises(ValueError, match="private_paths: 'answers' is not one of reference, own"):
+        trainer_for(micro_zoo, "slm-rates", "sft", [], private_paths="answers")

@@ -96,14 +96,18 @@ def resweep(base: ClusterConfig, out: Path, policies: list[str], seeds: int) -> 
     return run_sweep(base, (["S1"], policies, ["sft"], seeds), out, OPTIONS)
 
 
-def experiment_run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`lada experiment run ARGS` in its own process, as a user runs it."""
+def experiment_run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`lada experiment run ARGS` in its own process, as a user runs it (`env`: added to
+    this process's environment)."""
     return subprocess.run(
         [sys.executable, "-m", "lada.cli", "experiment", "run", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -338,6 +342,17 @@ def test_a_bad_set_is_one_line_exit_1_and_runs_nothing(
     result = experiment_run_cli("--set", setting, *grid, "--profile", "micro", "--out", str(out))
     assert_one_line_error(result, says)
     assert not out.exists()  # refused before anything was written
+
+
+def test_an_unknown_private_paths_in_the_environment_is_one_line_exit_1_and_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    grid = ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", "1"]
+    env = {"LADA_AGENT_TRAINER__PRIVATE_PATHS": "answers"}
+    result = experiment_run_cli(*grid, "--profile", "micro", "--out", str(out), env=env)
+    assert_one_line_error(result, "private_paths: 'answers' is not one of reference, own")
+    assert not out.exists()
 
 
 def test_a_failed_run_is_reported_saved_nowhere_and_retried_next_time(
