@@ -644,6 +644,43 @@ def clear_workdir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+# the project's packages: a run must execute the same sources as the sweep's driver
+CODE_PACKAGES = ("lada", "slm_agent", "allocator", "llm_service")
+
+
+def code_root() -> Path:
+    """Where this process imports the project from."""
+    return Path(__file__).resolve().parent.parent
+
+
+def code_digest() -> str:
+    """A digest of the project's Python sources as this process imports them. Ray puts the
+    directory a sweep was started in first on its workers' path, so a worker can import
+    another checkout than the driver; the digest tells."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            continue
+        root = Path(spec.origin).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package}/{path.relative_to(root)}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_same_code(driver_code: str) -> None:
+    """SweepError when this worker imports other sources than the driver (nothing is run)."""
+    if driver_code and (mine := code_digest()) != driver_code:
+        raise SweepError(
+            f"this worker imports the project from {code_root()} (code {mine}), not the "
+            f"driver's code {driver_code}: Ray puts the directory a sweep starts in first on "
+            "its workers' path; start the sweep from the checkout it should run"
+        )
+
+
 def execute_run(
     config: ClusterConfig,
     workdir: str,
@@ -653,13 +690,17 @@ def execute_run(
     threads: int,
     path_cache_url: str = "",
     scores_cache: str = "",
+    driver_code: str = "",
 ) -> dict[str, Any]:
     """One run, as a Ray task: its own workdir and embedded Redis, `threads` torch threads;
     the LLM's paths go through the sweep's path cache at `path_cache_url` ("": none), the
-    starting models' scores through the directory `scores_cache` ("": none)."""
+    starting models' scores through the directory `scores_cache` ("": none). A worker whose
+    sources are not the driver's (`driver_code`, code_digest) runs nothing."""
     import torch
 
     from lada.logs import configure_logging
+
+    check_same_code(driver_code)
 
     if home:
         os.environ["LADA_HOME"] = home
@@ -676,6 +717,7 @@ def execute_run(
             metrics = run_combination(config, work, redis, paths, path_cache_url, cache)
         finally:
             stop_run_redis(redis)
+    metrics["code"] = driver_code or code_digest()  # which sources the run executed
     plain = json.loads(json.dumps(metrics, default=str))  # what a resumed sweep reads back
     return {"metrics": plain, "seconds": time.monotonic() - started}
 
@@ -758,6 +800,7 @@ def fan_out(
                     max(1, int(cpus)),
                     options["path_cache_url"],
                     str(out / SCORES_CACHE_DIR),
+                    options["code"],
                 )
                 inflight[task.remote(spec.config, workdir, *args)] = spec
             [ready], _ = ray.wait(list(inflight), num_returns=1)
@@ -898,7 +941,12 @@ def run_sweep(
             sweep_path_cache(out, options["path_cache"], options["address"]) as cache_url,
             ray_session(options["address"], options["workers"], options["cpus_per_run"]),
         ):
-            run_options = {**options, "home": home, "path_cache_url": cache_url}
+            run_options = {
+                **options,
+                "home": home,
+                "path_cache_url": cache_url,
+                "code": code_digest(),
+            }
             failed = execute(todo, out, models, run_options, finished)
     rows = [row for s in specs if s.key in finished for row in result_rows(s, finished[s.key])]
     runs = first_local_only(rows)

@@ -20,8 +20,10 @@ import yaml
 
 from lada.config import ClusterConfig, load_config
 from lada.experiment import (
+    CODE_PACKAGES,
     SweepError,
     SweepOutcome,
+    code_digest,
     config_digest,
     first_local_only,
     ray_session,
@@ -389,6 +391,41 @@ def test_a_sweep_killed_with_sigkill_loses_only_the_run_in_flight(
     assert (outcome.resumed, outcome.executed, outcome.failed) == (1, 1, 0)
     # the random run also measures the starting models (local-only)
     assert [r["method"] for r in outcome.runs] == ["lada+sft", "random+sft", "local-only"]
+
+
+def test_a_worker_importing_another_checkout_runs_nothing_and_says_where_it_imported_from(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """The sweep starts in a directory that holds another copy of the project (one comment
+    differs): Ray puts that directory first on its workers' path, the driver imports this
+    checkout. The run must fail, not run the other code."""
+    other = tmp_path / "other-checkout"
+    for package in CODE_PACKAGES:
+        shutil.copytree(
+            REPO_ROOT / package, other / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    with (other / "lada" / "tasks" / "problem.py").open("a") as changed:
+        changed.write("# another checkout\n")
+    args = ["--config", str(sweep / "sweep.yaml"), "--policies", "lada", "--losses", "sft"]
+    args += ["--seeds", "1", "--workers", "1", "--profile", "micro", "--out", str(tmp_path / "out")]
+    driver = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from lada.cli import main; "
+        f"sys.argv = ['lada', 'experiment', 'run', *{args!r}]; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", driver], cwd=other, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"FAILED SweepError: this worker imports the project from {other} (code " in result.stdout
+    )
+    assert "1 of 1 runs failed" in result.stdout
+    assert not list((tmp_path / "out" / "done").glob("*.json"))
+
+
+def test_every_run_records_the_code_it_executed(sweep: Path) -> None:
+    runs = json.loads((sweep / "results.json").read_text())
+    assert {r["code"] for r in runs if r["method"] != "local-only"} == {code_digest()}
 
 
 @pytest.mark.parametrize(
