@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -456,7 +456,7 @@ class LocalTrainer:
         the expert's weights, the prompts it was taught and the student solved, and its
         gate beside them once it exists."""
         if self._private is not None and self.settings.private_paths == PRIVATE_PATHS_OWN:
-            rows = [{"prompt": e.prompt, "completion": e.completion} for e in self._private]
+            rows = [asdict(e) for e in self._private]
             (directory / OWN_PRIVATE_FILE).write_text(json.dumps(rows))
         if self.uses_lora:
             self.model.save_pretrained(str(directory / ADAPTER_DIR))
