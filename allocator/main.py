@@ -20,6 +20,8 @@ from lada.config import (
     SERVER_MODES,
     AllocatorConfig,
     AllocatorSettings,
+    ConfigError,
+    check_choice,
 )
 from lada.redis_conn import connect
 from lada.server import (
@@ -52,18 +54,11 @@ def build_core(config: AllocatorConfig, settings: AllocatorSettings | None = Non
 
 def serve(config: AllocatorConfig) -> int:
     """Serve until signalled; 2 when the pool or run configuration is unusable."""
-    if config.role not in ALLOCATOR_ROLES:
-        print(
-            f"lada allocator: role: {config.role!r} is not one of {', '.join(ALLOCATOR_ROLES)}",
-            file=sys.stderr,
-        )
-        return 2
-    if config.server_mode not in SERVER_MODES:
-        print(
-            f"lada allocator: server_mode: {config.server_mode!r} is not one of "
-            f"{', '.join(SERVER_MODES)}",
-            file=sys.stderr,
-        )
+    try:
+        check_choice("role", config.role, ALLOCATOR_ROLES)
+        check_choice("server_mode", config.server_mode, SERVER_MODES)
+    except ConfigError as exc:
+        print(f"lada allocator: {exc}", file=sys.stderr)
         return 2
     try:
         core = build_core(config)

@@ -8,6 +8,7 @@ hyper-parameters carry the defaults stated in docs/method.md.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import math
 import os
@@ -122,11 +123,7 @@ class LadaHyperParams:
 
     def check(self) -> None:
         """Reject a value no code path accepts when the allocator starts, not at round 1."""
-        if self.first_round_split not in FIRST_ROUND_SPLITS:
-            raise ConfigError(
-                f"lada.first_round_split: {self.first_round_split!r} is not one of "
-                f"{', '.join(FIRST_ROUND_SPLITS)}"
-            )
+        check_choice("lada.first_round_split", self.first_round_split, FIRST_ROUND_SPLITS)
         if not 0.0 <= self.foreign_reward_scale <= 1.0:
             raise ConfigError(
                 f"lada.foreign_reward_scale: must be in [0, 1], got {self.foreign_reward_scale}"
@@ -233,6 +230,7 @@ class LLMServiceExtras:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> LLMServiceExtras:
         source = os.environ if env is None else env
+        check_env_names(dict(source), "llm")
         extras = cls()
         for item in dataclasses.fields(cls):
             raw = source.get(llm_env_var(item.name))
@@ -243,19 +241,11 @@ class LLMServiceExtras:
 
     def check(self) -> None:
         """Reject a value no code path accepts at start, not at the first absorb."""
-        if self.absorb_mode not in ABSORB_MODES:
-            raise ConfigError(
-                f"absorb_mode: {self.absorb_mode!r} is not one of {', '.join(ABSORB_MODES)} "
-                "(LADA_LLM_ABSORB_MODE)"
-            )
+        check_choice("absorb_mode", self.absorb_mode, ABSORB_MODES, llm_env_var("absorb_mode"))
         check_nonnegative(
             "absorb_anchor_weight", self.absorb_anchor_weight, "LADA_LLM_ABSORB_ANCHOR_WEIGHT"
         )
-        if self.absorb_route not in ABSORB_ROUTES:
-            raise ConfigError(
-                f"absorb_route: {self.absorb_route!r} is not one of {', '.join(ABSORB_ROUTES)} "
-                "(LADA_LLM_ABSORB_ROUTE)"
-            )
+        check_choice("absorb_route", self.absorb_route, ABSORB_ROUTES, llm_env_var("absorb_route"))
         if self.absorb_route == ABSORB_ROUTE_GATE and self.absorb_replay_ratio <= 0:
             raise ConfigError(
                 "absorb_route: gate learns what the base model knows from the replayed paths; "
@@ -494,6 +484,30 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+class UnknownFieldError(ConfigError):
+    """A key that names no field, as opposed to a value its field cannot take."""
+
+
+# The classes that read `LADA_<SECTION>_*` variables (load_config's `section`; the LLM's
+# extras through LLMServiceExtras.from_env): a variable under a prefix that none of them
+# has is a typo, refused rather than silently ignored.
+ENV_SECTIONS: dict[str, tuple[type, ...]] = {
+    "allocator": (AllocatorConfig,),
+    "llm": (LLMServiceConfig, LLMServiceExtras),
+    "agent": (AgentConfig, AgentSettings),
+    "cluster": (ClusterConfig,),
+    "experiment": (ClusterConfig,),
+}
+
+
+def check_choice(name: str, value: str, choices: typing.Iterable[str], source: str = "") -> None:
+    """ConfigError naming the setting (and where it was set) for a value not among `choices`."""
+    choices = tuple(choices)
+    if value not in choices:
+        where = f" ({source})" if source else ""
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}{where}")
+
+
 def check_nonnegative(name: str, value: float, source: str = "") -> None:
     """ConfigError naming the setting (and its env var) for a weight that is negative or NaN/inf."""
     _check_bound(name, value, math.isfinite(value) and value >= 0, ">= 0", source)
@@ -599,7 +613,7 @@ def _set_dotted(obj: Any, dotted: str, value: Any, where: str = "") -> None:
     head, _, rest = dotted.partition(".")
     types_by_name = _field_types(type(obj))
     if head not in types_by_name:
-        raise ConfigError(f"{where or type(obj).__name__}: unknown field {dotted!r}")
+        raise UnknownFieldError(f"{where or type(obj).__name__}: unknown field {dotted!r}")
     if rest:
         _set_dotted(getattr(obj, head), rest, value, where=f"{where}.{head}" if where else head)
         return
@@ -612,14 +626,91 @@ def _set_dotted(obj: Any, dotted: str, value: Any, where: str = "") -> None:
 
 
 def _apply_env(config: Any, env: dict[str, str], section: str) -> None:
-    """`REDIS_URL` and `LADA_<SECTION>_<FIELD>` (nested with `__`) override the file."""
+    """`REDIS_URL` and `LADA_<SECTION>_<FIELD>` (nested with `__`) override the file. A
+    value its field cannot take is a ConfigError naming the variable, and so is a variable
+    no class of the section reads (ENV_SECTIONS)."""
     if hasattr(config, "redis_url") and env.get("REDIS_URL"):
         config.redis_url = env["REDIS_URL"]
-    prefix = f"LADA_{section.upper()}_" if section else "LADA_"
+    prefix = env_prefix(section)
     for key, value in env.items():
-        if key.startswith(prefix):
-            dotted = key[len(prefix) :].lower().replace("__", ".")
-            try:
-                _set_dotted(config, dotted, value)
-            except ConfigError:
-                continue  # another section's variable
+        if not key.startswith(prefix):
+            continue
+        try:
+            _set_dotted(config, env_key_path(key, prefix), value)
+        except UnknownFieldError:
+            continue  # another class's of this section; check_env_names judges it
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} ({key})") from exc
+    if section:
+        check_env_names(env, section)
+
+
+def env_prefix(section: str) -> str:
+    return f"LADA_{section.upper()}_" if section else "LADA_"
+
+
+def env_key_path(key: str, prefix: str) -> str:
+    """`LADA_AGENT_TRAINER__EPOCHS` under `LADA_AGENT_` -> `trainer.epochs`."""
+    return key[len(prefix) :].lower().replace("__", ".")
+
+
+def check_env_names(env: dict[str, str], section: str) -> None:
+    """ConfigError for a `LADA_<SECTION>_*` variable that no class of the section reads,
+    with the nearest real name; a section ENV_SECTIONS does not list is not checked."""
+    classes = ENV_SECTIONS.get(section)
+    if not classes:
+        return
+    prefix = env_prefix(section)
+    for key in sorted(env):
+        if key.startswith(prefix) and not any(
+            _has_field(cls, env_key_path(key, prefix)) for cls in classes
+        ):
+            raise ConfigError(
+                f"{key}: no {section} setting of that name; {_hint(key, classes, prefix)}"
+            )
+
+
+def _hint(key: str, classes: tuple[type, ...], prefix: str) -> str:
+    """The nearest real variable, or else the variables at the misspelt one's level."""
+    suffixes = [name[len(prefix) :] for cls in classes for name in env_names(cls, prefix)]
+    near = difflib.get_close_matches(key[len(prefix) :], suffixes, n=1, cutoff=0.75)
+    if near:  # compared without the shared prefix, which would make every name close
+        return f"did you mean {prefix}{near[0]}?"
+    dotted = env_key_path(key, prefix)
+    beside = _names_beside(classes, dotted.split(".")[:-1], prefix)
+    return f"known: {', '.join(beside or _names_beside(classes, [], prefix))}"
+
+
+def _names_beside(classes: tuple[type, ...], parents: list[str], prefix: str) -> list[str]:
+    """The variables of the group `parents` names; a nested group shown as `GROUP__*`."""
+    names: set[str] = set()
+    group = prefix + "".join(f"{part.upper()}__" for part in parents)
+    for cls in classes:
+        level: Any = cls
+        for part in parents:
+            level = _field_types(level).get(part) if dataclasses.is_dataclass(level) else None
+        if dataclasses.is_dataclass(level):
+            for name, hint in _field_types(level).items():
+                names.add(group + name.upper() + ("__*" if dataclasses.is_dataclass(hint) else ""))
+    return sorted(names)
+
+
+def env_names(cls: type, prefix: str) -> list[str]:
+    """Every variable that sets a leaf field of `cls` under `prefix`, nested with `__`."""
+    names = []
+    for name, hint in _field_types(cls).items():
+        if dataclasses.is_dataclass(hint):
+            names += env_names(hint, f"{prefix}{name.upper()}__")
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names
+
+
+def _has_field(cls: type, dotted: str) -> bool:
+    head, _, rest = dotted.partition(".")
+    hint = _field_types(cls).get(head)
+    if hint is None:
+        return False
+    if not rest:
+        return True
+    return dataclasses.is_dataclass(hint) and _has_field(hint, rest)

@@ -30,6 +30,7 @@ from lada.config import (
     PRIVATE_PATHS_REFERENCE,
     ConfigError,
     TrainerSettings,
+    check_choice,
     check_nonnegative,
 )
 from lada.gate import GATE_FILE, AdapterGate
@@ -141,8 +142,7 @@ def solved_examples(problems: Sequence[Problem], paths: Sequence[str]) -> list[P
 
 def check_private_paths(value: str) -> None:
     """ConfigError naming the setting when it is not one of PRIVATE_PATHS."""
-    if value not in PRIVATE_PATHS:
-        raise ConfigError(f"private_paths: {value!r} is not one of {', '.join(PRIVATE_PATHS)}")
+    check_choice("private_paths", value, PRIVATE_PATHS)
 
 
 class LocalTrainer:
@@ -493,10 +493,7 @@ class LocalTrainer:
 
 def _check_distill_route(settings: TrainerSettings, uses_lora: bool) -> bool:
     """Whether the allocation trains an expert (distill_route gate); a clear error at start."""
-    if settings.distill_route not in DISTILL_ROUTES:
-        raise ConfigError(
-            f"distill_route: {settings.distill_route!r} is not one of {', '.join(DISTILL_ROUTES)}"
-        )
+    check_choice("distill_route", settings.distill_route, DISTILL_ROUTES)
     if settings.distill_route == DISTILL_ROUTE_GATE and uses_lora:
         raise ConfigError(
             "distill_route: gate trains a full copy of the student, and this model trains "
@@ -541,8 +538,7 @@ LR_SCHEDULES = {"constant": _constant, "linear": _linear_decay}
 
 def check_lr_schedule(name: str, setting: str = "lr_schedule") -> None:
     """ConfigError (a ValueError) naming `setting` for a schedule no registry entry has."""
-    if name not in LR_SCHEDULES:
-        raise ConfigError(f"{setting}: {name!r} is not one of {sorted(LR_SCHEDULES)}")
+    check_choice(setting, name, sorted(LR_SCHEDULES))
 
 
 def _lr_schedule(

@@ -357,6 +357,15 @@ def test_an_unknown_private_paths_in_the_environment_is_one_line_exit_1_and_runs
     assert not out.exists()
 
 
+def test_a_misspelt_trainer_variable_is_one_line_exit_1_and_runs_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    grid = ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", "1"]
+    env = {"LADA_AGENT_TRAINER__PRIVATE_PATH": "own"}  # the setting is PRIVATE_PATHS
+    result = experiment_run_cli(*grid, "--profile", "micro", "--out", str(out), env=env)
+    assert_one_line_error(result, "did you mean LADA_AGENT_TRAINER__PRIVATE_PATHS?")
+    assert not out.exists()
+
+
 def test_a_failed_run_is_reported_saved_nowhere_and_retried_next_time(
     sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
