@@ -139,7 +139,7 @@ def default_base(profile: str) -> ClusterConfig:
         rounds=3,
         public_size=160,
         test_size=25,
-        source="synthetic:domains=all,n=3000,seed=5",
+        source="synthetic:domains=all+units,n=3000,seed=5",  # every scenario has a units client
         agents=[ClusterAgentConfig(private_size=120, capacity=16)],
     )
 
