@@ -542,6 +542,25 @@ def plan_runs(
     return specs
 
 
+def check_sources(specs: list[RunSpec]) -> None:
+    """SweepError, before any run, when a run's data source lacks a home domain of one of
+    its clients: each run would fail on it (every scenario has a client-only client)."""
+    from lada.tasks import load_dataset
+
+    domains_of: dict[str, set[str]] = {}
+    for spec in specs:
+        source = spec.config.source
+        if source not in domains_of:
+            domains_of[source] = {problem.domain for problem in load_dataset(source)}
+        for agent in spec.config.agents:
+            missing = sorted(set(agent.domains) - domains_of[source] - {"all"})
+            if missing:
+                raise SweepError(
+                    f"source: {source} has no {', '.join(missing)} problems, the home of "
+                    f"{spec.scenario}'s client {agent.name} (e.g. domains=all+{missing[0]})"
+                )
+
+
 def done_path(out: Path, key: str) -> Path:
     return out / "done" / f"{key}.json"
 
@@ -920,6 +939,8 @@ def run_sweep(
     manifest = build_zoo(options["profile"], progress=True)  # once, before the fan-out
     models = {name: str(path) for name, path in [("llm", manifest.llm), *manifest.slms.items()]}
     specs = plan_runs(base, grid, set(manifest.slms), manifest.key)
+    check_sources(specs)
+    out.mkdir(parents=True, exist_ok=True)
     finished = load_finished(out, specs)
     todo = [spec for spec in specs if spec.key not in finished]
     resumed = len(finished)
@@ -1005,7 +1026,6 @@ def run_experiment(
     base.lada.check()  # before any run starts, not in every run's allocator
     check_agent_trainer(base)
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
-    out.mkdir(parents=True, exist_ok=True)
     grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)
     options = {
         "profile": profile,

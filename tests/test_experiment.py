@@ -21,11 +21,15 @@ import yaml
 from lada.config import ClusterConfig, load_config
 from lada.experiment import (
     CODE_PACKAGES,
+    SCENARIOS,
     SweepError,
     SweepOutcome,
+    check_sources,
     code_digest,
     config_digest,
+    default_base,
     first_local_only,
+    plan_runs,
     ray_session,
     render_phase_table,
     render_table,
@@ -355,6 +359,30 @@ def test_an_unknown_private_paths_in_the_environment_is_one_line_exit_1_and_runs
     result = experiment_run_cli(*grid, "--profile", "micro", "--out", str(out), env=env)
     assert_one_line_error(result, "private_paths: 'answers' is not one of reference, own")
     assert not out.exists()
+
+
+def test_a_source_without_a_scenario_s_home_domain_is_one_line_exit_1_and_runs_nothing(
+    micro_zoo: ZooManifest, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    grid = ["--scenarios", "S2", "--policies", "random", "--losses", "sft", "--seeds", "3"]
+    no_units = "source=synthetic:domains=all,n=600,seed=5"
+    result = experiment_run_cli("--set", no_units, *grid, "--profile", "micro", "--out", str(out))
+    assert_one_line_error(result, "has no units problems, the home of S2's client s2-agent2-units")
+    assert not out.exists()
+
+
+def test_the_built_in_base_gives_every_scenario_its_client_only_domain(
+    micro_zoo: ZooManifest,
+) -> None:
+    specs = plan_runs(
+        default_base("micro"),
+        (list(SCENARIOS), ["random"], ["sft"], 1),
+        set(micro_zoo.slms),
+        micro_zoo.key,
+    )
+    check_sources(specs)  # raised for every scenario before: the base's source had no units
+    assert len(specs) == len(SCENARIOS) == 4
 
 
 def test_a_misspelt_trainer_variable_is_one_line_exit_1_and_runs_nothing(tmp_path: Path) -> None:
