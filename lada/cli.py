@@ -754,7 +754,13 @@ def experiment_group() -> None:
 @click.option("--scenarios", default="S1", help="Comma list of S1..S4.")
 @click.option("--policies", default="full,random,lada", help="Comma list of policies.")
 @click.option("--losses", default="sft,contrastive", help="Comma list of losses.")
-@click.option("--seeds", type=int, default=1, help="Seeds per combination.")
+@click.option(
+    "--seeds",
+    default="1",
+    show_default=True,
+    help="Seeds per combination: N runs seeds 0..N-1; a list (1,3) or range (2-4) runs "
+    "just those, e.g. to add seeds to a sweep's OUT.",
+)
 @click.option(
     "--profile",
     type=click.Choice(["micro", "demo"]),

@@ -521,21 +521,40 @@ def run_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"llm": llm, "agent_trainer": trainer}
 
 
+def parse_seeds(text: int | str) -> list[int]:
+    """`--seeds`: N is seeds 0..N-1; `1,3` and `2-4` name seeds. SweepError naming the flag."""
+    spec = str(text).strip()
+    try:
+        if spec.isdigit():
+            seeds = list(range(int(spec)))
+        else:
+            seeds = []
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                lo, _, hi = part.partition("-")
+                seeds += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise SweepError(
+            f"--seeds {spec!r}: expected N (seeds 0..N-1, N >= 1), a list 1,3 or a range 2-4"
+        )
+    return sorted(set(seeds))
+
+
 def plan_runs(
     base: ClusterConfig,
-    grid: tuple[list[str], list[str], list[str], int],
+    grid: tuple[list[str], list[str], list[str], int | list[int]],
     available: set[str],
     zoo_key: str,
 ) -> list[RunSpec]:
     """The grid (scenarios, policies, losses, seeds) in scenario, seed, policy, loss order."""
     scenarios, policies, losses, seeds = grid
+    seed_list = range(seeds) if isinstance(seeds, int) else seeds
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
         raise SweepError(f"unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
     specs = []
-    for scenario, seed, policy, loss in itertools.product(
-        scenarios, range(seeds), policies, losses
-    ):
+    for scenario, seed, policy, loss in itertools.product(scenarios, seed_list, policies, losses):
         config = scenario_config(base, scenario, policy, loss, seed, available)
         key = f"{config.run_id}-{config_digest(config, zoo_key)}"
         specs.append(RunSpec(scenario, policy, loss, seed, config, key))
@@ -926,7 +945,7 @@ def result_rows(spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_sweep(
     base: ClusterConfig,
-    grid: tuple[list[str], list[str], list[str], int],
+    grid: tuple[list[str], list[str], list[str], int | list[int]],
     out: Path,
     options: dict[str, Any],
 ) -> SweepOutcome:
@@ -991,7 +1010,7 @@ def run_experiment(
     scenarios: str,
     policies: str,
     losses: str,
-    seeds: int,
+    seeds: int | str,
     profile: str,
     out_dir: str,
     address: str | None = None,
@@ -1026,7 +1045,7 @@ def run_experiment(
     base.lada.check()  # before any run starts, not in every run's allocator
     check_agent_trainer(base)
     out = Path(out_dir).resolve()  # tasks run elsewhere (other cwd, maybe other nodes)
-    grid = (scenarios.split(","), policies.split(","), losses.split(","), seeds)
+    grid = (scenarios.split(","), policies.split(","), losses.split(","), parse_seeds(seeds))
     options = {
         "profile": profile,
         "address": address,

@@ -29,6 +29,7 @@ from lada.experiment import (
     config_digest,
     default_base,
     first_local_only,
+    parse_seeds,
     plan_runs,
     ray_session,
     render_phase_table,
@@ -98,7 +99,9 @@ def sweep_base(out: Path) -> ClusterConfig:
     return load_config(ClusterConfig, str(out / "sweep.yaml"), section="experiment")
 
 
-def resweep(base: ClusterConfig, out: Path, policies: list[str], seeds: int) -> SweepOutcome:
+def resweep(
+    base: ClusterConfig, out: Path, policies: list[str], seeds: int | list[int]
+) -> SweepOutcome:
     return run_sweep(base, (["S1"], policies, ["sft"], seeds), out, OPTIONS)
 
 
@@ -278,6 +281,37 @@ def test_a_changed_setting_reruns_and_a_subset_of_the_grid_resumes(
     assert len(list((tmp_path / "done").glob("*.json"))) == 5  # the old four stay
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("[1/1]")]
     assert line and " S1 lada sft s0  acc own " in line[0] and " ETA 00:00" in line[0]
+
+
+def test_named_seeds_are_the_runs_of_those_seeds_in_a_counted_sweep(
+    sweep: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(sweep / "done", tmp_path / "done")
+    outcome = resweep(sweep_base(sweep), tmp_path, ["lada", "random"], parse_seeds("1-1"))
+    assert (outcome.executed, outcome.resumed, outcome.failed) == (0, 2, 0)
+    assert {(run["method"], run["seed"]) for run in outcome.runs} == {
+        ("lada+sft", 1),
+        ("random+sft", 1),
+        ("local-only", 1),  # every sweep's table carries the agents' local-only baseline
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("3", [0, 1, 2]), ("1,3", [1, 3]), ("2-4", [2, 3, 4]), ("0-1,4", [0, 1, 4])]
+)
+def test_seeds_are_a_count_a_list_or_a_range(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "x", "3-1", "-1", ""])
+def test_seeds_that_name_no_seed_are_one_line_exit_1_and_run_nothing(
+    text: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    grid = ["--scenarios", "S1", "--policies", "lada", "--losses", "sft", "--seeds", text]
+    result = experiment_run_cli(*grid, "--profile", "micro", "--out", str(out))
+    assert_one_line_error(result, f"--seeds {text!r}: expected N (seeds 0..N-1, N >= 1)")
+    assert not out.exists()
 
 
 def test_report_only_tables_the_finished_part_of_a_larger_grid_and_runs_nothing(
