@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-CAPTURE_ENV = "LADA_AGENT_CAPTURE_FILE"
+from lada.config import AGENT_CAPTURE_ENV as CAPTURE_ENV
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lada.config import (
+    AGENT_CAPTURE_ENV,
     AgentConfig,
     AgentSettings,
     ClusterConfig,
@@ -48,6 +49,12 @@ def test_a_value_its_field_cannot_take_is_refused_naming_the_variable() -> None:
 def test_a_misspelt_llm_variable_is_refused_where_the_extras_are_read() -> None:
     with pytest.raises(ConfigError, match="did you mean LADA_LLM_ABSORB_MODE"):
         LLMServiceExtras.from_env({"LADA_LLM_ABSORB_MOD": "continue"})
+
+
+def test_a_section_variable_read_outside_the_settings_is_not_refused() -> None:
+    env = {AGENT_CAPTURE_ENV: "/tmp/capture.jsonl"}
+    assert load_config(AgentSettings, env=env, section="agent") == AgentSettings()
+    assert load_config(AgentConfig, env=env, section="agent") == AgentConfig()
 
 
 def test_variables_outside_every_section_are_not_settings() -> None:
