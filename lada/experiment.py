@@ -565,14 +565,15 @@ def check_sources(specs: list[RunSpec]) -> None:
     """SweepError, before any run, when a run's data source lacks a home domain of one of
     its clients: each run would fail on it (every scenario has a client-only client)."""
     from lada.tasks import load_dataset
+    from lada.tasks.splits import missing_domains
 
-    domains_of: dict[str, set[str]] = {}
+    domains_of: dict[str, list[str]] = {}
     for spec in specs:
         source = spec.config.source
         if source not in domains_of:
-            domains_of[source] = {problem.domain for problem in load_dataset(source)}
+            domains_of[source] = sorted({problem.domain for problem in load_dataset(source)})
         for agent in spec.config.agents:
-            missing = sorted(set(agent.domains) - domains_of[source] - {"all"})
+            missing = missing_domains(agent.domains, domains_of[source])
             if missing:
                 raise SweepError(
                     f"source: {source} has no {', '.join(missing)} problems, the home of "

@@ -149,6 +149,16 @@ def agent_mixture(
     return rng.dirichlet(alpha).tolist()
 
 
+def home_domains(agent_domains: Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    """An agent's home domains; none given (or `all`) means every domain of the source."""
+    return tuple(available) if tuple(agent_domains) in ((), ("all",)) else tuple(agent_domains)
+
+
+def missing_domains(agent_domains: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The agent's home domains the source has no problems of."""
+    return [d for d in home_domains(agent_domains, available) if d not in available]
+
+
 def make_split(spec: SplitSpec) -> FederatedSplit:
     """Carve `spec.source` into disjoint public, private and test sets (deterministic)."""
     problems = load_dataset(spec.source)
@@ -169,8 +179,8 @@ def make_split(spec: SplitSpec) -> FederatedSplit:
     private: dict[str, list[Problem]] = {}
     mixtures: dict[str, dict[str, float]] = {}
     for agent in spec.agents:
-        own = tuple(domains) if agent.domains in ((), ("all",)) else agent.domains
-        unknown = [d for d in own if d not in by_domain]
+        own = home_domains(agent.domains, domains)
+        unknown = missing_domains(agent.domains, domains)
         if unknown:
             raise DatasetSpecError(
                 f"agent {agent.name}: domain(s) {unknown} not in source; available: {domains}"
